@@ -1,0 +1,26 @@
+# The two commands a new user runs: `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.uav-installed
+
+.PHONY: setup demo test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
+	VENV=$(VENV) bash scripts/bootstrap.sh
+	touch $@
+
+# The main job on the tiny reference model (no weights can be downloaded here).
+demo: setup
+	$(PY) -m vs_uav demo
+
+# The whole suite, slow end-to-end tests included (what CI runs).
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,47 @@
+"""Shared test helpers: where the reference fixtures live and how to read a case."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The official-implementation fixtures; other fixture sets of the same kind can be
+# pointed to with UAV_REFERENCE_DIR.
+REFERENCE = Path(os.environ.get("UAV_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+PUBLIC = REFERENCE / "public"
+MODEL_DIR = PUBLIC / "model"
+CASES_DIR = PUBLIC / "cases"
+MANIFESTS = REFERENCE / "manifests"
+CONFIGS = REFERENCE / "configs"
+
+# Outputs are of order 1; the official code itself differs by ~2.5e-5 between thread counts.
+ATOL = 1e-4
+
+
+def case_names(prefix: str = "") -> list[str]:
+    return sorted(p.stem for p in CASES_DIR.glob(f"{prefix}*.json"))
+
+
+def load_case(name: str):
+    """Return (meta, tensors) of one reference case."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((CASES_DIR / f"{name}.json").read_text())
+    tensors = load_file(str(CASES_DIR / f"{name}.safetensors"))
+    return meta, tensors
+
+
+def max_abs_err(a, b) -> float:
+    assert tuple(a.shape) == tuple(b.shape), f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    return (a.double() - b.double()).abs().max().item()
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    if not MODEL_DIR.is_dir():
+        pytest.fail(f"reference model folder missing: {MODEL_DIR}")
+    return MODEL_DIR
