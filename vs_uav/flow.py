@@ -1,0 +1,588 @@
+"""Bidirectional optical flow between low-resolution frames, for latent propagation.
+
+Two methods:
+
+* ``"raft"``: RAFT-large with the official propagator checkpoint
+  ``propagator/raft-things.pth`` (princeton-vl layout, saved from
+  ``torch.nn.DataParallel`` so every key starts with ``module.``). This module holds
+  its own implementation of the network whose parameter names match that file.
+  As in the official flow helper, frames go in as they are, in [-1, 1], 20 refinement
+  iterations run and the convex-upsampled final flow is returned.
+* ``"dis"``: OpenCV's Dense Inverse Search on grayscale uint8 frames. It needs no
+  weights and runs in milliseconds, at some cost in accuracy on large or complex motion.
+
+Flows are (N, 2, H, W) (pairwise) or (B, 2, T-1, H, W) (clips) float32 tensors with
+channels (x, y) in pixels. A flow from frame a to frame b lives on a's pixel grid:
+pixel p of a corresponds to ``p + flow(p)`` in b.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .loading import LAYOUT, ModelLoadError, check_state_dict, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+DeviceLike = Union[str, torch.device]
+
+METHODS = ("raft", "dis")
+RAFT_ITERS = 20
+# The checkpoint was saved from torch.nn.DataParallel.
+RAFT_PREFIX = "module."
+RAFT_CONFIG = "RAFT-large (raft-things)"
+# Default cap on the all-pairs correlation pyramids held at once (RAFT's main memory
+# cost: (H/8 * W/8)^2 float32 values per pair, about 1.1 GB per pair at 1280x720).
+CORR_BUDGET_BYTES = 1 << 30
+# Frames per RAFT chunk; larger batches do not run faster on CPU and cost memory.
+MAX_CHUNK_FRAMES = 12
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not supported; accepted: {', '.join(METHODS)}")
+    return method
+
+
+def default_method(model_dir: PathLike) -> str:
+    """``"raft"`` when the model folder holds the RAFT propagator weights, else ``"dis"``."""
+    folder = Path(model_dir).expanduser()
+    if any((folder / rel).is_file() for rel in LAYOUT["propagator"].weights):
+        return "raft"
+    return "dis"
+
+
+def raft_weights(model_dir: PathLike) -> Optional[Path]:
+    """The RAFT weight file in a model folder (safetensors preferred), or None."""
+    folder = Path(model_dir).expanduser()
+    for rel in LAYOUT["propagator"].weights:
+        if (folder / rel).is_file():
+            return folder / rel
+    return None
+
+
+# --------------------------------------------------------------------------- resize
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample flows to ``size`` = (height, width) and rescale their values.
+
+    ``flow`` is (N, 2, H, W) or (B, 2, T, H, W). x values are multiplied by the width
+    ratio and y values by the height ratio (the official helper indexes the wrong
+    tensor axis for this). Shrinking an axis averages (area), enlarging it is bilinear
+    with pixel-centre alignment, under which displacements scale exactly by the ratio.
+    """
+    if flow.dim() not in (4, 5) or flow.shape[1] != 2:
+        raise ValueError(f"flow must be (N, 2, H, W) or (B, 2, T, H, W), got {tuple(flow.shape)}")
+    new_h, new_w = int(size[0]), int(size[1])
+    if new_h < 1 or new_w < 1:
+        raise ValueError(f"size={size!r} must be two positive integers (height, width)")
+    h, w = flow.shape[-2:]
+    if (h, w) == (new_h, new_w):
+        return flow
+    five_d = flow.dim() == 5
+    if five_d:
+        b, _, t = flow.shape[:3]
+        flow = flow.permute(0, 2, 1, 3, 4).reshape(b * t, 2, h, w)
+    orig_dtype = flow.dtype
+    out = flow.float()
+    # Shrink first (area), then enlarge (bilinear): correct when one axis grows and the other shrinks.
+    shrink = (min(h, new_h), min(w, new_w))
+    if shrink != (h, w):
+        out = F.interpolate(out, size=shrink, mode="area")
+    if shrink != (new_h, new_w):
+        out = F.interpolate(out, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    scale = torch.tensor([new_w / w, new_h / h], dtype=out.dtype, device=out.device)
+    out = (out * scale.view(1, 2, 1, 1)).to(orig_dtype)
+    if five_d:
+        out = out.reshape(b, t, 2, new_h, new_w).permute(0, 2, 1, 3, 4).contiguous()
+    return out
+
+
+# --------------------------------------------------------------------------- RAFT network
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    # The feature net uses parameter-free instance norm, the context net batch norm.
+    return nn.InstanceNorm2d(channels) if kind == "instance" else nn.BatchNorm2d(channels)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, norm: str, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1 = _norm(norm, cout)
+        self.norm2 = _norm(norm, cout)
+        self.downsample: Optional[nn.Sequential] = None
+        if stride != 1:
+            # The checkpoint stores this norm twice, as norm3 and downsample.1: one shared module.
+            self.norm3 = _norm(norm, cout)
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride), self.norm3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        y = F.relu(self.norm2(self.conv2(y)))
+        skip = x if self.downsample is None else self.downsample(x)
+        return F.relu(skip + y)
+
+
+class _Encoder(nn.Module):
+    """Image to 1/8-resolution features (7x7 stem at 1/2, residual stages 64/96/128)."""
+
+    def __init__(self, out_channels: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
+        self.norm1 = _norm(norm, 64)
+        stages = []
+        cin = 64
+        for cout, stride in ((64, 1), (96, 2), (128, 2)):
+            stages.append(nn.Sequential(_ResidualBlock(cin, cout, norm, stride), _ResidualBlock(cout, cout, norm, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.conv2 = nn.Conv2d(128, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm1(self.conv1(x)))
+        return self.conv2(self.layer3(self.layer2(self.layer1(x))))
+
+
+class _MotionEncoder(nn.Module):
+    def __init__(self, corr_channels: int) -> None:
+        super().__init__()
+        self.convc1 = nn.Conv2d(corr_channels, 256, 1)
+        self.convc2 = nn.Conv2d(256, 192, 3, padding=1)
+        self.convf1 = nn.Conv2d(2, 128, 7, padding=3)
+        self.convf2 = nn.Conv2d(128, 64, 3, padding=1)
+        self.conv = nn.Conv2d(192 + 64, 126, 3, padding=1)
+
+    def forward(self, flow: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+        c = F.relu(self.convc2(F.relu(self.convc1(corr))))
+        f = F.relu(self.convf2(F.relu(self.convf1(flow))))
+        # 126 learned channels plus the raw flow make the 128 motion features.
+        return torch.cat((F.relu(self.conv(torch.cat((c, f), 1))), flow), 1)
+
+
+class _SepConvGRU(nn.Module):
+    """A GRU whose gates are a 1x5 convolution followed by a second GRU step with 5x1."""
+
+    def __init__(self, hidden: int, inputs: int) -> None:
+        super().__init__()
+        cin = hidden + inputs
+        for axis, kernel, pad in (("1", (1, 5), (0, 2)), ("2", (5, 1), (2, 0))):
+            for gate in "zrq":
+                setattr(self, f"conv{gate}{axis}", nn.Conv2d(cin, hidden, kernel, padding=pad))
+
+    def _step(self, h: torch.Tensor, x: torch.Tensor, axis: str) -> torch.Tensor:
+        hx = torch.cat((h, x), 1)
+        z = torch.sigmoid(getattr(self, f"convz{axis}")(hx))
+        r = torch.sigmoid(getattr(self, f"convr{axis}")(hx))
+        q = torch.tanh(getattr(self, f"convq{axis}")(torch.cat((r * h, x), 1)))
+        return h + z * (q - h)
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._step(self._step(h, x, "1"), x, "2")
+
+
+class _FlowHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(128, 256, 3, padding=1)
+        self.conv2 = nn.Conv2d(256, 2, 3, padding=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.conv1(h)))
+
+
+class _UpdateBlock(nn.Module):
+    def __init__(self, corr_channels: int, hidden: int = 128, context: int = 128) -> None:
+        super().__init__()
+        self.encoder = _MotionEncoder(corr_channels)
+        self.gru = _SepConvGRU(hidden, context + 128)
+        self.flow_head = _FlowHead()
+        # 8x8 sub-pixels times 3x3 neighbours: the weights of the convex upsampling.
+        self.mask = nn.Sequential(nn.Conv2d(hidden, 256, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(256, 576, 1))
+
+    def forward(
+        self, hidden: torch.Tensor, context: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        motion = self.encoder(flow, corr)
+        hidden = self.gru(hidden, torch.cat((context, motion), 1))
+        return hidden, self.flow_head(hidden)
+
+    def upsample_weights(self, hidden: torch.Tensor) -> torch.Tensor:
+        # The 0.25 factor is part of the trained model.
+        return 0.25 * self.mask(hidden)
+
+
+class _CorrPyramid:
+    """All-pairs feature correlation, pooled into a pyramid and looked up around points.
+
+    Built and sampled in float32 whatever the network's dtype.
+    """
+
+    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, levels: int = 4, radius: int = 4) -> None:
+        n, c, h, w = fmap1.shape
+        a = fmap1.float().flatten(2).transpose(1, 2)
+        b = fmap2.float().flatten(2)
+        vol = torch.bmm(a, b).div_(math.sqrt(c)).view(n * h * w, 1, h, w)
+        self.pyramid = [vol]
+        for _ in range(levels - 1):
+            ph, pw = vol.shape[-2:]
+            # A 1-pixel axis is kept rather than pooled to nothing: RAFT itself fails on
+            # frames under 64 px; this keeps such frames working, if only roughly.
+            vol = F.avg_pool2d(vol, kernel_size=(2 if ph > 1 else 1, 2 if pw > 1 else 1))
+            self.pyramid.append(vol)
+        d = torch.arange(-radius, radius + 1, dtype=torch.float32, device=fmap1.device)
+        # Window tap (i, j) is offset (x = d[i], y = d[j]): x varies slowest along the
+        # channel axis, the order the checkpoint was trained with.
+        self.offsets = torch.stack(torch.meshgrid(d, d, indexing="ij"), dim=-1)  # (2r+1, 2r+1, 2) as (x, y)
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """Correlations around ``coords`` (N, 2, h, w), pixel (x, y) positions in frame 2's 1/8 grid."""
+        n, _, h, w = coords.shape
+        centres = coords.permute(0, 2, 3, 1).reshape(n * h * w, 1, 1, 2)
+        out = []
+        for level, vol in enumerate(self.pyramid):
+            lh, lw = vol.shape[-2:]
+            pts = centres / (2**level) + self.offsets
+            # Pixel-centre normalisation (align_corners=False) is well defined for 1-pixel
+            # axes and samples exactly the same points as RAFT's align_corners=True form.
+            size = torch.tensor([lw, lh], dtype=pts.dtype, device=pts.device)
+            grid = (2.0 * pts + 1.0) / size - 1.0
+            taps = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            out.append(taps.view(n, h, w, -1))
+        return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
+class RAFT(nn.Module):
+    """RAFT-large, with the parameter names of the princeton-vl checkpoint (minus ``module.``).
+
+    Inputs are (N, 3, H, W) RGB in [-1, 1] with H and W multiples of 8; use
+    :class:`RaftFlow` for arbitrary sizes, clips and chunking.
+    """
+
+    hidden_dim = 128
+    context_dim = 128
+    corr_levels = 4
+    corr_radius = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fnet = _Encoder(256, "instance")
+        self.cnet = _Encoder(self.hidden_dim + self.context_dim, "batch")
+        self.update_block = _UpdateBlock(self.corr_levels * (2 * self.corr_radius + 1) ** 2)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fnet.conv1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.fnet.conv1.weight.device
+
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame features: matching features (float32) and context (network dtype)."""
+        return self.fnet(frames).float(), self.cnet(frames)
+
+    def refine(
+        self, fmap1: torch.Tensor, fmap2: torch.Tensor, context: torch.Tensor, iters: int = RAFT_ITERS
+    ) -> torch.Tensor:
+        """Flow from frame 1 to frame 2 at full resolution, from their encodings."""
+        hidden, ctx = torch.split(context, [self.hidden_dim, self.context_dim], dim=1)
+        hidden, ctx = torch.tanh(hidden), torch.relu(ctx)
+        corr = _CorrPyramid(fmap1, fmap2, self.corr_levels, self.corr_radius)
+        n, _, h, w = fmap1.shape
+        ys, xs = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=fmap1.device),
+            torch.arange(w, dtype=torch.float32, device=fmap1.device),
+            indexing="ij",
+        )
+        # Positions are kept in float32 so that many small updates accumulate accurately.
+        coords0 = torch.stack((xs, ys)).expand(n, 2, h, w)
+        coords1 = coords0.clone()
+        dtype = ctx.dtype
+        for _ in range(iters):
+            flow = coords1 - coords0
+            hidden, delta = self.update_block(hidden, ctx, corr(coords1).to(dtype), flow.to(dtype))
+            coords1 = coords1 + delta.float()
+        # Only the final flow is used, so the upsampling weights are computed once.
+        weights = self.update_block.upsample_weights(hidden).float()
+        return self._upsample(coords1 - coords0, weights)
+
+    @staticmethod
+    def _upsample(flow: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """8x convex upsampling: each sub-pixel is a softmax-weighted mix of the 3x3 neighbours."""
+        n, _, h, w = flow.shape
+        weights = torch.softmax(weights.view(n, 9, 8, 8, h, w), dim=1)
+        neighbours = F.unfold(8.0 * flow, kernel_size=3, padding=1).view(n, 2, 9, h, w)
+        up = torch.einsum("nkabhw,nckhw->nchawb", weights, neighbours)
+        return up.reshape(n, 2, 8 * h, 8 * w)
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = RAFT_ITERS) -> torch.Tensor:
+        f1, ctx = self.encode(image1)
+        f2 = self.fnet(image2).float()
+        return self.refine(f1, f2, ctx, iters)
+
+
+def load_raft(
+    path: PathLike, device: DeviceLike = "cpu", dtype: torch.dtype = torch.float32
+) -> RAFT:
+    """Load ``raft-things.pth`` (or ``.safetensors``) strictly, ready for inference.
+
+    Raises :class:`ModelLoadError` (one line naming the file) when the file is
+    missing, unreadable or does not hold exactly RAFT-large's keys and shapes.
+    """
+    path = Path(path).expanduser()
+    sd = read_state_dict(path)
+    sd = {k[len(RAFT_PREFIX):] if k.startswith(RAFT_PREFIX) else k: v for k, v in sd.items()}
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in RAFT().state_dict().items()}
+    check_state_dict(expected, sd, path, RAFT_CONFIG)
+    model = RAFT()
+    model.load_state_dict(sd, strict=True)
+    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    logger.info("loaded RAFT from %s on %s as %s", path, device, dtype)
+    return model
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dim() != 4 or a.shape[1] != 3 or a.shape != b.shape:
+        raise ValueError(
+            f"frames must be two (N, 3, H, W) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+class FlowEstimator:
+    """Flow between frame pairs. Frames are (N, 3, H, W) RGB in [-1, 1], any float dtype."""
+
+    method: str = ""
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Flow from each frame of ``a`` to the same-index frame of ``b``: (N, 2, H, W) float32."""
+        raise NotImplementedError
+
+    def bidirectional(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a -> b, b -> a) flows, for a streaming caller that gets one new pair at a time."""
+        return self(a, b), self(b, a)
+
+    def clip(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward flows between consecutive frames of (T, 3, H, W): two (T-1, 2, H, W)."""
+        return self.bidirectional(frames[:-1], frames[1:])
+
+
+class DisFlow(FlowEstimator):
+    """OpenCV DIS optical flow on BT.601 luma, uint8.
+
+    The MEDIUM preset is the default: the flow is meant for small low-resolution
+    frames, where the faster presets' coarse finest scale (flow computed at 1/4 size
+    and upsampled) and 8-px patches leave too few independent patches to be accurate,
+    while MEDIUM (half-size finest scale, 12-px patches, variational refinement) is
+    accurate to a fraction of a pixel and still costs only milliseconds per pair.
+    ``finest_scale=0`` overrides the preset to estimate at full size (slower, finer).
+    An instance is not thread-safe (the OpenCV object keeps state between calls).
+    """
+
+    method = "dis"
+
+    def __init__(self, preset: str = "medium", finest_scale: Optional[int] = None) -> None:
+        import cv2
+
+        presets = {
+            "ultrafast": cv2.DISOpticalFlow_PRESET_ULTRAFAST,
+            "fast": cv2.DISOpticalFlow_PRESET_FAST,
+            "medium": cv2.DISOpticalFlow_PRESET_MEDIUM,
+        }
+        if preset not in presets:
+            raise ValueError(f"preset={preset!r} is not supported; accepted: {', '.join(presets)}")
+        self._dis = cv2.DISOpticalFlow_create(presets[preset])
+        if finest_scale is not None:
+            self._dis.setFinestScale(int(finest_scale))
+
+    @staticmethod
+    def _gray_u8(frames: torch.Tensor):
+        rgb = (frames.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5
+        luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+        return luma.round_().to(torch.uint8).cpu().numpy()
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        _check_pair(a, b)
+        ga, gb = self._gray_u8(a), self._gray_u8(b)
+        # calc(I0, I1) returns f with I0(p) ~ I1(p + f(p)): the forward flow, (H, W, 2) as (x, y).
+        flows = [torch.from_numpy(self._dis.calc(x, y, None)) for x, y in zip(ga, gb)]
+        return torch.stack(flows).permute(0, 3, 1, 2).to(device=a.device, dtype=torch.float32)
+
+    def clip(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gray = self._gray_u8(frames)  # convert each frame once
+        fw = [self._dis.calc(gray[i], gray[i + 1], None) for i in range(len(gray) - 1)]
+        bw = [self._dis.calc(gray[i + 1], gray[i], None) for i in range(len(gray) - 1)]
+        h, w = frames.shape[-2:]
+
+        def stack(flows: list) -> torch.Tensor:
+            if not flows:
+                return frames.new_zeros((0, 2, h, w), dtype=torch.float32)
+            out = torch.stack([torch.from_numpy(f) for f in flows]).permute(0, 3, 1, 2)
+            return out.to(device=frames.device, dtype=torch.float32)
+
+        return stack(fw), stack(bw)
+
+
+class RaftFlow(FlowEstimator):
+    """RAFT-large flow with the official helper's semantics, for any frame size.
+
+    Frames are fed in [-1, 1] as they are, replicate-padded (centred) to a multiple of
+    8, refined ``iters`` times; the final, convex-upsampled flow is cropped back. (The
+    official helper resizes to a multiple of 8 instead; on sizes that are already
+    multiples of 8 both are the same, otherwise padding avoids resampling the frames
+    and rescaling the flow.) Each frame is encoded once even when it appears in two
+    pairs, and pairs are batched in chunks whose correlation volumes fit
+    ``corr_budget_bytes``.
+    """
+
+    method = "raft"
+
+    def __init__(self, model: RAFT, iters: int = RAFT_ITERS, corr_budget_bytes: int = CORR_BUDGET_BYTES) -> None:
+        self.model = model.eval()
+        self.iters = int(iters)
+        self.corr_budget_bytes = int(corr_budget_bytes)
+
+    def _pad(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        h, w = frames.shape[-2:]
+        ph, pw = -h % 8, -w % 8
+        pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        x = frames.to(device=self.model.device, dtype=self.model.dtype)
+        if ph or pw:
+            x = F.pad(x, pad, mode="replicate")
+        return x, pad
+
+    @staticmethod
+    def _crop(flow: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+        left, right, top, bottom = pad
+        h, w = flow.shape[-2:]
+        return flow[..., top : h - bottom, left : w - right]
+
+    def _pairs_per_chunk(self, h: int, w: int) -> int:
+        cells = (h // 8) * (w // 8)
+        per_pair = 4 * cells * cells * 4 / 3  # float32 pyramid: 1 + 1/4 + 1/16 + ...
+        return max(1, int(self.corr_budget_bytes // per_pair))
+
+    @torch.inference_mode()
+    def _refine(self, f1: torch.Tensor, f2: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        step = self._pairs_per_chunk(f1.shape[-2] * 8, f1.shape[-1] * 8)
+        out = [self.model.refine(f1[i : i + step], f2[i : i + step], ctx[i : i + step], self.iters)
+               for i in range(0, f1.shape[0], step)]
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        _check_pair(a, b)
+        pa, pad = self._pad(a)
+        pb, _ = self._pad(b)
+        f1, ctx = self.model.encode(pa)
+        f2 = self.model.fnet(pb).float()
+        return self._crop(self._refine(f1, f2, ctx), pad).to(device=a.device, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def bidirectional(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_pair(a, b)
+        n = a.shape[0]
+        x, pad = self._pad(torch.cat((a, b)))
+        fmap, ctx = self.model.encode(x)
+        # Both directions in one batch: (a -> b) then (b -> a).
+        flows = self._refine(fmap, fmap.roll(n, 0), ctx)
+        flows = self._crop(flows, pad).to(device=a.device, dtype=torch.float32)
+        return flows[:n], flows[n:]
+
+    @torch.inference_mode()
+    def clip(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t, _, h, w = frames.shape
+        if t < 2:
+            empty = frames.new_zeros((0, 2, h, w), dtype=torch.float32)
+            return empty, empty.clone()
+        x, pad = self._pad(frames)
+        pairs = max(1, min(MAX_CHUNK_FRAMES - 1, self._pairs_per_chunk(*x.shape[-2:]) // 2))
+        fw, bw = [], []
+        for s in range(0, t - 1, pairs):
+            e = min(t, s + pairs + 1)  # chunks overlap by one frame so every pair is covered once
+            fmap, ctx = self.model.encode(x[s:e])
+            m = e - s - 1
+            f1 = torch.cat((fmap[:-1], fmap[1:]))
+            f2 = torch.cat((fmap[1:], fmap[:-1]))
+            flows = self.model.refine(f1, f2, torch.cat((ctx[:-1], ctx[1:])), self.iters)
+            flows = self._crop(flows, pad).to(device=frames.device, dtype=torch.float32)
+            fw.append(flows[:m])
+            bw.append(flows[m:])
+            logger.debug("RAFT flows for frames %d-%d", s, e - 1)
+        return torch.cat(fw), torch.cat(bw)
+
+
+def flow_estimator(
+    method: str,
+    raft: Optional[Union[RAFT, PathLike]] = None,
+    device: Optional[DeviceLike] = None,
+    dtype: torch.dtype = torch.float32,
+    iters: int = RAFT_ITERS,
+) -> FlowEstimator:
+    """An estimator for ``method``. For ``"raft"``, ``raft`` is a loaded :class:`RAFT`
+    or the path of its weight file (loaded onto ``device`` as ``dtype``)."""
+    _check_method(method)
+    if method == "dis":
+        return DisFlow()
+    if raft is None:
+        raise ValueError(
+            "method='raft' needs the RAFT weights: pass raft=load_raft(path) or the path of "
+            "propagator/raft-things.pth; or use method='dis'"
+        )
+    if not isinstance(raft, RAFT):
+        raft = load_raft(raft, device or "cpu", dtype)
+    return RaftFlow(raft, iters=iters)
+
+
+def flow_between(
+    a: torch.Tensor, b: torch.Tensor, method: str = "raft", raft: Optional[Union[RAFT, PathLike]] = None
+) -> torch.Tensor:
+    """Flow from frames ``a`` to frames ``b`` ((N, 3, H, W) in [-1, 1]): (N, 2, H, W) float32.
+
+    For many calls build an estimator once with :func:`flow_estimator`.
+    """
+    return flow_estimator(method, raft, device=a.device)(a, b)
+
+
+def estimate_flows(
+    video: torch.Tensor,
+    method: str = "raft",
+    raft: Optional[Union[RAFT, PathLike, FlowEstimator]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional flows between consecutive frames of ``video`` (B, 3, T, H, W) in [-1, 1].
+
+    Returns ``(flows_forward, flows_backward)``, each (B, 2, T-1, H, W) float32 on
+    ``video``'s device: ``flows_forward[:, :, i]`` maps frame i to i+1 on frame i's grid,
+    ``flows_backward[:, :, i]`` maps frame i+1 to i on frame i+1's grid. ``raft`` may
+    also be a ready :class:`FlowEstimator` (then ``method`` must match it).
+    """
+    _check_method(method)
+    if video.dim() != 5 or video.shape[1] != 3:
+        raise ValueError(f"video must be (B, 3, T, H, W), got {tuple(video.shape)}")
+    if isinstance(raft, FlowEstimator):
+        if raft.method != method:
+            raise ValueError(f"method={method!r} does not match the given {raft.method!r} estimator")
+        estimator = raft
+    else:
+        estimator = flow_estimator(method, raft, device=video.device)
+    fws, bws = [], []
+    for clip in video.transpose(1, 2):  # (T, 3, H, W) per batch item
+        fw, bw = estimator.clip(clip)
+        fws.append(fw.transpose(0, 1))
+        bws.append(bw.transpose(0, 1))
+    return torch.stack(fws), torch.stack(bws)
