@@ -61,8 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pipe = UpscalePipeline.from_pretrained(model, vae=args.vae)
     t0 = time.perf_counter()
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rdenoising step {done}/{total}", end="", file=sys.stderr, flush=True)
+    def progress(done: int, total: int, chunk: int, chunks: int) -> None:
+        print(f"\rchunk {chunk + 1}/{chunks}: denoising step {done}/{total}", end="", file=sys.stderr, flush=True)
 
     out = pipe(video, prompt="an old animation, best quality, extremely detailed", num_inference_steps=args.steps,
                guidance_scale=6.0, noise_level=120, seed=args.seed, callback=progress)

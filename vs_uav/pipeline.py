@@ -3,13 +3,16 @@
 ``UpscalePipeline.__call__`` follows the official inference step for step:
 noise-level augmentation of the low-res video, classifier-free-guided DDIM over
 8-frame U-Net windows, training-free latent propagation at chosen steps, float32
-VAE decoding in groups of 3 frames, optional colour correction.
+VAE decoding in groups of 3 frames, optional colour correction. Around it: clips
+stream through chunks (:mod:`vs_uav.streaming`) and large frames through blended
+spatial tiles (:mod:`vs_uav.tiling`), so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -18,19 +21,25 @@ import torch
 import torch.nn.functional as F
 
 from .color import COLOR_FIX_CHOICES, color_fix as apply_color_fix
-from .loading import VAE_CHOICES, UpscaleAVideoModel, load_model, torch_dtype
+from .loading import UpscaleAVideoModel, load_model, torch_dtype
 from .models.text_encoder import NEGATIVE_PROMPT
 from .models.vae_video import decode_latents_vsr
-from .propagation import propagate
-from .tiling import decode_groups, temporal_windows
+from .propagation import PropagationCarry, propagate
+from .streaming import ChunkState
+from .tiling import CONTEXT, WINDOW, chunk_bounds, decode_groups, ramp, spatial_tiles, temporal_windows
 
 logger = logging.getLogger(__name__)
 
 # Frames are padded to a multiple of this (the U-Net downsamples 3 times).
 SIZE_MULTIPLE = 8
 MIN_SIZE = 8
+DEFAULT_TILE_OVERLAP = 16
 
-ProgressCallback = Callable[[int, int], None]
+# (steps done, steps total) within the current chunk, then (chunk index, chunk count).
+ProgressCallback = Callable[[int, int, int, int], None]
+
+NOISE_STREAM_IMAGE = 0
+NOISE_STREAM_LATENTS = 1
 
 
 @dataclass
@@ -39,23 +48,38 @@ class UpscaleOutput:
     latents: torch.Tensor  # (1, 4, T, H, W) final latents, float32 on the CPU
 
 
+@dataclass
+class UpscaleParams:
+    """The per-call settings every chunk of one render shares (validated)."""
+
+    prompt: str
+    negative_prompt: str
+    num_inference_steps: int
+    guidance_scale: float
+    noise_level: int
+    propagation_steps: tuple[int, ...]
+    seed: int
+    w_lr: float
+    color_fix: str
+    tile_size: int  # latent pixels; 0 = automatic
+    tile_overlap: int
+
+    @property
+    def guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
 def frame_generator(seed: int, frame: int, stream: int) -> torch.Generator:
-    """A generator for one frame's draw: results never depend on chunking or order."""
-    # A fixed odd multiplier spreads (seed, frame, stream) over the 64-bit seed space.
-    mixed = (seed * 0x9E3779B97F4A7C15 + frame * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB)
+    """A generator for one frame's draw, so results never depend on chunking or order."""
+    # Odd 64-bit multipliers (splitmix constants) spread (seed, frame, stream) apart.
+    mixed = seed * 0x9E3779B97F4A7C15 + frame * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB
     return torch.Generator("cpu").manual_seed(mixed & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def seeded_noise(seed: int, stream: int, frames: range, shape: Sequence[int]) -> torch.Tensor:
     """(1, C, len(frames), H, W) standard normal noise, each frame from its own generator."""
     c, h, w = shape
-    return torch.stack(
-        [torch.randn((1, c, h, w), generator=frame_generator(seed, f, stream)) for f in frames], dim=2
-    )
-
-
-NOISE_STREAM_IMAGE = 0
-NOISE_STREAM_LATENTS = 1
+    return torch.stack([torch.randn((1, c, h, w), generator=frame_generator(seed, f, stream)) for f in frames], 2)
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -63,14 +87,42 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; accepted: finite numbers")
 
 
+def _pad_frames(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Reflect-pad the bottom/right of (B, C, T, H, W) frames."""
+    if not (pad_h or pad_w):
+        return x
+    b, c, n, h, w = x.shape
+    x = F.pad(x.reshape(b, c * n, h, w), (0, pad_w, 0, pad_h), mode="reflect")
+    return x.reshape(b, c, n, h + pad_h, w + pad_w)
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes a model call may use: most of the free GPU memory, half the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.7)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        pages = 8 << 30
+    return int(pages * 0.5)
+
+
+# Live activation tensors of the U-Net's top level at peak (measured on the official
+# architecture's forward: resnet and temporal blocks keep about this many alive).
+_UNET_LIVE_TENSORS = 24
+
+
 class UpscalePipeline:
     """4x video super-resolution; see :meth:`__call__`."""
 
     def __init__(self, model: UpscaleAVideoModel, device: Union[str, torch.device] = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, flow: str = "auto"):
         self.model = model
         self.device = torch.device(device)
         self.dtype = dtype
+        self.flow = flow
+        self._flow_estimator = None
 
     @classmethod
     def from_pretrained(
@@ -79,42 +131,105 @@ class UpscalePipeline:
         vae: str = "3d",
         device: Union[str, torch.device] = "cpu",
         dtype: Optional[Union[str, torch.dtype]] = None,
+        flow: str = "auto",
     ) -> "UpscalePipeline":
         if isinstance(dtype, str) or dtype is None:
             dtype = torch_dtype(dtype) or torch.float32
+        from .flow import METHODS
+
+        if flow not in ("auto", *METHODS):
+            raise ValueError(f"flow={flow!r} is not supported; accepted: auto, {', '.join(METHODS)}")
         model = load_model(model_dir, vae=vae, device=device, dtype=dtype)
-        return cls(model, device, dtype)
+        return cls(model, device, dtype, flow)
 
-    # -- validation -------------------------------------------------------------------------
+    # -- flows ---------------------------------------------------------------------------------
 
-    def _validate(self, video, num_inference_steps, guidance_scale, noise_level, propagation_steps,
-                  flows, latents, image_noise, color_fix) -> None:
-        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"video has shape {shape}; accepted: (1, 3, T, H, W) float tensor in [-1, 1]")
-        _, _, t, h, w = video.shape
-        if t < 1:
-            raise ValueError("video has T=0 frames; accepted: T >= 1")
-        if h < MIN_SIZE or w < MIN_SIZE:
-            raise ValueError(f"video frames are {w}x{h}; accepted: at least {MIN_SIZE}x{MIN_SIZE}")
-        if not video.is_floating_point():
-            raise ValueError(f"video has dtype {video.dtype}; accepted: a floating-point tensor in [-1, 1]")
-        _check_finite("video", video)
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps={num_inference_steps!r}; accepted: an integer >= 1")
+    @property
+    def flow_estimator(self):
+        """Pairwise optical flow at low resolution (RAFT when its weights are present, else DIS)."""
+        if self._flow_estimator is None:
+            from .flow import default_method, flow_estimator, raft_weights
+
+            method = default_method(self.model.folder) if self.flow == "auto" else self.flow
+            path = raft_weights(self.model.folder) if method == "raft" else None
+            if method == "raft" and path is None:
+                raise ValueError(f"flow='raft' needs {self.model.folder}/propagator/raft-things.pth; "
+                                 "accepted: flow='dis', or run `uav download`")
+            self._flow_estimator = flow_estimator(method, path, device=self.device)
+        return self._flow_estimator
+
+    def estimate_flows(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward, backward) flows, each (1, 2, T-1, H, W), of a (1, 3, T, H, W) clip."""
+        from .flow import estimate_flows
+
+        estimator = self.flow_estimator
+        forward, backward = estimate_flows(video.to(self.device), estimator.method, estimator)
+        return forward.float().cpu(), backward.float().cpu()
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def make_params(
+        self,
+        prompt: str = "",
+        negative_prompt: str = NEGATIVE_PROMPT,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 6.0,
+        noise_level: int = 120,
+        propagation_steps: Sequence[int] = (),
+        seed: int = 0,
+        w_lr: float = 1.0,
+        color_fix: str = "none",
+        tile_size: int = 0,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    ) -> UpscaleParams:
+        """Check every setting; a bad one raises ValueError naming it and what is accepted."""
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(value, str):
+                raise ValueError(f"{name}={value!r}; accepted: a string")
         n_train = self.model.scheduler.config.num_train_timesteps
-        if num_inference_steps > n_train:
-            raise ValueError(f"num_inference_steps={num_inference_steps}; accepted: 1..{n_train}")
-        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+                or not 1 <= num_inference_steps <= n_train:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}; accepted: an integer in [1, {n_train}]")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale={guidance_scale!r}; accepted: a finite number >= 0")
         max_level = self.model.max_noise_level
-        if not isinstance(noise_level, int) or not 0 <= noise_level <= max_level:
+        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= max_level:
             raise ValueError(f"noise_level={noise_level!r}; accepted: an integer in [0, {max_level}]")
-        for s in propagation_steps:
-            if not isinstance(s, int) or not 0 <= s < num_inference_steps:
-                raise ValueError(
-                    f"propagation_steps contains {s!r}; accepted: step indices in [0, {num_inference_steps - 1}]"
-                )
+        steps = tuple(propagation_steps)
+        for s in steps:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_inference_steps:
+                raise ValueError(f"propagation_steps contains {s!r}; accepted: step indices in "
+                                 f"[0, {num_inference_steps - 1}] (num_inference_steps={num_inference_steps})")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed={seed!r}; accepted: an integer >= 0")
+        if not isinstance(w_lr, (int, float)) or not math.isfinite(w_lr):
+            raise ValueError(f"w_lr={w_lr!r}; accepted: a finite number (1.0 is the official weight)")
+        if color_fix not in COLOR_FIX_CHOICES:
+            raise ValueError(f"color_fix={color_fix!r}; accepted: {', '.join(COLOR_FIX_CHOICES)}")
+        if not isinstance(tile_size, int) or tile_size < 0 or (tile_size and (tile_size < 32 or tile_size % 8)):
+            raise ValueError(f"tile_size={tile_size!r}; accepted: 0 (automatic) or a multiple of 8 >= 32 "
+                             "(low-res pixels)")
+        if not isinstance(tile_overlap, int) or tile_overlap < 0 or (tile_size and tile_overlap > tile_size // 2):
+            raise ValueError(f"tile_overlap={tile_overlap!r}; accepted: an integer in [0, tile_size / 2]")
+        return UpscaleParams(prompt, negative_prompt, num_inference_steps, float(guidance_scale), noise_level,
+                             steps, seed, float(w_lr), color_fix, tile_size, tile_overlap)
+
+    @staticmethod
+    def _check_video(video, name: str = "video") -> None:
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"{name} has shape {shape}; accepted: (1, 3, T, H, W) float tensor in [-1, 1]")
+        _, _, t, h, w = video.shape
+        if t < 1:
+            raise ValueError(f"{name} has T=0 frames; accepted: T >= 1")
+        if h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"{name} frames are {w}x{h}; accepted: at least {MIN_SIZE}x{MIN_SIZE}")
+        if not video.is_floating_point():
+            raise ValueError(f"{name} has dtype {video.dtype}; accepted: a floating-point tensor in [-1, 1]")
+        _check_finite(name, video)
+
+    def _check_extra(self, video, flows, latents, image_noise) -> None:
+        _, _, t, h, w = video.shape
         if flows is not None:
             if not isinstance(flows, (tuple, list)) or len(flows) != 2:
                 raise ValueError("flows must be a pair (forward, backward); accepted: two (1, 2, T-1, H, W) tensors")
@@ -131,27 +246,64 @@ class UpscalePipeline:
                     got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise ValueError(f"{name} has shape {got}; accepted: {(1, c, t, h, w)}")
                 _check_finite(name, x)
-        if color_fix not in COLOR_FIX_CHOICES:
-            raise ValueError(f"color_fix={color_fix!r}; accepted: {', '.join(COLOR_FIX_CHOICES)}")
 
-    # -- the steps ---------------------------------------------------------------------------
+    # -- model calls ---------------------------------------------------------------------------
 
-    def _unet_windows(self, latents: torch.Tensor, image: torch.Tensor, t: int, embeds: torch.Tensor,
-                      class_labels: torch.Tensor) -> torch.Tensor:
-        """Model output for every frame: the U-Net over 8-frame windows, overlaps averaged
-        in window order (``old * 0.5 + new * 0.5``) exactly as the official loop does."""
+    def tile_for(self, height: int, width: int, params: UpscaleParams) -> tuple[int, int]:
+        """(tile, overlap) in latent pixels for frames of this padded size; tile 0 = no tiling."""
+        if params.tile_size:
+            tile = params.tile_size
+        else:
+            cfg = self.model.unet.config
+            batch = 2 if params.guidance else 1
+            per_px = batch * WINDOW * cfg.block_out_channels[0] * self.dtype.itemsize * _UNET_LIVE_TENSORS
+            max_area = _memory_budget(self.device) // per_px
+            if height * width <= max_area:
+                return 0, 0
+            tile = max(64, int(math.sqrt(max_area)) // 8 * 8)
+        if height <= tile and width <= tile:
+            return 0, 0
+        return tile, min(params.tile_overlap, tile // 2)
+
+    def _tiled(self, fn, inputs: Sequence[torch.Tensor], tile: int, overlap: int, scale: int) -> torch.Tensor:
+        """Apply ``fn`` over overlapping spatial tiles of (B, C, T, H, W) inputs and blend the
+        (B, C', T, scale*H, scale*W) results with smooth weights (one value per pixel)."""
+        h, w = inputs[0].shape[-2:]
+        if not tile:
+            return fn(*inputs)
+        out = weight = None
+        for y0, y1 in spatial_tiles(h, tile, overlap):
+            wy = torch.tensor(ramp(scale * (y1 - y0), scale * y0, scale * y1, scale * h, scale * overlap))
+            for x0, x1 in spatial_tiles(w, tile, overlap):
+                wx = torch.tensor(ramp(scale * (x1 - x0), scale * x0, scale * x1, scale * w, scale * overlap))
+                part = fn(*(x[..., y0:y1, x0:x1] for x in inputs)).float()
+                if out is None:
+                    out = part.new_zeros((*part.shape[:3], scale * h, scale * w))
+                    weight = part.new_zeros((scale * h, scale * w))
+                wt = (wy[:, None] * wx[None, :]).to(part.device)
+                out[..., scale * y0:scale * y1, scale * x0:scale * x1] += part * wt
+                weight[scale * y0:scale * y1, scale * x0:scale * x1] += wt
+        return out / weight
+
+    def _model_output(self, latents: torch.Tensor, image: torch.Tensor, t: int, embeds: torch.Tensor,
+                      class_labels: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
+        """Model output for every frame: the U-Net over 8-frame windows, overlaps averaged in
+        window order (``old * 0.5 + new * 0.5``) exactly as the official loop does."""
         unet = self.model.unet
-        num_frames = latents.shape[2]
         batch = embeds.shape[0]
-        out = torch.empty((batch, latents.shape[1], *latents.shape[2:]), dtype=torch.float32, device=latents.device)
-        seen = torch.zeros(num_frames, dtype=torch.bool)
+
+        def call(x: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.dtype).expand(batch, -1, -1, -1, -1)
+            lr = lr.to(self.dtype).expand(batch, -1, -1, -1, -1)
+            return unet(x, t, lr, embeds, class_labels).float()
+
+        out = torch.empty((batch, *latents.shape[1:]), dtype=torch.float32, device=latents.device)
+        seen = torch.zeros(latents.shape[2], dtype=torch.bool)
         prev_window, pred = None, None
-        for window in temporal_windows(num_frames):
+        for window in temporal_windows(latents.shape[2]):
             s, e = window
             if window != prev_window:  # a repeated window gives the same prediction
-                x = latents[:, :, s:e].to(self.dtype).expand(batch, -1, -1, -1, -1)
-                lr = image[:, :, s:e].to(self.dtype).expand(batch, -1, -1, -1, -1)
-                pred = unet(x, t, lr, embeds, class_labels).float()
+                pred = self._tiled(call, (latents[:, :, s:e], image[:, :, s:e]), *tile, scale=1)
                 prev_window = window
             old = seen[s:e]
             block = out[:, :, s:e]
@@ -160,7 +312,128 @@ class UpscalePipeline:
             seen[s:e] = True
         return out
 
+    def _decode(self, latents: torch.Tensor, video: torch.Tensor, w_lr: float, tile: tuple[int, int]) -> torch.Tensor:
+        """Float32 decode in groups of 3 frames, each conditioned on its clean low-res frames."""
+        vae = self.model.vae
+        groups = []
+        for s, e in decode_groups(latents.shape[2]):
+            groups.append(self._tiled(lambda z, lr: decode_latents_vsr(vae, z, lr, w_lr),
+                                      (latents[:, :, s:e], video[:, :, s:e]), *tile, scale=4))
+        return torch.cat(groups, dim=2)
+
+    # -- one chunk -----------------------------------------------------------------------------
+
     @torch.no_grad()
+    def upscale_chunk(
+        self,
+        video: torch.Tensor,
+        start: int,
+        params: UpscaleParams,
+        state: Optional[ChunkState] = None,
+        flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        boundary_flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        latents: Optional[torch.Tensor] = None,
+        image_noise: Optional[torch.Tensor] = None,
+        callback: Optional[Callable[[int, int], None]] = None,
+    ) -> tuple[UpscaleOutput, ChunkState]:
+        """Denoise and decode frames ``start .. start + T`` of a clip.
+
+        ``state`` is the previous chunk's :class:`ChunkState` (None at the clip's start or
+        after a scene cut); the returned state continues into the next chunk.
+        ``flows`` are the chunk's own flows (computed when propagation needs them and
+        none are given); ``boundary_flows`` link the previous chunk's last frame to this
+        chunk's first ((1, 2, H, W) each, computed from the state when needed).
+        """
+        m = self.model
+        device = self.device
+        _, _, n, h, w = video.shape
+        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        ph, pw = h + pad_h, w + pad_w
+        if state is not None and (state.end != start or tuple(state.image.shape[-2:]) != (ph, pw)
+                                  or state.latents.shape[0] != params.num_inference_steps):
+            raise ValueError(f"state ends at frame {state.end} with {tuple(state.image.shape[-2:])} latents; "
+                             f"accepted: a state ending at frame {start} with {(ph, pw)} latents and "
+                             f"{params.num_inference_steps} steps")
+        clean = video.float()
+        video_p = _pad_frames(clean, pad_h, pad_w).to(device)
+        frames = range(start, start + n)
+
+        # 1. Prompt embeddings: rows [negative, positive] with guidance.
+        embeds = m.prompt_encoder.encode(params.prompt, params.negative_prompt, guidance=params.guidance)
+        embeds = embeds.to(device, self.dtype)
+        batch = embeds.shape[0]
+
+        # 2. Noise the low-res input at noise_level; the level is also the U-Net's class label.
+        if image_noise is None:
+            image_noise = seeded_noise(params.seed, NOISE_STREAM_IMAGE, frames, (3, h, w))
+        image_noise = _pad_frames(image_noise.float(), pad_h, pad_w).to(device)
+        image = m.low_res_scheduler.add_noise(video_p, image_noise, params.noise_level)
+        class_labels = torch.full((batch,), params.noise_level, dtype=torch.long, device=device)
+
+        # 3. Timesteps and initial latents (each frame's draw from (seed, frame index)).
+        timesteps = m.scheduler.set_timesteps(params.num_inference_steps).tolist()
+        c_lat = m.unet.config.in_channels - 3
+        if latents is None:
+            latents = seeded_noise(params.seed, NOISE_STREAM_LATENTS, frames, (c_lat, h, w))
+        latents = _pad_frames(latents.float(), pad_h, pad_w).to(device) * m.scheduler.init_noise_sigma
+
+        # 4. Flows for propagation, at low resolution, padded like the frames.
+        propagating = bool(params.propagation_steps)
+        carry_flows = None
+        if propagating:
+            if flows is None:
+                flows = self.estimate_flows(clean)
+            flows = tuple(_pad_frames(f.float(), pad_h, pad_w).to(device) for f in flows)
+            if state is not None and state.propagated:
+                if boundary_flows is None:
+                    pair = torch.stack([state.last_frame, clean[:, :, 0]], dim=2)
+                    fw, bw = self.estimate_flows(pair)
+                    boundary_flows = (fw[:, :, 0], bw[:, :, 0])
+                carry_flows = tuple(
+                    _pad_frames(f.float()[:, :, None], pad_h, pad_w)[:, :, 0].to(device) for f in boundary_flows
+                )
+
+        # 5. Denoising loop, with the previous chunk's tail as fixed context.
+        ctx = state.context if state is not None else 0
+        ctx_image = state.image.to(device) if state is not None else None
+        image_ext = torch.cat([ctx_image, image], dim=2) if ctx else image
+        keep = min(CONTEXT, ctx + n)
+        tail_latents, propagated = [], {}
+        tile = self.tile_for(ph, pw, params)
+        for i, t in enumerate(timesteps):
+            ext = torch.cat([state.latents[i].to(device), latents], dim=2) if ctx else latents
+            tail_latents.append(ext[:, :, -keep:].cpu())
+            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile)[:, :, ctx:]
+            if params.guidance:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + params.guidance_scale * (text - uncond)
+            x0 = m.scheduler.step_v0(noise_pred, t, latents)
+            if propagating and i in params.propagation_steps:
+                carry = None
+                if carry_flows is not None and i in state.propagated:
+                    carry = PropagationCarry(state.propagated[i].to(device), *carry_flows)
+                x0 = propagate(x0, flows[0], flows[1], carry=carry)
+                propagated[i] = x0[:, :, -1].cpu()
+            latents = m.scheduler.step_vt(x0, noise_pred, t, latents)
+            if callback is not None:
+                callback(i + 1, len(timesteps))
+
+        new_state = ChunkState(
+            end=start + n, latents=torch.stack(tail_latents), image=image_ext[:, :, -keep:].cpu(),
+            last_frame=clean[:, :, -1].cpu(), propagated=propagated,
+        )
+
+        # 6. Decode, crop the padding, correct colours against the upsampled input.
+        decoded = self._decode(latents, video_p, params.w_lr, tile)[..., : 4 * h, : 4 * w]
+        if params.color_fix != "none":
+            flat = decoded[0].transpose(0, 1)
+            lr = clean[0].transpose(0, 1).to(flat.device)
+            decoded = apply_color_fix(flat, lr, params.color_fix).clamp(-1, 1).transpose(0, 1)[None]
+        out = UpscaleOutput(frames=decoded.cpu(), latents=latents[..., :h, :w].cpu())
+        return out, new_state
+
+    # -- a whole clip --------------------------------------------------------------------------
+
     def __call__(
         self,
         video: torch.Tensor,
@@ -176,80 +449,48 @@ class UpscalePipeline:
         seed: int = 0,
         w_lr: float = 1.0,
         color_fix: str = "none",
+        chunk_size: Optional[int] = None,
+        tile_size: int = 0,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
         callback: Optional[ProgressCallback] = None,
     ) -> UpscaleOutput:
         """Upscale ``video`` (1, 3, T, H, W) in [-1, 1] by 4.
 
-        ``flows=(forward, backward)``, each (1, 2, T-1, H, W) at low resolution, are used
-        for propagation at ``propagation_steps`` (step indices, not timesteps); without
-        flows no propagation happens. ``latents`` and ``image_noise`` replace the random
-        draws, which otherwise come from ``seed`` and the frame index.
+        ``propagation_steps`` are step indices (not timesteps) at which the predicted
+        latents are propagated along ``flows=(forward, backward)``, each (1, 2, T-1, H, W)
+        at low resolution; flows are estimated when not given. ``latents`` and
+        ``image_noise`` replace the random draws, which otherwise come from ``seed`` and
+        the frame index. ``chunk_size`` (default: the whole clip in one chunk, the official
+        algorithm) bounds memory for long clips; ``tile_size`` (latent = low-res pixels,
+        0 = when the memory budget asks for it) bounds it for large frames.
         """
-        propagation_steps = list(propagation_steps)
-        self._validate(video, num_inference_steps, guidance_scale, noise_level, propagation_steps,
-                       flows, latents, image_noise, color_fix)
-        m = self.model
-        device = self.device
-        _, _, num_frames, h, w = video.shape
+        params = self.make_params(prompt, negative_prompt, num_inference_steps, guidance_scale, noise_level,
+                                  propagation_steps, seed, w_lr, color_fix, tile_size, tile_overlap)
+        self._check_video(video)
+        self._check_extra(video, flows, latents, image_noise)
+        num_frames = video.shape[2]
+        if chunk_size is None:
+            bounds = [(0, num_frames)]
+        elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < WINDOW:
+            raise ValueError(f"chunk_size={chunk_size!r}; accepted: an integer >= {WINDOW}")
+        else:
+            bounds = chunk_bounds(num_frames, chunk_size)
+        if params.propagation_steps and flows is None:
+            flows = self.estimate_flows(video.float())
 
-        # 1. Pad frames to a multiple of 8 (reflect), cropped back after decoding.
-        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-        video = video.float().to(device)
-
-        def pad(x: torch.Tensor) -> torch.Tensor:
-            if not (pad_h or pad_w):
-                return x
-            b, c, n = x.shape[:3]
-            x = F.pad(x.reshape(b, c * n, *x.shape[3:]), (0, pad_w, 0, pad_h), mode="reflect")
-            return x.reshape(b, c, n, *x.shape[2:])
-
-        video = pad(video)
-        ph, pw = h + pad_h, w + pad_w
-
-        # 2. Encode the prompt: rows [negative, positive] with guidance.
-        guidance = guidance_scale > 1.0
-        embeds = m.prompt_encoder.encode(prompt, negative_prompt, guidance=guidance).to(device, self.dtype)
-        batch = embeds.shape[0]
-
-        # 3. Noise the low-res input at noise_level; the level is also the U-Net's class label.
-        if image_noise is None:
-            image_noise = seeded_noise(seed, NOISE_STREAM_IMAGE, range(num_frames), (3, h, w))
-        image = m.low_res_scheduler.add_noise(video, pad(image_noise.float().to(device)), noise_level)
-        class_labels = torch.full((batch,), noise_level, dtype=torch.long, device=device)
-
-        # 4. Timesteps and initial latents.
-        timesteps = m.scheduler.set_timesteps(num_inference_steps).tolist()
-        c_lat = m.unet.config.in_channels - 3
-        if latents is None:
-            latents = seeded_noise(seed, NOISE_STREAM_LATENTS, range(num_frames), (c_lat, h, w))
-        latents = pad(latents.float().to(device)) * m.scheduler.init_noise_sigma
-        if flows is not None:
-            flows = (pad(flows[0].float().to(device)), pad(flows[1].float().to(device)))
-
-        # 5. Denoising loop.
-        for i, t in enumerate(timesteps):
-            noise_pred = self._unet_windows(latents, image, t, embeds, class_labels)
-            if guidance:
-                uncond, text = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (text - uncond)
-            x0 = m.scheduler.step_v0(noise_pred, t, latents)
-            if flows is not None and i in propagation_steps:
-                x0 = propagate(x0, flows[0], flows[1])
-            latents = m.scheduler.step_vt(x0, noise_pred, t, latents)
-            if callback is not None:
-                callback(i + 1, num_inference_steps)
-
-        # 6. Decode in float32, groups of 3 frames, each conditioned on its clean low-res frames.
-        frames = torch.cat(
-            [decode_latents_vsr(m.vae, latents[:, :, s:e], video[:, :, s:e], w_lr) for s, e in decode_groups(num_frames)],
-            dim=2,
-        )
-        frames = frames[..., : 4 * h, : 4 * w]
-        latents = latents[..., :h, :w]
-
-        # 7. Colour correction against the bicubically upsampled input.
-        if color_fix != "none":
-            flat = frames[0].transpose(0, 1)  # (T, 3, 4H, 4W)
-            lr = video[0, :, :, :h, :w].transpose(0, 1)
-            frames = apply_color_fix(flat, lr, color_fix).clamp(-1, 1).transpose(0, 1)[None]
-        return UpscaleOutput(frames=frames.cpu(), latents=latents.cpu())
+        outputs, state = [], None
+        for index, (a, b) in enumerate(bounds):
+            step_cb = (lambda d, n, _i=index: callback(d, n, _i, len(bounds))) if callback else None
+            chunk_flows = boundary = None
+            if flows is not None:
+                chunk_flows = (flows[0][:, :, a:b - 1], flows[1][:, :, a:b - 1])
+                if a > 0:
+                    boundary = (flows[0][:, :, a - 1], flows[1][:, :, a - 1])
+            out, state = self.upscale_chunk(
+                video[:, :, a:b], a, params, state, chunk_flows, boundary,
+                latents[:, :, a:b] if latents is not None else None,
+                image_noise[:, :, a:b] if image_noise is not None else None, step_cb,
+            )
+            outputs.append(out)
+            logger.info("chunk %d/%d (frames %d-%d) done", index + 1, len(bounds), a, b - 1)
+        return UpscaleOutput(torch.cat([o.frames for o in outputs], 2), torch.cat([o.latents for o in outputs], 2))

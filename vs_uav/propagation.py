@@ -11,7 +11,8 @@ maps frame i to frame i+1, ``flows_backward[:, :, i]`` frame i+1 to frame i.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,19 +60,33 @@ def resize_flows(flows: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(flows, (n, *size), mode="area") * (size[1] / w)
 
 
+@dataclass
+class PropagationCarry:
+    """Where the forward sweep of the previous chunk ended, so the next chunk continues it.
+
+    ``feature`` is the previous chunk's propagated last frame (B, C, H, W); ``flow_forward``
+    maps that frame to the chunk's first frame, ``flow_backward`` the reverse (B, 2, H, W).
+    """
+
+    feature: torch.Tensor
+    flow_forward: torch.Tensor
+    flow_backward: torch.Tensor
+
+
 def _sweep(
     feats: list[torch.Tensor],
     order: range,
     flows_prop: torch.Tensor,
     flows_check: torch.Tensor,
-    flow_index,
+    flow_index: Callable[[int], int],
     mode: str,
     fuse_scale: float,
     alpha1: float,
     alpha2: float,
     start: Optional[torch.Tensor] = None,
 ) -> list[torch.Tensor]:
-    out: list[Optional[torch.Tensor]] = [None] * len(feats)
+    """One recurrent sweep; ``start`` is a propagated feature entering before the first frame."""
+    out: list[torch.Tensor] = []
     prop = start
     for i in order:
         current = feats[i]
@@ -83,8 +98,8 @@ def _sweep(
             valid = consistency_mask(f_prop, f_check, alpha1, alpha2)
             warped = flow_warp(prop, f_prop, mode) * fuse_scale + current * (1 - fuse_scale)
             prop = valid * warped + (1 - valid) * current
-        out[i] = prop
-    return out  # type: ignore[return-value]
+        out.append(prop)
+    return out
 
 
 def propagate(
@@ -95,18 +110,28 @@ def propagate(
     fuse_scale: float = FUSE_SCALE,
     alpha1: float = ALPHA1,
     alpha2: float = ALPHA2,
+    carry: Optional[PropagationCarry] = None,
 ) -> torch.Tensor:
-    """Propagate (B, C, T, H, W) features along the flows; returns the forward sweep."""
+    """Propagate (B, C, T, H, W) features along the flows; returns the forward sweep.
+
+    With ``carry`` the forward sweep continues from the previous chunk; the backward
+    sweep always starts at the chunk's last frame (the future is not known yet).
+    """
     b, c, t, h, w = x.shape
-    if t < 2:
-        return x
     flows_forward = resize_flows(flows_forward, (h, w))
     flows_backward = resize_flows(flows_backward, (h, w))
     frames = list(x.unbind(2))
     # Backward sweep: frame i takes frame i+1's result, warped by the flow i -> i+1.
     back = _sweep(frames, range(t - 1, -1, -1), flows_forward, flows_backward, lambda i: i,
-                  interpolation, fuse_scale, alpha1, alpha2)
+                  interpolation, fuse_scale, alpha1, alpha2)[::-1]
     # Forward sweep over the backward results: frame i takes frame i-1's, warped by i -> i-1.
-    fwd = _sweep(back, range(t), flows_backward, flows_forward, lambda i: i - 1,
-                 interpolation, fuse_scale, alpha1, alpha2)
+    start = None
+    if carry is not None:
+        # The boundary pair becomes flow index 0, shifting the chunk's own pairs by one.
+        flows_backward = torch.cat([carry.flow_backward[:, :, None], flows_backward], dim=2)
+        flows_forward = torch.cat([carry.flow_forward[:, :, None], flows_forward], dim=2)
+        start = carry.feature
+    shift = 0 if carry is not None else 1
+    fwd = _sweep(back, range(t), flows_backward, flows_forward, lambda i: i - shift,
+                 interpolation, fuse_scale, alpha1, alpha2, start=start)
     return torch.stack(fwd, dim=2)

@@ -33,3 +33,54 @@ def decode_groups(num_frames: int, size: int = DECODE_GROUP) -> list[tuple[int, 
     if num_frames <= size:
         return [(0, num_frames)]
     return [(s, min(num_frames, s + size)) for s in range(0, num_frames, size)]
+
+
+# Frames of the previous chunk a boundary-straddling window sees as fixed context: the
+# overlap the official windows have with each other.
+CONTEXT = WINDOW - WINDOW_STRIDE
+
+
+def chunk_bounds(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Consecutive chunks of ``chunk_size`` frames; a remainder shorter than one U-Net
+    window is merged into the chunk before it so that every chunk fills a window."""
+    if chunk_size < WINDOW:
+        raise ValueError(f"chunk_size={chunk_size}; accepted: an integer >= {WINDOW}")
+    bounds = [(s, min(num_frames, s + chunk_size)) for s in range(0, num_frames, chunk_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < WINDOW:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
+def spatial_tiles(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Start/end of overlapping tiles covering ``size`` pixels along one axis.
+
+    Tiles are ``tile`` long (multiples of 8 keep the U-Net's downsampling exact), spread
+    evenly so that neighbours overlap by at least ``overlap``; one tile when it fits.
+    """
+    if tile <= 0 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"tile_size={tile}, tile_overlap={overlap}; accepted: tile_size > tile_overlap >= 0")
+    if size <= tile:
+        return [(0, size)]
+    n = -(-(size - overlap) // (tile - overlap))  # ceil
+    last = size - tile
+    starts = [round(i * last / (n - 1)) // 8 * 8 for i in range(n)]
+    starts[-1] = last
+    return [(s, s + tile) for s in starts]
+
+
+def ramp(length: int, start: int, end: int, size: int, overlap: int) -> list[float]:
+    """Blend weights of one tile along one axis: a smooth (raised-cosine) rise over the
+    overlap on sides that touch another tile, 1 elsewhere, never exactly 0."""
+    import math
+
+    weights = []
+    for i in range(length):
+        w = 1.0
+        if start > 0 and overlap > 0 and i < overlap:
+            w = min(w, 0.5 - 0.5 * math.cos(math.pi * (i + 0.5) / overlap))
+        if end < size and overlap > 0 and i >= length - overlap:
+            j = length - 1 - i
+            w = min(w, 0.5 - 0.5 * math.cos(math.pi * (j + 0.5) / overlap))
+        weights.append(w)
+    return weights
