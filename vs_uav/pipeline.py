@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -468,18 +468,41 @@ class UpscalePipeline:
                                   propagation_steps, seed, w_lr, color_fix, tile_size, tile_overlap)
         self._check_video(video)
         self._check_extra(video, flows, latents, image_noise)
-        num_frames = video.shape[2]
+
+        def source(a: int, b: int) -> torch.Tensor:
+            return video[:, :, a:b]
+
+        outputs = [out for _, out in self.stream(source, video.shape[2], params, chunk_size, flows, latents,
+                                                 image_noise, callback)]
+        return UpscaleOutput(torch.cat([o.frames for o in outputs], 2), torch.cat([o.latents for o in outputs], 2))
+
+    def stream(
+        self,
+        source: Callable[[int, int], torch.Tensor],
+        num_frames: int,
+        params: UpscaleParams,
+        chunk_size: Optional[int] = None,
+        flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        latents: Optional[torch.Tensor] = None,
+        image_noise: Optional[torch.Tensor] = None,
+        callback: Optional[ProgressCallback] = None,
+    ) -> Iterator[tuple[int, UpscaleOutput]]:
+        """Upscale a clip chunk by chunk, yielding ``(first frame, output)`` per chunk.
+
+        ``source(a, b)`` returns frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1]; only one
+        chunk (and the small boundary state) is held at a time, so memory does not
+        grow with the clip's length. Flows are estimated per chunk when not given.
+        """
         if chunk_size is None:
             bounds = [(0, num_frames)]
         elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < WINDOW:
             raise ValueError(f"chunk_size={chunk_size!r}; accepted: an integer >= {WINDOW}")
         else:
             bounds = chunk_bounds(num_frames, chunk_size)
-        if params.propagation_steps and flows is None:
-            flows = self.estimate_flows(video.float())
-
-        outputs, state = [], None
+        state = None
         for index, (a, b) in enumerate(bounds):
+            video = source(a, b)
+            self._check_video(video)
             step_cb = (lambda d, n, _i=index: callback(d, n, _i, len(bounds))) if callback else None
             chunk_flows = boundary = None
             if flows is not None:
@@ -487,10 +510,9 @@ class UpscalePipeline:
                 if a > 0:
                     boundary = (flows[0][:, :, a - 1], flows[1][:, :, a - 1])
             out, state = self.upscale_chunk(
-                video[:, :, a:b], a, params, state, chunk_flows, boundary,
+                video, a, params, state, chunk_flows, boundary,
                 latents[:, :, a:b] if latents is not None else None,
                 image_noise[:, :, a:b] if image_noise is not None else None, step_cb,
             )
-            outputs.append(out)
             logger.info("chunk %d/%d (frames %d-%d) done", index + 1, len(bounds), a, b - 1)
-        return UpscaleOutput(torch.cat([o.frames for o in outputs], 2), torch.cat([o.latents for o in outputs], 2))
+            yield a, out
