@@ -424,13 +424,24 @@ class UpscalePipeline:
         )
 
         # 6. Decode, crop the padding, correct colours against the upsampled input.
-        decoded = self._decode(latents, video_p, params.w_lr, tile)[..., : 4 * h, : 4 * w]
+        frames = self.decode(latents[..., :h, :w], clean, params)
+        return UpscaleOutput(frames=frames, latents=latents[..., :h, :w].cpu()), new_state
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, video: torch.Tensor, params: UpscaleParams) -> torch.Tensor:
+        """Frames (1, 3, T, 4H, 4W) in [-1, 1] from final latents (1, C, T, H, W) and the clean
+        low-res ``video``: the VAE step alone, so a cache can keep latents (12x smaller)."""
+        _, _, _, h, w = video.shape
+        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+        video_p = _pad_frames(video.float(), pad_h, pad_w).to(self.device)
+        latents_p = _pad_frames(latents.float(), pad_h, pad_w).to(self.device)
+        tile = self.tile_for(h + pad_h, w + pad_w, params)
+        decoded = self._decode(latents_p, video_p, params.w_lr, tile)[..., : 4 * h, : 4 * w]
         if params.color_fix != "none":
             flat = decoded[0].transpose(0, 1)
-            lr = clean[0].transpose(0, 1).to(flat.device)
+            lr = video[0].float().transpose(0, 1).to(flat.device)
             decoded = apply_color_fix(flat, lr, params.color_fix).clamp(-1, 1).transpose(0, 1)[None]
-        out = UpscaleOutput(frames=decoded.cpu(), latents=latents[..., :h, :w].cpu())
-        return out, new_state
+        return decoded.cpu()
 
     # -- a whole clip --------------------------------------------------------------------------
 

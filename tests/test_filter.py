@@ -1,0 +1,150 @@
+"""vs_uav.upscale (the implementation behind core.uav.Upscale) on real VapourSynth."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import vapoursynth as vs
+
+from conftest import MODEL_DIR
+from vs_uav.filter import upscale
+
+core = vs.core
+KW = dict(model=str(MODEL_DIR), prompt="a koala", steps=2, guidance_scale=4.0, chunk_size=8, propagation_steps=[1],
+          flow="dis")
+
+
+def source(frames: int = 18, width: int = 24, height: int = 16, fmt=vs.RGBS) -> vs.VideoNode:
+    """A small moving synthetic clip with real frame props."""
+    g = np.random.default_rng(0)
+    base = g.random((3, height + frames, width + frames), dtype=np.float32)
+    blank = core.std.BlankClip(width=width, height=height, format=vs.RGBS, length=frames, fpsnum=24, fpsden=1)
+
+    def paint(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        out = f.copy()
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), base[p, n:n + height, n:n + width])
+        return out
+
+    clip = core.std.ModifyFrame(blank, blank, paint)
+    return clip if fmt == vs.RGBS else core.resize.Bicubic(clip, format=fmt, matrix_s="709")
+
+
+def frames_of(clip: vs.VideoNode, order) -> dict[int, np.ndarray]:
+    return {n: np.stack([np.asarray(clip.get_frame(n)[p]).copy() for p in range(clip.format.num_planes)])
+            for n in order}
+
+
+def test_output_format_size_props():
+    clip = source(fmt=vs.YUV420P10)
+    out = upscale(clip, **KW)
+    assert (out.width, out.height, out.num_frames) == (96, 64, 18)
+    assert out.format.id == vs.YUV420P10 and out.fps == clip.fps
+    props = out.get_frame(9).props
+    assert props["_UAVChunk"] == 1 and props["_UAVSteps"] == 2 and props["_Matrix"] == vs.MATRIX_BT709
+
+
+def test_same_frames_in_any_order_and_from_many_threads():
+    clip = source()
+    in_order = frames_of(upscale(clip, **KW), range(clip.num_frames))
+    reverse = frames_of(upscale(clip, **KW), reversed(range(clip.num_frames)))
+    assert all(np.array_equal(in_order[n], reverse[n]) for n in in_order)
+    out = upscale(clip, **KW)
+    order = list(range(clip.num_frames)) * 2
+    random.Random(1).shuffle(order)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda n: (n, np.asarray(out.get_frame(n)[0]).copy()), order))
+    assert all(np.array_equal(in_order[n][0], plane) for n, plane in got)
+
+
+def test_matches_the_pipeline_exactly():
+    from vs_uav.filter import get_engine
+    from vs_uav.settings import UpscaleSettings
+
+    clip = source()
+    out = frames_of(upscale(clip, **KW), range(clip.num_frames))
+    settings = UpscaleSettings(**KW)
+    engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
+    ref = engine(_video(clip), prompt=settings.full_prompt, negative_prompt=settings.negative_prompt, num_inference_steps=2,
+                 guidance_scale=4.0, noise_level=120, propagation_steps=[1], chunk_size=8)
+    expected = ((ref.frames[0] + 1) * 0.5).clamp(0, 1).numpy()
+    for n in range(clip.num_frames):
+        np.testing.assert_array_equal(out[n], expected[:, n])
+
+
+def test_cache_dir_gives_identical_frames(tmp_path):
+    clip = source()
+    plain = frames_of(upscale(clip, **KW), range(clip.num_frames))
+    first = frames_of(upscale(clip, cache_dir=str(tmp_path), **KW), range(clip.num_frames))
+    assert len(list(tmp_path.rglob("state.safetensors"))) == 2
+    # A fresh filter reads every chunk back: same bytes, no recomputation needed.
+    again = frames_of(upscale(clip, cache_dir=str(tmp_path), **KW), reversed(range(clip.num_frames)))
+    assert all(np.array_equal(plain[n], first[n]) and np.array_equal(plain[n], again[n]) for n in plain)
+
+
+def _video(clip: vs.VideoNode) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.stack([np.asarray(clip.get_frame(n)[p]) for p in range(3)])
+                                      for n in range(clip.num_frames)], axis=1)[None]) * 2 - 1
+
+
+def test_scene_change_starts_fresh():
+    from vs_uav.filter import get_engine
+    from vs_uav.settings import UpscaleSettings
+
+    clip = source()
+    with_cut = clip[:10] + core.std.SetFrameProps(clip[10], _SceneChangePrev=1) + clip[11:]
+    a = frames_of(upscale(with_cut, **KW), range(18))
+    b = frames_of(upscale(clip, **KW), range(18))
+    c = frames_of(upscale(with_cut, scene_change=False, **KW), range(18))
+    assert all(np.array_equal(a[n], b[n]) for n in range(8))  # chunks before the cut: unchanged
+    assert all(np.array_equal(b[n], c[n]) for n in b)  # scene_change=False ignores the prop
+    # After the cut the frames are a cold start: nothing carried across.
+    s = UpscaleSettings(**KW)
+    engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
+    params = engine.make_params(prompt=s.full_prompt, num_inference_steps=2, guidance_scale=4.0,
+                                propagation_steps=[1])
+    cold, _ = engine.upscale_chunk(_video(clip)[:, :, 10:], 10, params)
+    expected = ((cold.frames[0] + 1) * 0.5).clamp(0, 1).numpy()
+    for n in range(10, 18):
+        np.testing.assert_array_equal(a[n], expected[:, n - 10])
+    assert not np.array_equal(a[12], b[12])
+
+
+BAD = [
+    (lambda: upscale("clip", **KW), "uav.Upscale: clip must be a video clip"),
+    (lambda: upscale(core.std.Splice([source(4), source(4, fmt=vs.YUV444P8)], mismatch=True), **KW),
+     "uav.Upscale: clip has a variable format"),
+    (lambda: upscale(core.std.Splice([source(4), source(4, width=32)], mismatch=True), **KW),
+     "uav.Upscale: clip has a variable frame size"),
+    (lambda: upscale(source(4, width=6), **KW), r"uav.Upscale: clip is 6x16; accepted: at least 8x8"),
+    (lambda: upscale(source(4), **{**KW, "model": "/nonexistent/uav"}),
+     r"uav.Upscale: /nonexistent/uav: model folder not found; run `uav download`"),
+    (lambda: upscale(source(4), device="cuda", **KW), r"uav.Upscale: device='cuda' but CUDA is not available"),
+    (lambda: upscale(source(4), dtype="float16", device="cpu", **KW),
+     r"uav.Upscale: dtype='float16' is not supported on the CPU; accepted: 'float32', 'bfloat16'"),
+    (lambda: upscale(source(4), **{**KW, "noise_level": 351}), r"uav.Upscale: noise_level=351; accepted: an integer in \[0, 350\]"),
+    (lambda: upscale(source(4), **{**KW, "vae": "4d"}), r"uav.Upscale: vae='4d'; accepted: '3d', 'video'"),
+    (lambda: upscale(source(4), stepz=3, **KW), r"uav.Upscale: unknown parameter 'stepz'; accepted: prompt, "),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD, ids=[m.split(": ")[1][:24] for _, m in BAD])
+def test_bad_input_gets_one_clear_line(call, message):
+    with pytest.raises(vs.Error, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_model_folder_missing_a_file(tmp_path):
+    import shutil
+
+    dst = tmp_path / "m"
+    shutil.copytree(MODEL_DIR, dst)
+    (dst / "unet" / "unet_video.bin").chmod(0o644)
+    (dst / "unet" / "unet_video.bin").unlink()
+    with pytest.raises(vs.Error, match=r"uav.Upscale: .*unet_video.bin: file is missing; run `uav download`"):
+        upscale(source(4), **{**KW, "model": str(dst)})
