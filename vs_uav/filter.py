@@ -59,8 +59,9 @@ def default_model_dir() -> Path:
 
 
 def _log(core: vs.Core, message: str) -> None:
-    """Progress to VapourSynth's log (vspipe shows it on stderr) and to Python logging."""
-    logger.info(message)
+    """Progress to VapourSynth's log (vspipe shows it on stderr; the vapoursynth module also
+    forwards Python logging there, hence debug level for the copy)."""
+    logger.debug(message)
     try:
         core.log_message(vs.MESSAGE_TYPE_INFORMATION, f"{NAME}: {message}")
     except Exception:  # logging must never break a render
