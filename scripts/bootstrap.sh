@@ -10,12 +10,14 @@ ok_python() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/n
 
 find_python() {
   local c
-  for c in "${UAV_PYTHON:-}" python3.14 python3.13 python3.12; do
+  # 3.12 first: the versions in constraints.txt were tested together on it.
+  for c in "${UAV_PYTHON:-}" python3.12 python3.13 python3.14; do
     [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && ok_python "$c" && { command -v "$c"; return; }
   done
   # pyenv keeps interpreters it did not activate under its root.
   local root; root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
-  for c in $(ls -d "$root"/versions/3.1[2-9]* 2>/dev/null | sort -V -r); do
+  for c in $(ls -d "$root"/versions/3.12* 2>/dev/null | sort -V -r) \
+           $(ls -d "$root"/versions/3.1[3-9]* 2>/dev/null | sort -V); do
     ok_python "$c/bin/python" && { echo "$c/bin/python"; return; }
   done
   command -v python3 >/dev/null 2>&1 && ok_python python3 && { command -v python3; return; }
