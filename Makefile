@@ -7,7 +7,9 @@ STAMP := $(VENV)/.uav-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
+# The native plugin's signature is generated from vs_uav/settings.py at build time: a change
+# there (or in native/) reinstalls, which rebuilds the plugin.
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh vs_uav/settings.py $(wildcard native/*)
 	VENV=$(VENV) bash scripts/bootstrap.sh
 	touch $@
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up vs-uav on this machine: a Python >= 3.12 virtual environment in .venv with the
-# project installed (editable), VapourSynth configured for vspipe, and ffmpeg.
+# project installed (editable; the native uav plugin compiled into the venv's VapourSynth
+# plugin folder), VapourSynth configured for vspipe, and ffmpeg.
 # Safe to re-run. Override the interpreter with UAV_PYTHON=/path/to/python3.12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,18 @@ if [ ! -x "$VENV/bin/python" ] || ! ok_python "$VENV/bin/python"; then
   echo "bootstrap: creating $VENV with $PY ($("$PY" --version))" >&2
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
+fi
+
+# The native VapourSynth plugin (native/, core.uav) is compiled on install: it needs a C compiler
+# (CMake comes from PyPI when the system has none).
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1 && ! command -v clang >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing a C compiler (gcc) with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev) >/dev/null
+  else
+    echo "bootstrap: no C compiler found: install one (e.g. 'sudo apt-get install gcc') to build the uav plugin" >&2
+    exit 1
+  fi
 fi
 
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip

@@ -50,7 +50,7 @@ def test_unknown_keyword_lists_the_valid_names():
 def test_signature_declares_every_setting_with_its_vapoursynth_type():
     sig = vs_signature()
     assert sig.startswith("clip:vnode;")
-    assert "propagation_steps:int[]:opt;" in sig and "guidance_scale:float:opt;" in sig and "prompt:data:opt;" in sig
+    assert "propagation_steps:int[]:opt:empty;" in sig and "guidance_scale:float:opt;" in sig and "prompt:data:opt;" in sig
     assert sig.count(";") == len(SETTINGS) + 1
     assert all(s.help and s.group for s in SETTINGS)
     assert SETTINGS_BY_NAME["noise_level"].max == 350

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,124 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_setting_options(parser: argparse.ArgumentParser, specs, defaults_from=None) -> None:
+    """One option per setting of the settings model, with its help, choices and default."""
+    for spec in specs:
+        flag = "--" + spec.name.replace("_", "-")
+        default = spec.default
+        help_text = f"{spec.help} (default: {default!r})"
+        if spec.type is bool:
+            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif spec.type is list:
+            parser.add_argument(flag, dest=spec.name, default=None, metavar="N,N,...", help=help_text,
+                                type=lambda v: [int(x) for x in v.replace(" ", "").split(",") if x])
+        else:
+            parser.add_argument(flag, dest=spec.name, default=None, type=spec.type, choices=spec.choices,
+                                help=help_text, metavar=None if spec.choices else spec.type.__name__.upper())
+
+
+def _collect(args: argparse.Namespace, specs) -> dict:
+    return {s.name: getattr(args, s.name) for s in specs if getattr(args, s.name) is not None}
+
+
+_FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
+
+
+def _progress_bar(done: int, total: int, started: float) -> str:
+    width = 30
+    frac = done / total if total else 0.0
+    elapsed = time.monotonic() - started
+    eta = elapsed / done * (total - done) if done else float("nan")
+    eta_s = "--:--" if eta != eta else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
+    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+    return f"\r[{bar}] {done}/{total} frames, {elapsed:.0f} s elapsed, ETA {eta_s}"
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
+    import tempfile
+
+    from .script import ffmpeg_args, make_script, shell_command, vspipe_args
+    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
+
+    source, output = Path(args.input), Path(args.output)
+    if not source.is_file():
+        raise SystemExit(f"uav upscale: input {source} not found")
+    try:
+        settings = UpscaleSettings(**_collect(args, SETTINGS))
+        encoder = EncoderSettings(**_collect(args, ENCODER_SETTINGS))
+    except ValueError as e:
+        raise SystemExit(f"uav upscale: {e}")
+    vspipe = shutil.which("vspipe", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    ffmpeg = shutil.which("ffmpeg")
+    if not vspipe or not ffmpeg:
+        raise SystemExit("uav upscale: " + ("vspipe" if not vspipe else "ffmpeg") + " not found; run `uav doctor`")
+    namespace = _has_namespace()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
+        script = Path(tmp) / "upscale.vpy"
+        script.write_text(make_script(source, settings, namespace=namespace,
+                                      command=shell_command(script, source, output, encoder)), encoding="utf-8")
+        partial = output.with_name(output.stem + ".partial" + output.suffix)
+        pipe = subprocess.Popen(vspipe_args(script, vspipe, progress=True), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        enc = subprocess.Popen([*ffmpeg_args(source, partial, encoder, ffmpeg)[:-1], "-v", "error", str(partial)],
+                               stdin=pipe.stdout, stderr=subprocess.PIPE)
+        pipe.stdout.close()  # ffmpeg owns the read end now
+        started, log, buf = time.monotonic(), [], b""
+        while True:
+            chunk = pipe.stderr.read1(4096)
+            if not chunk:
+                break
+            buf += chunk
+            *parts, buf = re.split(rb"[\r\n]", buf)
+            for part in parts:
+                m = _FRAME.search(part)
+                if m:
+                    print(_progress_bar(int(m[1]), int(m[2]), started), end="", file=sys.stderr, flush=True)
+                elif part.strip():
+                    log.append(part.decode(errors="replace"))
+        rc_pipe, rc_enc = pipe.wait(), enc.wait()
+        print(file=sys.stderr)
+        if rc_pipe or rc_enc:
+            partial.unlink(missing_ok=True)
+            errors = [line for line in log if "Error" in line or "error" in line] or log[-5:]
+            enc_err = enc.stderr.read().decode(errors="replace").strip()
+            raise SystemExit("uav upscale: failed: " + " | ".join(errors[-3:] + ([enc_err] if enc_err else [])))
+        partial.replace(output)  # only a complete file carries the output's name
+    print(f"uav upscale: wrote {output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _has_namespace() -> bool:
+    """Whether the native plugin gives core.uav here (else scripts import vs_uav)."""
+    try:
+        import vapoursynth as vs
+
+        return hasattr(vs.core, "uav")
+    except Exception:
+        return False
+
+
+def cmd_script(args: argparse.Namespace) -> int:
+    """Write the .vpy (and print the matching command) without running it."""
+    from .script import make_script, shell_command
+    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
+
+    try:
+        settings = UpscaleSettings(**_collect(args, SETTINGS))
+        encoder = EncoderSettings(**_collect(args, ENCODER_SETTINGS))
+    except ValueError as e:
+        raise SystemExit(f"uav script: {e}")
+    script, source, output = Path(args.script), Path(args.input), Path(args.output)
+    command = shell_command(script, source, output, encoder)
+    script.write_text(make_script(source, settings, namespace=not args.import_style, command=command),
+                      encoding="utf-8")
+    print(command)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
@@ -93,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--vae", default="3d", choices=["3d", "video"])
     demo.set_defaults(func=cmd_demo)
+
+    from .settings import ENCODER_SETTINGS, SETTINGS
+
+    up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
+    up.add_argument("input", help="source video")
+    up.add_argument("-o", "--output", required=True, help="output file (.mkv for x265/ffv1, .mov for prores)")
+    _add_setting_options(up, SETTINGS)
+    _add_setting_options(up, ENCODER_SETTINGS)
+    up.set_defaults(func=cmd_upscale)
+
+    sc = sub.add_parser("script", help="write a .vpy for a source and print the encoder command")
+    sc.add_argument("input", help="source video")
+    sc.add_argument("-o", "--output", required=True, help="the encoder's output file")
+    sc.add_argument("--script", required=True, help="where to write the .vpy")
+    sc.add_argument("--import-style", action="store_true", help="call vs_uav.upscale instead of core.uav.Upscale")
+    _add_setting_options(sc, SETTINGS)
+    _add_setting_options(sc, ENCODER_SETTINGS)
+    sc.set_defaults(func=cmd_script)
     return parser
 
 

@@ -178,10 +178,60 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _settings() -> tuple[Setting, ...]:
+SETTINGS: tuple[Setting, ...] = ()  # filled below, once Setting exists
+
+VS_RETURN = "clip:vnode;"
+
+
+def vs_signature() -> str:
+    """The argument string the native plugin registers ``uav.Upscale`` with."""
+    # Arrays are declared ":empty" so that an empty list (no propagation) is a valid argument.
+    return "clip:vnode;" + "".join(
+        f"{s.name}:{s.vs_type}:opt{':empty' if s.type is list else ''};" for s in SETTINGS)
+
+
+def iter_settings(group: Optional[str] = None) -> Iterator[Setting]:
+    return (s for s in SETTINGS if group is None or s.group == group)
+
+
+# -- the encoder -----------------------------------------------------------------------------
+
+# ffmpeg arguments per codec: (video encoder arguments, container hint, uses crf)
+CODECS: dict[str, tuple[tuple[str, ...], str, bool]] = {
+    "x265": (("-c:v", "libx265", "-pix_fmt", "yuv420p10le"), ".mkv", True),
+    "x264": (("-c:v", "libx264", "-pix_fmt", "yuv420p"), ".mp4", True),
+    "ffv1": (("-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1"), ".mkv", False),
+    "prores": (("-c:v", "prores_ks", "-profile:v", "3", "-pix_fmt", "yuv422p10le"), ".mov", False),
+}
+
+
+@dataclass
+class EncoderSettings:
+    """How ``uav upscale`` and generated commands encode the 4x output with ffmpeg."""
+
+    codec: str = _opt("x265", "Video codec: 'x265' (HEVC 10-bit), 'x264', 'ffv1' (lossless) or 'prores' (422 HQ).",
+                      choices=tuple(CODECS), group="encoder")
+    crf: int = _opt(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
+                    group="encoder")
+    preset: str = _opt("medium", "x265/x264 speed preset.", choices=("ultrafast", "superfast", "veryfast", "faster",
+                       "fast", "medium", "slow", "slower", "veryslow"), group="encoder")
+    audio: str = _opt("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
+                      group="encoder")
+
+    def __post_init__(self) -> None:
+        for spec in ENCODER_SETTINGS:
+            setattr(self, spec.name, spec.check(getattr(self, spec.name)))
+
+    def ffmpeg_video_args(self) -> list[str]:
+        args, _, uses_crf = CODECS[self.codec]
+        extra = ["-crf", str(self.crf), "-preset", self.preset] if uses_crf else []
+        return [*args, *extra]
+
+
+def _settings_of(cls) -> tuple[Setting, ...]:
     types = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
     out = []
-    for f in fields(UpscaleSettings):
+    for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         m = f.metadata
         out.append(Setting(f.name, types[f.type] if isinstance(f.type, str) else f.type, default, m["help"],
@@ -189,16 +239,6 @@ def _settings() -> tuple[Setting, ...]:
     return tuple(out)
 
 
-SETTINGS: tuple[Setting, ...] = _settings()
-SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-
-VS_RETURN = "clip:vnode;"
-
-
-def vs_signature() -> str:
-    """The argument string the native plugin registers ``uav.Upscale`` with."""
-    return "clip:vnode;" + "".join(f"{s.name}:{s.vs_type}:opt;" for s in SETTINGS)
-
-
-def iter_settings(group: Optional[str] = None) -> Iterator[Setting]:
-    return (s for s in SETTINGS if group is None or s.group == group)
+ENCODER_SETTINGS: tuple[Setting, ...] = _settings_of(EncoderSettings)
+SETTINGS = _settings_of(UpscaleSettings)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
