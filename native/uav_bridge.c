@@ -11,6 +11,10 @@
  *                             for this core (a VSFunction reference).
  *   uav.BridgeUnregister()    called by vs_uav.vs_bridge when the environment is destroyed:
  *                             releases that reference so the core can be freed.
+ *   uav.Guard(clip)           passes frames through; a frame carrying an _UAVError prop
+ *                             becomes a frame error with exactly that text. A Python frame
+ *                             callback's exceptions always arrive with a traceback; this is
+ *                             how a failed render is reported in one line.
  *
  * On the first Upscale call in a core nothing is registered yet: the plugin takes the GIL,
  * imports vs_uav.vs_bridge and calls its _register_from_native(), which calls
@@ -288,6 +292,42 @@ static void VS_CC unregister_impl(const VSMap *in, VSMap *out, void *userData, V
     swap_impl((CoreState *)userData, NULL, vsapi);
 }
 
+/* -- uav.Guard: frame errors without a Python traceback ------------------------------------ */
+
+static const VSFrame *VS_CC guard_get_frame(int n, int activationReason, void *instanceData, void **frameData,
+                                           VSFrameContext *frameCtx, VSCore *core, const VSAPI *vsapi) {
+    (void)frameData;
+    (void)core;
+    VSNode *node = (VSNode *)instanceData;
+    if (activationReason == arInitial) {
+        vsapi->requestFrameFilter(n, node, frameCtx);
+    } else if (activationReason == arAllFramesReady) {
+        const VSFrame *frame = vsapi->getFrameFilter(n, node, frameCtx);
+        int err = 0;
+        const char *msg = vsapi->mapGetData(vsapi->getFramePropertiesRO(frame), "_UAVError", 0, &err);
+        if (!err && msg) {
+            vsapi->setFilterError(msg, frameCtx);
+            vsapi->freeFrame(frame);
+            return NULL;
+        }
+        return frame;
+    }
+    return NULL;
+}
+
+static void VS_CC guard_free(void *instanceData, VSCore *core, const VSAPI *vsapi) {
+    (void)core;
+    vsapi->freeNode((VSNode *)instanceData);
+}
+
+static void VS_CC guard_create(const VSMap *in, VSMap *out, void *userData, VSCore *core, const VSAPI *vsapi) {
+    (void)userData;
+    VSNode *node = vsapi->mapGetNode(in, "clip", 0, NULL);
+    VSFilterDependency deps[] = {{node, rpStrictSpatial}};
+    vsapi->createVideoFilter(out, "Guard", vsapi->getVideoInfo(node), guard_get_frame, guard_free, fmParallel, deps,
+                             1, node, core);
+}
+
 VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin *plugin, const VSPLUGINAPI *vspapi) {
     CoreState *st = (CoreState *)calloc(1, sizeof *st);
     if (!st)
@@ -298,4 +338,5 @@ VS_EXTERNAL_API(void) VapourSynthPluginInit2(VSPlugin *plugin, const VSPLUGINAPI
     vspapi->registerFunction("Upscale", UAV_UPSCALE_ARGS, UAV_UPSCALE_RETURN, upscale, st, plugin);
     vspapi->registerFunction("BridgeRegister", "func:func;", "", register_impl, st, plugin);
     vspapi->registerFunction("BridgeUnregister", "", "", unregister_impl, st, plugin);
+    vspapi->registerFunction("Guard", "clip:vnode;", "clip:vnode;", guard_create, NULL, plugin);
 }

@@ -148,3 +148,33 @@ def test_model_folder_missing_a_file(tmp_path):
     (dst / "unet" / "unet_video.bin").unlink()
     with pytest.raises(vs.Error, match=r"uav.Upscale: .*unet_video.bin: file is missing; run `uav download`"):
         upscale(source(4), **{**KW, "model": str(dst)})
+
+
+def test_core_uav_upscale_is_the_same_function():
+    clip = source()
+    via_plugin = frames_of(core.uav.Upscale(clip, **KW), range(clip.num_frames))
+    via_import = frames_of(clip.uav.Upscale(**KW), range(clip.num_frames))
+    direct = frames_of(upscale(clip, **KW), range(clip.num_frames))
+    assert all(np.array_equal(direct[n], via_plugin[n]) and np.array_equal(direct[n], via_import[n]) for n in direct)
+
+
+def test_a_model_crash_is_reported_for_the_frames_it_affects(monkeypatch):
+    from vs_uav.filter import get_engine
+
+    engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
+    real = engine.upscale_chunk
+
+    def crash_in_second_chunk(video, start, *args, **kwargs):
+        if start >= 8:  # fault injection: the model fails on chunk 2 (e.g. out of memory)
+            raise RuntimeError("out of memory while denoising")
+        return real(video, start, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "upscale_chunk", crash_in_second_chunk)
+    out = upscale(source(), **{**KW, "seed": 7})
+    assert out.get_frame(3).props["_UAVChunk"] == 0  # the first chunk is unaffected
+    for n in (8, 17):
+        with pytest.raises(vs.Error, match=rf"^uav.Upscale: frame {n} failed: RuntimeError: out of memory while "
+                                           r"denoising$"):
+            out.get_frame(n)
+    monkeypatch.undo()  # the failure is not cached: once the model works again, so does the frame
+    assert out.get_frame(8).props["_UAVChunk"] == 1

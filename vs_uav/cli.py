@@ -101,6 +101,7 @@ def _collect(args: argparse.Namespace, specs) -> dict:
 
 
 _FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
+_DONE = re.compile(rb"Output (\d+) frames in")  # vspipe's last line; its progress is rate-limited
 
 
 def _progress_bar(done: int, total: int, started: float) -> str:
@@ -144,7 +145,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         enc = subprocess.Popen([*ffmpeg_args(source, partial, encoder, ffmpeg)[:-1], "-v", "error", str(partial)],
                                stdin=pipe.stdout, stderr=subprocess.PIPE)
         pipe.stdout.close()  # ffmpeg owns the read end now
-        started, log, buf = time.monotonic(), [], b""
+        started, log, buf, total = time.monotonic(), [], b"", 0
         while True:
             chunk = pipe.stderr.read1(4096)
             if not chunk:
@@ -152,9 +153,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             buf += chunk
             *parts, buf = re.split(rb"[\r\n]", buf)
             for part in parts:
-                m = _FRAME.search(part)
+                m, done = _FRAME.search(part), _DONE.search(part)
                 if m:
-                    print(_progress_bar(int(m[1]), int(m[2]), started), end="", file=sys.stderr, flush=True)
+                    total = int(m[2])
+                    print(_progress_bar(int(m[1]), total, started), end="", file=sys.stderr, flush=True)
+                elif done:
+                    n = int(done[1])
+                    print(_progress_bar(n, total or n, started), end="", file=sys.stderr, flush=True)
                 elif part.strip():
                     log.append(part.decode(errors="replace"))
         rc_pipe, rc_enc = pipe.wait(), enc.wait()

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
@@ -72,7 +73,21 @@ def _log(core: vs.Core, message: str) -> None:
 
 _ENGINES: dict[tuple, Any] = {}
 _ENGINES_LOCK = threading.Lock()
-_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_WORKERS: dict[str, "DeviceWorker"] = {}
+
+
+class DeviceWorker:
+    """The one thread that runs models on a device. VapourSynth calls filters from many
+    threads; torch keeps per-thread resources (an OpenMP team, allocator arenas), so running
+    every model call on one thread keeps speed and memory what the pipeline alone has."""
+
+    def __init__(self, device: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"uav-{device}")
+
+    def run(self, fn, *args: Any, **kwargs: Any) -> Any:
+        return self._pool.submit(fn, *args, **kwargs).result()
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, str]:
@@ -108,8 +123,10 @@ def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str):
                                                                 flow=flow)
             except (ModelLoadError, ValueError) as e:
                 raise _fail(str(e)) from None
-            _DEVICE_LOCKS.setdefault(device, threading.Lock())
-        return _ENGINES[key], _DEVICE_LOCKS[device]
+        worker_key = f"{device}:0" if device == "cuda" else device
+        if worker_key not in _WORKERS:
+            _WORKERS[worker_key] = DeviceWorker(worker_key)
+        return _ENGINES[key], _WORKERS[worker_key]
 
 
 # -- frames <-> tensors -------------------------------------------------------------------------
@@ -128,12 +145,12 @@ def _write_frame(frame: vs.VideoFrame, data: np.ndarray) -> None:
 class ChunkRenderer:
     """Computes chunks on demand, once each, in dependency order; thread-safe."""
 
-    def __init__(self, rgb: vs.VideoNode, settings: UpscaleSettings, engine, device_lock: threading.Lock,
+    def __init__(self, rgb: vs.VideoNode, settings: UpscaleSettings, engine, worker: DeviceWorker,
                  model_id: str):
         self.rgb = rgb
         self.settings = settings
         self.engine = engine
-        self.device_lock = device_lock
+        self.worker = worker
         self.core = vs.core
         self.params = engine.make_params(
             prompt=settings.full_prompt, negative_prompt=settings.negative_prompt,
@@ -226,11 +243,10 @@ class ChunkRenderer:
         else:
             state = None if (self.settings.scene_change and a in cuts) else self._state_before(k)
             parts = []
-            with self.device_lock:  # one model run per device
-                for s, e in pieces:
-                    out, state = self.engine.upscale_chunk(video[:, :, s - a:e - a], s, self.params,
-                                                           state if s == a else None)
-                    parts.append(out.latents)
+            for s, e in pieces:  # on the device's one worker thread
+                out, state = self.worker.run(self.engine.upscale_chunk, video[:, :, s - a:e - a], s, self.params,
+                                             state if s == a else None, decode=False)
+                parts.append(out.latents)
             latents = torch.cat(parts, dim=2)
             if folder is not None:  # latents first, state last: a state file means a finished chunk
                 folder.mkdir(parents=True, exist_ok=True)
@@ -243,9 +259,8 @@ class ChunkRenderer:
         while len(self.states) > MEMORY_STATES:
             del self.states[min(self.states)]
         if decode:
-            with self.device_lock:
-                frames = torch.cat([self.engine.decode(latents[:, :, s - a:e - a], video[:, :, s - a:e - a],
-                                                       self.params) for s, e in pieces], dim=2)
+            frames = torch.cat([self.worker.run(self.engine.decode, latents[:, :, s - a:e - a],
+                                                video[:, :, s - a:e - a], self.params) for s, e in pieces], dim=2)
             self.frames[k] = ((frames[0] + 1) * 0.5).clamp(0, 1).numpy().astype(np.float32)
             while len(self.frames) > MEMORY_CHUNKS:
                 self.frames.popitem(last=False)
@@ -278,7 +293,15 @@ def _to_rgb(clip: vs.VideoNode) -> tuple[vs.VideoNode, dict[str, Any]]:
     matrix = props.get("_Matrix", vs.MATRIX_UNSPECIFIED)
     if matrix in (vs.MATRIX_UNSPECIFIED, vs.MATRIX_RGB) and fmt.color_family == vs.YUV:
         matrix = vs.MATRIX_BT709 if hd else vs.MATRIX_ST170_M
-    rng = props.get(RANGE_PROP, vs.RANGE_FULL if fmt.color_family == vs.RGB else vs.RANGE_LIMITED)
+    # _Range in R7x+; _ColorRange (same values) from older sources. Transfer and primaries
+    # need no conversion: the model works on the gamma-encoded RGB the matrix gives.
+    rng = props.get(RANGE_PROP)
+    if rng is None:
+        with warnings.catch_warnings():  # reading the legacy name is what we want here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            rng = props.get("_ColorRange")
+    if rng is None:
+        rng = vs.RANGE_FULL if fmt.color_family == vs.RGB else vs.RANGE_LIMITED
     info = {"matrix": int(matrix), "range": int(rng), "format": fmt}
     if fmt.color_family == vs.YUV:
         rgb = core.resize.Bicubic(clip, format=vs.RGBS, matrix_in=matrix, range_in=rng)
@@ -317,24 +340,33 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
     except ModelLoadError as e:
         raise _fail(str(e)) from None
     device, dtype = resolve_device(settings.device, settings.dtype)
-    engine, device_lock = get_engine(model_dir, settings.vae, device, dtype, settings.flow)
+    engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow)
     if settings.noise_level > engine.model.max_noise_level:
         raise _fail(f"noise_level={settings.noise_level}; accepted: 0..{engine.model.max_noise_level} for this model")
 
     rgb, info = _to_rgb(clip)
     model_id = f"{model_dir.resolve()}:{settings.vae}"
-    renderer = ChunkRenderer(rgb, settings, engine, device_lock, model_id)
+    renderer = ChunkRenderer(rgb, settings, engine, worker, model_id)
     core = vs.core
     blank = core.std.BlankClip(rgb, width=clip.width * SCALE, height=clip.height * SCALE, keep=True)
+
+    # VapourSynth reports an exception raised here with a Python traceback; the plugin's Guard
+    # turns an _UAVError prop into a one-line frame error instead.
+    guard = getattr(getattr(core, "uav", None), "Guard", None)
 
     def render(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         try:
             data, k = renderer.frame(n)
-        except vs.Error:
-            raise
         except Exception as e:  # reported for the frames it affects; vspipe stops cleanly
-            logger.exception("%s: frame %d failed", NAME, n)
-            raise _fail(f"frame {n} failed: {type(e).__name__}: {e}") from None
+            logger.debug("%s: frame %d failed", NAME, n, exc_info=True)
+            message = str(e).strip().splitlines()[-1] if isinstance(e, vs.Error) and str(e).strip() else \
+                f"{type(e).__name__}: {e}"
+            message = message if message.startswith(NAME) else f"{NAME}: frame {n} failed: {message}"
+            if guard is None:
+                raise vs.Error(message) from None
+            out = f[0].copy()
+            out.props["_UAVError"] = message
+            return out
         out = f[0].copy()
         _write_frame(out, data)
         props = out.props
@@ -351,5 +383,7 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
 
     out = core.std.ModifyFrame(blank, clips=[blank, clip], selector=render)
     out = _from_rgb(out, info)
+    if guard is not None:
+        out = guard(out)
     # Output props: the input's, except what the conversion rightly changed.
     return out

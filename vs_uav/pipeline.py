@@ -44,7 +44,7 @@ NOISE_STREAM_LATENTS = 1
 
 @dataclass
 class UpscaleOutput:
-    frames: torch.Tensor  # (1, 3, T, 4H, 4W) in [-1, 1], float32 on the CPU
+    frames: Optional[torch.Tensor]  # (1, 3, T, 4H, 4W) in [-1, 1], float32 on the CPU; None when not decoded
     latents: torch.Tensor  # (1, 4, T, H, W) final latents, float32 on the CPU
 
 
@@ -335,8 +335,12 @@ class UpscalePipeline:
         latents: Optional[torch.Tensor] = None,
         image_noise: Optional[torch.Tensor] = None,
         callback: Optional[Callable[[int, int], None]] = None,
+        decode: bool = True,
     ) -> tuple[UpscaleOutput, ChunkState]:
         """Denoise and decode frames ``start .. start + T`` of a clip.
+
+        ``decode=False`` skips the VAE (``frames`` is None): for callers that cache the
+        latents and decode with :meth:`decode` later.
 
         ``state`` is the previous chunk's :class:`ChunkState` (None at the clip's start or
         after a scene cut); the returned state continues into the next chunk.
@@ -424,7 +428,7 @@ class UpscalePipeline:
         )
 
         # 6. Decode, crop the padding, correct colours against the upsampled input.
-        frames = self.decode(latents[..., :h, :w], clean, params)
+        frames = self.decode(latents[..., :h, :w], clean, params) if decode else None
         return UpscaleOutput(frames=frames, latents=latents[..., :h, :w].cpu()), new_state
 
     @torch.no_grad()
