@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# The GUI tests drive real Qt widgets; with no display (CI) Qt renders offscreen.
+# A DISPLAY (e.g. Xvfb) or an explicit QT_QPA_PLATFORM wins.
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 REPO = Path(__file__).resolve().parent.parent
 # The official-implementation fixtures; other fixture sets of the same kind can be
 # pointed to with UAV_REFERENCE_DIR.

@@ -100,6 +100,25 @@ def _collect(args: argparse.Namespace, specs) -> dict:
     return {s.name: getattr(args, s.name) for s in specs if getattr(args, s.name) is not None}
 
 
+def _resolve(args: argparse.Namespace, prog: str):
+    """The --preset's values as defaults, explicit options over them, checked as a whole."""
+    from .presets import Preset, load
+    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
+
+    try:
+        base = load(args.preset) if args.preset else Preset("command-line")
+        return Preset(base.name, UpscaleSettings(**{**base.values("upscale"), **_collect(args, SETTINGS)}),
+                      EncoderSettings(**{**base.values("encoder"), **_collect(args, ENCODER_SETTINGS)}),
+                      base.description)
+    except ValueError as e:  # PresetError included: one line naming file, key, value, accepted
+        raise SystemExit(f"{prog}: {e}")
+
+
+def _add_preset_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", metavar="NAME", help="start from a preset (a name, e.g. old-film, or a .toml "
+                        "file); options given explicitly override its values")
+
+
 _FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
 _DONE = re.compile(rb"Output (\d+) frames in")  # vspipe's last line; its progress is rate-limited
 
@@ -119,16 +138,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     import tempfile
 
     from .script import ffmpeg_args, make_script, shell_command, vspipe_args
-    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
 
     source, output = Path(args.input), Path(args.output)
     if not source.is_file():
         raise SystemExit(f"uav upscale: input {source} not found")
-    try:
-        settings = UpscaleSettings(**_collect(args, SETTINGS))
-        encoder = EncoderSettings(**_collect(args, ENCODER_SETTINGS))
-    except ValueError as e:
-        raise SystemExit(f"uav upscale: {e}")
+    preset = _resolve(args, "uav upscale")
+    settings, encoder = preset.settings, preset.encoder
     vspipe = shutil.which("vspipe", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     ffmpeg = shutil.which("ffmpeg")
     if not vspipe or not ffmpeg:
@@ -186,19 +201,16 @@ def _has_namespace() -> bool:
 
 def cmd_script(args: argparse.Namespace) -> int:
     """Write the .vpy (and print the matching command) without running it."""
-    from .script import make_script, shell_command
-    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
+    from .script import default_output, default_script, plan
 
-    try:
-        settings = UpscaleSettings(**_collect(args, SETTINGS))
-        encoder = EncoderSettings(**_collect(args, ENCODER_SETTINGS))
-    except ValueError as e:
-        raise SystemExit(f"uav script: {e}")
-    script, source, output = Path(args.script), Path(args.input), Path(args.output)
-    command = shell_command(script, source, output, encoder)
-    script.write_text(make_script(source, settings, namespace=not args.import_style, command=command),
-                      encoding="utf-8")
-    print(command)
+    preset = _resolve(args, "uav script")
+    # The .vpy may be run from anywhere: it names the source by its absolute path.
+    source = Path(os.path.abspath(args.input))
+    script = Path(args.script) if args.script else default_script(source)
+    output = Path(args.output) if args.output else default_output(source, preset.encoder)
+    result = plan(preset, source, script, output, namespace=not args.import_style)
+    result.script_path.write_text(result.script, encoding="utf-8")
+    print(result.command)
     return 0
 
 
@@ -223,15 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
     up.add_argument("input", help="source video")
     up.add_argument("-o", "--output", required=True, help="output file (.mkv for x265/ffv1, .mov for prores)")
+    _add_preset_option(up)
     _add_setting_options(up, SETTINGS)
     _add_setting_options(up, ENCODER_SETTINGS)
     up.set_defaults(func=cmd_upscale)
 
     sc = sub.add_parser("script", help="write a .vpy for a source and print the encoder command")
     sc.add_argument("input", help="source video")
-    sc.add_argument("-o", "--output", required=True, help="the encoder's output file")
-    sc.add_argument("--script", required=True, help="where to write the .vpy")
+    sc.add_argument("-o", "--output", help="the encoder's output file (default: next to the source, "
+                    "e.g. clip.uav.mkv)")
+    sc.add_argument("--script", help="where to write the .vpy (default: next to the source, clip.uav.vpy)")
     sc.add_argument("--import-style", action="store_true", help="call vs_uav.upscale instead of core.uav.Upscale")
+    _add_preset_option(sc)
     _add_setting_options(sc, SETTINGS)
     _add_setting_options(sc, ENCODER_SETTINGS)
     sc.set_defaults(func=cmd_script)

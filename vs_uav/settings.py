@@ -213,7 +213,8 @@ class EncoderSettings:
                       choices=tuple(CODECS), group="encoder")
     crf: int = _opt(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
                     group="encoder")
-    preset: str = _opt("medium", "x265/x264 speed preset.", choices=("ultrafast", "superfast", "veryfast", "faster",
+    # Not called 'preset': that names a vs-uav preset (--preset); schema-0 preset files migrate.
+    speed: str = _opt("medium", "x265/x264 speed preset: slower is smaller at the same quality.", choices=("ultrafast", "superfast", "veryfast", "faster",
                        "fast", "medium", "slow", "slower", "veryslow"), group="encoder")
     audio: str = _opt("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
                       group="encoder")
@@ -224,7 +225,7 @@ class EncoderSettings:
 
     def ffmpeg_video_args(self) -> list[str]:
         args, _, uses_crf = CODECS[self.codec]
-        extra = ["-crf", str(self.crf), "-preset", self.preset] if uses_crf else []
+        extra = ["-crf", str(self.crf), "-preset", self.speed] if uses_crf else []
         return [*args, *extra]
 
 

@@ -1,0 +1,726 @@
+"""The preset editor window: a form generated from the settings model, live validation,
+and a live preview of the generated .vpy and its vspipe | ffmpeg command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                               QGroupBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget,
+                               QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton,
+                               QScrollArea, QSpinBox, QSplitter, QVBoxLayout, QWidget)
+
+from vs_uav import presets
+from vs_uav.presets import Preset, PresetError
+from vs_uav.script import RenderPlan, default_output, default_script, plan
+from vs_uav.settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, Setting, UpscaleSettings
+
+logger = logging.getLogger("vs_uav_gui")
+
+ORGANISATION, APPLICATION = "vs-uav", "uav-gui"
+SCALE = 4
+_INT32 = 2**31 - 1
+_GROUP_TITLES = {"prompt": "&Prompt", "diffusion": "&Diffusion", "model": "&Model", "memory": "Memory and &cache",
+                 "device": "De&vice", "encoder": "&Encoder"}
+
+
+def settings_store() -> QSettings:
+    """Where geometry and the last choices are kept; $UAV_CONFIG_DIR redirects it (tests)."""
+    env = os.environ.get("UAV_CONFIG_DIR")
+    if env:
+        return QSettings(str(Path(env) / "uav-gui.ini"), QSettings.Format.IniFormat)
+    return QSettings(ORGANISATION, APPLICATION)
+
+
+# -- the source video ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    frames: int
+    fps: float
+
+    def describe(self) -> str:
+        fps = f"{self.fps:.3f}".rstrip("0").rstrip(".")
+        return (f"{self.width}x{self.height}, {self.frames} frames, {fps} fps \u2192 "
+                f"output {self.width * SCALE}x{self.height * SCALE}")
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Size, frame count and rate as the script will see them: BestSource, the decoder the
+    generated script uses (VapourSynth only, no torch); OpenCV's container guess when
+    BestSource is missing. Raises ValueError with the reason."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        import vapoursynth as vs
+
+        source = getattr(vs.core, "bs", None)
+    except ImportError:
+        source = None
+    if source is not None:
+        try:
+            clip = source.VideoSource(str(path))
+        except vs.Error as e:
+            raise ValueError(f"{path}: not a readable video ({str(e).strip()})") from None
+        return VideoInfo(clip.width, clip.height, clip.num_frames, float(clip.fps) if clip.fps else 0.0)
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS)))
+    finally:
+        cap.release()
+    if info.width <= 0 or info.height <= 0:
+        raise ValueError(f"{path}: not a readable video")
+    return info
+
+
+# -- one field per setting -----------------------------------------------------------------------
+
+class Field(QWidget):
+    """An editor for one Setting: the right widget for its type, and its error label."""
+
+    changed = Signal()
+
+    def __init__(self, spec: Setting, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.spec = spec
+        self.editor = self._make_editor(spec)
+        self.editor.setObjectName(f"field_{spec.name}")
+        self.editor.setToolTip(f"{spec.help}\nAccepted: {spec.describe_accepted()}. Default: {spec.default!r}.")
+        self.editor.setAccessibleName(spec.name.replace("_", " "))
+        self.error = QLabel()
+        self.error.setObjectName(f"error_{spec.name}")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #b00020;")
+        self.error.hide()
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(2)
+        box.addWidget(self.editor)
+        box.addWidget(self.error)
+        self.set_value(spec.default)
+
+    def _make_editor(self, spec: Setting) -> QWidget:
+        if spec.type is bool:
+            w = QCheckBox()
+            w.toggled.connect(self.changed)
+        elif spec.choices:
+            w = QComboBox()
+            w.addItems(list(spec.choices))
+            w.currentIndexChanged.connect(self.changed)
+        elif spec.type is int and spec.max is not None and spec.max <= _INT32:
+            w = QSpinBox()
+            w.setRange(int(spec.min), int(spec.max))
+            w.setAccelerated(True)
+            w.valueChanged.connect(self.changed)
+        elif spec.type is float:
+            w = QDoubleSpinBox()
+            w.setDecimals(2)
+            w.setRange(float(spec.min), float(spec.max))
+            w.setSingleStep(0.5)
+            w.valueChanged.connect(self.changed)
+        elif spec.name == "prompt":
+            w = QPlainTextEdit()
+            w.setTabChangesFocus(True)  # Tab moves on: the form stays keyboard-usable
+            w.setFixedHeight(w.fontMetrics().lineSpacing() * 3 + 12)
+            w.textChanged.connect(self.changed)
+        else:  # str, list and 64-bit int (seed) are typed as text and checked live
+            w = QLineEdit()
+            if spec.type is list:
+                w.setPlaceholderText("none, or e.g. 24, 26, 28")
+            w.textChanged.connect(self.changed)
+        return w
+
+    def value(self) -> Any:
+        """The typed value; ValueError (message like the model's) when it cannot be parsed."""
+        w, spec = self.editor, self.spec
+        if isinstance(w, QCheckBox):
+            return w.isChecked()
+        if isinstance(w, QComboBox):
+            return w.currentText()
+        if isinstance(w, (QSpinBox, QDoubleSpinBox)):
+            return w.value()
+        text = w.toPlainText() if isinstance(w, QPlainTextEdit) else w.text()
+        if spec.type is list:
+            parts = [p for p in text.replace(",", " ").split() if p]
+            try:
+                return [int(p) for p in parts]
+            except ValueError:
+                raise ValueError(f"{spec.name}={text!r}; accepted: {spec.describe_accepted()}, "
+                                 "separated by commas") from None
+        if spec.type is int:
+            try:
+                return int(text.strip())
+            except ValueError:
+                raise ValueError(f"{spec.name}={text!r}; accepted: {spec.describe_accepted()}") from None
+        return text
+
+    def set_value(self, value: Any) -> None:
+        w = self.editor
+        w.blockSignals(True)  # the window revalidates once, after a whole preset is applied
+        try:
+            if isinstance(w, QCheckBox):
+                w.setChecked(bool(value))
+            elif isinstance(w, QComboBox):
+                w.setCurrentIndex(w.findText(str(value)))
+            elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+                w.setValue(value)
+            elif isinstance(w, QPlainTextEdit):
+                w.setPlainText(str(value))
+            elif self.spec.type is list:
+                w.setText(", ".join(str(v) for v in value))
+            else:
+                w.setText(str(value))
+        finally:
+            w.blockSignals(False)
+
+    def set_error(self, message: str) -> None:
+        self.error.setText(message)
+        self.error.setVisible(bool(message))
+        self.editor.setStyleSheet("border: 1px solid #b00020;" if message else "")
+        self.editor.setAccessibleDescription(message)
+
+
+# -- the window ----------------------------------------------------------------------------------
+
+class PresetEditor(QMainWindow):
+    """Pick a source, choose and edit a preset, preview and save the script and command."""
+
+    def __init__(self, store: Optional[QSettings] = None) -> None:
+        super().__init__()
+        self.store = store if store is not None else settings_store()
+        self.fields: dict[str, Field] = {}
+        self.current: Optional[Preset] = None  # the valid preset the form shows, else None
+        self.loaded: Optional[Preset] = None  # as last loaded or saved: for the unsaved-changes mark
+        self.plan_: Optional[RenderPlan] = None
+        self.video: Optional[VideoInfo] = None
+        self.errors: dict[str, str] = {}  # field name -> reason, as shown next to the field
+        self._auto_paths = True  # script/output follow the source until the user edits them
+        self.setWindowTitle("vs-uav preset editor")
+        self._build()
+        self._build_actions()
+        self.refresh_presets()
+        self._restore()
+
+    # -- construction --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        central = QWidget()
+        outer = QVBoxLayout(central)
+
+        top = QHBoxLayout()
+        src_label = QLabel("&Source:")
+        self.source_edit = QLineEdit()
+        self.source_edit.setObjectName("source")
+        self.source_edit.setPlaceholderText("the video to upscale")
+        src_label.setBuddy(self.source_edit)
+        self.browse_button = QPushButton("&Browse\u2026")
+        self.browse_button.clicked.connect(self.browse_source)
+        self.source_edit.editingFinished.connect(lambda: self.set_source(self.source_edit.text()))
+        self.video_label = QLabel("no source")
+        self.video_label.setObjectName("video_info")
+        top.addWidget(src_label)
+        top.addWidget(self.source_edit, 1)
+        top.addWidget(self.browse_button)
+        top.addWidget(self.video_label)
+        outer.addLayout(top)
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        outer.addWidget(self.splitter, 1)
+
+        # Presets
+        left = QWidget()
+        lv = QVBoxLayout(left)
+        lv.setContentsMargins(0, 0, 0, 0)
+        list_label = QLabel("P&resets")
+        self.preset_list = QListWidget()
+        self.preset_list.setObjectName("presets")
+        list_label.setBuddy(self.preset_list)
+        self.preset_list.currentItemChanged.connect(self._on_preset_selected)
+        lv.addWidget(list_label)
+        lv.addWidget(self.preset_list, 1)
+        name_form = QFormLayout()
+        self.name_edit = QLineEdit()
+        self.name_edit.setObjectName("name")
+        self.description_edit = QLineEdit()
+        self.description_edit.setObjectName("description")
+        name_label, desc_label = QLabel("&Name:"), QLabel("Descr&iption:")
+        name_label.setBuddy(self.name_edit)
+        desc_label.setBuddy(self.description_edit)
+        name_form.addRow(name_label, self.name_edit)
+        name_form.addRow(desc_label, self.description_edit)
+        self.name_error = QLabel()
+        self.name_error.setStyleSheet("color: #b00020;")
+        self.name_error.setWordWrap(True)
+        self.name_error.hide()
+        name_form.addRow(self.name_error)
+        lv.addLayout(name_form)
+        self.name_edit.textChanged.connect(self.revalidate)
+        self.description_edit.textChanged.connect(self.revalidate)
+        buttons = QHBoxLayout()
+        self.save_button = QPushButton("Sa&ve")
+        self.duplicate_button = QPushButton("D&uplicate\u2026")
+        self.delete_button = QPushButton("De&lete")
+        self.save_button.clicked.connect(lambda: self.save_preset())
+        self.duplicate_button.clicked.connect(lambda: self.duplicate_preset())
+        self.delete_button.clicked.connect(lambda: self.delete_preset())
+        for b in (self.save_button, self.duplicate_button, self.delete_button):
+            buttons.addWidget(b)
+        lv.addLayout(buttons)
+        self.preset_error = QLabel()
+        self.preset_error.setObjectName("preset_error")
+        self.preset_error.setWordWrap(True)
+        self.preset_error.setStyleSheet("color: #b00020;")
+        self.preset_error.hide()
+        lv.addWidget(self.preset_error)
+        self.splitter.addWidget(left)
+
+        # The form, generated from the settings model, one group box per group
+        form_host = QWidget()
+        fv = QVBoxLayout(form_host)
+        for group in ("prompt", "diffusion", "model", "memory", "device", "encoder"):
+            specs = [s for s in (*SETTINGS, *ENCODER_SETTINGS) if s.group == group]
+            box = QGroupBox(_GROUP_TITLES[group])
+            form = QFormLayout(box)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            for spec in specs:
+                f = Field(spec)
+                f.changed.connect(self.revalidate)
+                label = QLabel(spec.name.replace("_", " "))
+                label.setBuddy(f.editor)
+                label.setToolTip(spec.help)
+                form.addRow(label, f)
+                self.fields[spec.name] = f
+            fv.addWidget(box)
+        fv.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(form_host)
+        self.splitter.addWidget(scroll)
+
+        # The preview: script and command, read-only, with where they go
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        paths = QFormLayout()
+        self.script_edit = QLineEdit()
+        self.script_edit.setObjectName("script_path")
+        self.output_edit = QLineEdit()
+        self.output_edit.setObjectName("output_path")
+        script_label, output_label = QLabel("Scrip&t file:"), QLabel("&Output file:")
+        script_label.setBuddy(self.script_edit)
+        output_label.setBuddy(self.output_edit)
+        paths.addRow(script_label, self.script_edit)
+        paths.addRow(output_label, self.output_edit)
+        rv.addLayout(paths)
+        self.script_edit.textEdited.connect(self._paths_edited)
+        self.output_edit.textEdited.connect(self._paths_edited)
+        self.script_edit.textChanged.connect(self.update_preview)
+        self.output_edit.textChanged.connect(self.update_preview)
+        self.source_edit.textChanged.connect(self._source_text_changed)
+        preview_label = QLabel("Script (read-only preview):")
+        self.script_view = QPlainTextEdit()
+        self.script_view.setObjectName("script_preview")
+        self.script_view.setReadOnly(True)
+        self.script_view.setFont(mono)
+        self.script_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.script_view.setTabChangesFocus(True)
+        command_label = QLabel("Command:")
+        self.command_view = QPlainTextEdit()
+        self.command_view.setObjectName("command_preview")
+        self.command_view.setReadOnly(True)
+        self.command_view.setFont(mono)
+        self.command_view.setTabChangesFocus(True)
+        self.command_view.setMaximumHeight(mono.pointSize() * 12 if mono.pointSize() > 0 else 140)
+        preview_label.setBuddy(self.script_view)
+        command_label.setBuddy(self.command_view)
+        rv.addWidget(preview_label)
+        rv.addWidget(self.script_view, 1)
+        rv.addWidget(command_label)
+        rv.addWidget(self.command_view)
+        out_buttons = QHBoxLayout()
+        self.save_script_button = QPushButton("Save &script")
+        self.copy_button = QPushButton("&Copy command")
+        self.save_script_button.clicked.connect(lambda: self.save_script())
+        self.copy_button.clicked.connect(self.copy_command)
+        out_buttons.addStretch(1)
+        out_buttons.addWidget(self.save_script_button)
+        out_buttons.addWidget(self.copy_button)
+        rv.addLayout(out_buttons)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 4)
+        self.splitter.setStretchFactor(2, 5)
+
+        self.setCentralWidget(central)
+        self.statusBar()
+        self._tab_order()
+
+    def _tab_order(self) -> None:
+        # Reading order: source, presets, the form top to bottom, paths, preview, buttons.
+        chain: list[QWidget] = [self.source_edit, self.browse_button, self.preset_list, self.name_edit,
+                                self.description_edit, self.save_button, self.duplicate_button, self.delete_button]
+        chain += [f.editor for f in self.fields.values()]
+        chain += [self.script_edit, self.output_edit, self.script_view, self.command_view,
+                  self.save_script_button, self.copy_button]
+        for a, b in zip(chain, chain[1:]):
+            QWidget.setTabOrder(a, b)
+
+    def _build_actions(self) -> None:
+        def action(menu, text: str, slot, shortcut=None) -> QAction:
+            a = QAction(text, self)
+            if shortcut is not None:
+                a.setShortcut(QKeySequence(shortcut))
+            a.triggered.connect(lambda checked=False: slot())
+            menu.addAction(a)
+            return a
+
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        action(file_menu, "&Open source video\u2026", self.browse_source, QKeySequence.StandardKey.Open)
+        self.save_script_action = action(file_menu, "&Save script", self.save_script, "Ctrl+E")
+        self.copy_action = action(file_menu, "&Copy command", self.copy_command, "Ctrl+Shift+C")
+        file_menu.addSeparator()
+        action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        preset_menu = bar.addMenu("&Preset")
+        self.save_action = action(preset_menu, "&Save preset", self.save_preset, QKeySequence.StandardKey.Save)
+        self.duplicate_action = action(preset_menu, "&Duplicate preset\u2026", self.duplicate_preset, "Ctrl+D")
+        self.delete_action = action(preset_menu, "De&lete preset\u2026", self.delete_preset, "Ctrl+Shift+Del")
+        action(preset_menu, "&Import preset file\u2026", self.import_preset, "Ctrl+I")
+        preset_menu.addSeparator()
+        action(preset_menu, "&Go to the preset list", self.preset_list.setFocus, "Ctrl+L")
+        # Delete in the list deletes; elsewhere Delete keeps its text-editing meaning.
+        local = QAction(self.preset_list)
+        local.setShortcut(QKeySequence(QKeySequence.StandardKey.Delete))
+        local.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        local.triggered.connect(lambda: self.delete_preset())
+        self.preset_list.addAction(local)
+
+    # -- presets ------------------------------------------------------------------------------
+
+    def refresh_presets(self, select: Optional[str] = None) -> None:
+        select = select or (self.current.name if self.current else None)
+        self.preset_list.blockSignals(True)
+        self.preset_list.clear()
+        for name, (origin, path) in presets.available().items():
+            label = name if origin == "shipped" else (
+                f"{name}  (yours, replaces shipped)" if presets.is_shipped(name) else f"{name}  (yours)")
+            item = QListWidgetItem(label)
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setToolTip(str(path))
+            self.preset_list.addItem(item)
+        self.preset_list.blockSignals(False)
+        if select is not None:
+            self._select_item(select)
+
+    def _select_item(self, name: str) -> bool:
+        for i in range(self.preset_list.count()):
+            item = self.preset_list.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) == name:
+                self.preset_list.setCurrentItem(item)
+                return True
+        return False
+
+    def preset_names(self) -> list[str]:
+        return [self.preset_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.preset_list.count())]
+
+    def select_preset(self, name: str) -> None:
+        """Show a preset (by name) in the form; an unknown or broken one leaves the form as it was."""
+        if not self._select_item(name):
+            self._report(f"unknown preset {name!r}")
+
+    def _on_preset_selected(self, item: Optional[QListWidgetItem], _previous=None) -> None:
+        if item is None:
+            return
+        try:
+            preset = presets.load(item.data(Qt.ItemDataRole.UserRole))
+        except PresetError as e:
+            self._report(str(e))
+            return
+        self.apply_preset(preset)
+
+    def apply_preset(self, preset: Preset) -> None:
+        """Fill the whole form from a valid preset (never part of one)."""
+        for table in ("upscale", "encoder"):
+            for name, value in preset.values(table).items():
+                self.fields[name].set_value(value)
+        for edit, text in ((self.name_edit, preset.name), (self.description_edit, preset.description)):
+            edit.blockSignals(True)
+            edit.setText(text)
+            edit.blockSignals(False)
+        self.loaded = preset
+        self.preset_error.hide()
+        self.revalidate()
+        self.delete_button.setEnabled(preset.origin == "user")
+        self.delete_action.setEnabled(preset.origin == "user")
+        self.statusBar().showMessage(f"Preset {preset.name} loaded", 4000)
+
+    def save_preset(self, path: Optional[os.PathLike] = None) -> Optional[Path]:
+        """Save the form as a user preset (under the name field) or to ``path``."""
+        if self.current is None:
+            self._report("the preset has errors; fix the marked fields first")
+            return None
+        target = presets.save(self.current, path)
+        self.loaded = presets.parse(target.read_text(encoding="utf-8"), target, self.current.name,
+                                    "user" if path is None else "file")
+        self.refresh_presets(select=self.current.name if path is None else None)
+        self.delete_button.setEnabled(path is None)
+        self.delete_action.setEnabled(path is None)
+        self._update_title()
+        self.statusBar().showMessage(f"Preset saved to {target}", 6000)
+        return target
+
+    def duplicate_preset(self, name: Optional[str] = None) -> Optional[Path]:
+        """Save the form's values under a new name (asked for when not given) and select it."""
+        if self.current is None:
+            self._report("the preset has errors; fix the marked fields first")
+            return None
+        if name is None:
+            name, ok = QInputDialog.getText(self, "Duplicate preset", "&Name of the copy:",
+                                            text=f"{self.current.name}-copy")
+            if not ok:
+                return None
+        try:
+            presets.check_name(name)
+        except PresetError as e:
+            self._report(str(e))
+            return None
+        self.name_edit.setText(name)
+        return self.save_preset()
+
+    def delete_preset(self, confirm: bool = True) -> bool:
+        item = self.preset_list.currentItem()
+        if item is None:
+            return False
+        name = item.data(Qt.ItemDataRole.UserRole)
+        if confirm and QMessageBox.question(self, "Delete preset", f"Delete your preset \u201c{name}\u201d?") \
+                != QMessageBox.StandardButton.Yes:
+            return False
+        try:
+            presets.delete(name)
+        except PresetError as e:
+            self._report(str(e))
+            return False
+        self.refresh_presets(select=name if presets.is_shipped(name) else None)
+        if self.preset_list.currentItem() is None and self.preset_list.count():
+            self.preset_list.setCurrentRow(0)
+        self.statusBar().showMessage(f"Preset {name} deleted", 4000)
+        return True
+
+    def import_preset(self, path: Optional[os.PathLike] = None) -> bool:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Import preset", str(presets.user_dir()),
+                                                  "Presets (*.toml)")
+            if not path:
+                return False
+        try:
+            preset = presets.load(Path(path))
+        except PresetError as e:
+            self._report(str(e))
+            return False
+        self.apply_preset(preset)
+        return True
+
+    # -- validation and preview ------------------------------------------------------------------
+
+    def revalidate(self) -> None:
+        """Check every field, then the settings as a whole; show each reason next to its field."""
+        errors: dict[str, str] = {}
+        values: dict[str, dict[str, Any]] = {"upscale": {}, "encoder": {}}
+        for table, specs in (("upscale", SETTINGS), ("encoder", ENCODER_SETTINGS)):
+            for spec in specs:
+                try:
+                    values[table][spec.name] = spec.check(self.fields[spec.name].value())
+                except ValueError as e:
+                    errors[spec.name] = str(e)
+        built: dict[str, Any] = {}
+        for table, cls in (("upscale", UpscaleSettings), ("encoder", EncoderSettings)):
+            if not any(s.name in errors for s in (SETTINGS if table == "upscale" else ENCODER_SETTINGS)):
+                try:
+                    built[table] = cls(**values[table])
+                except ValueError as e:  # cross-field: the message starts with the field it blames
+                    name = str(e).split("=", 1)[0]
+                    errors[name if name in self.fields else next(iter(values[table]))] = str(e)
+        self.errors = errors
+        for name, f in self.fields.items():
+            f.set_error(errors.get(name, ""))
+        name_error = ""
+        try:
+            presets.check_name(self.name_edit.text())
+        except PresetError as e:
+            name_error = str(e)
+        self.name_error.setText(name_error)
+        self.name_error.setVisible(bool(name_error))
+        if errors or name_error:
+            self.current = None
+        else:
+            self.current = Preset(self.name_edit.text(), built["upscale"], built["encoder"],
+                                  self.description_edit.text())
+        for w in (self.save_button, self.save_action, self.duplicate_button, self.duplicate_action):
+            w.setEnabled(self.current is not None)
+        self.update_preview()
+        self._update_title()
+
+    def update_preview(self) -> None:
+        source = self.source_edit.text().strip()
+        if self.current is None:
+            self.plan_ = None
+            first = next(iter(self.errors.values()), "") or self.name_error.text()
+            self.script_view.setPlainText(f"# Not generated: the settings have errors.\n# {first}")
+            self.command_view.setPlainText("")
+        else:
+            src = Path(source) if source else Path("input.mp4")
+            if self._auto_paths:
+                self._set_paths(default_script(src), default_output(src, self.current.encoder))
+            script = Path(self.script_edit.text() or default_script(src))
+            output = Path(self.output_edit.text() or default_output(src, self.current.encoder))
+            self.plan_ = plan(self.current, src, script, output)
+            self._set_text(self.script_view, self.plan_.script)
+            self._set_text(self.command_view, self.plan_.command)
+        ready = self.plan_ is not None and bool(source)
+        for w in (self.save_script_button, self.save_script_action, self.copy_button, self.copy_action):
+            w.setEnabled(ready)
+
+    @staticmethod
+    def _set_text(view: QPlainTextEdit, text: str) -> None:
+        if view.toPlainText() != text:  # keeps the scroll position while typing
+            bar = view.verticalScrollBar().value()
+            view.setPlainText(text)
+            view.verticalScrollBar().setValue(bar)
+
+    def _set_paths(self, script: Path, output: Path) -> None:
+        for edit, p in ((self.script_edit, script), (self.output_edit, output)):
+            if edit.text() != str(p):
+                edit.blockSignals(True)
+                edit.setText(str(p))
+                edit.blockSignals(False)
+
+    def _paths_edited(self, _text: str = "") -> None:
+        self._auto_paths = False
+
+    def _source_text_changed(self, _text: str) -> None:
+        self._auto_paths = True
+        self.update_preview()
+
+    def _update_title(self) -> None:
+        name = self.name_edit.text() or "untitled"
+        dirty = self.current is None or self.loaded is None or self.current != self.loaded
+        self.setWindowTitle(f"{name}{'*' if dirty else ''} \u2014 vs-uav preset editor")
+
+    # -- source and outputs -------------------------------------------------------------------------
+
+    def browse_source(self) -> None:
+        start = str(Path(self.source_edit.text()).parent) if self.source_edit.text() else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Source video", start,
+                                              "Videos (*.mp4 *.mkv *.mov *.avi *.webm *.m2ts *.ts *.mpg);;All (*)")
+        if path:
+            self.set_source(path)
+
+    def set_source(self, path: os.PathLike | str) -> None:
+        path = str(path)
+        if self.source_edit.text() != path:
+            self.source_edit.setText(path)
+        if not path:
+            self.video, text = None, "no source"
+        else:
+            try:
+                self.video = probe_video(Path(path))
+                text = self.video.describe()
+            except ValueError as e:
+                self.video, text = None, str(e)
+        self.video_label.setText(text)
+
+    def save_script(self, path: Optional[os.PathLike] = None) -> Optional[Path]:
+        """Write the previewed script (to the script path field, or ``path``)."""
+        if self.plan_ is None or not self.source_edit.text().strip():
+            self._report("choose a source and fix the marked fields first")
+            return None
+        if path is not None:
+            self._auto_paths = False  # before setText: its preview update must keep this path
+            self.script_edit.setText(str(path))
+        target = self.plan_.script_path
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(self.plan_.script, encoding="utf-8")
+        except OSError as e:
+            self._report(f"{target}: cannot be written: {e}")
+            return None
+        self.statusBar().showMessage(f"Script written to {target}", 6000)
+        return target
+
+    def copy_command(self) -> None:
+        if self.plan_ is None:
+            return
+        QGuiApplication.clipboard().setText(self.plan_.command)
+        self.statusBar().showMessage("Command copied to the clipboard", 4000)
+
+    def _report(self, message: str) -> None:
+        logger.warning("%s", message)
+        self.preset_error.setText(message)
+        self.preset_error.show()
+        self.statusBar().showMessage(message, 10000)
+
+    # -- remembered state -----------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        geometry, state = self.store.value("geometry"), self.store.value("windowState")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1440, 900)
+        if state is not None:
+            self.restoreState(state)
+        splitter = self.store.value("splitter")
+        if splitter is not None:
+            self.splitter.restoreState(splitter)
+        last = self.store.value("preset")
+        if not (isinstance(last, str) and self._select_item(last)) and self.preset_list.count():
+            self.preset_list.setCurrentRow(0)
+        source = self.store.value("source")
+        if isinstance(source, str) and source:
+            self.set_source(source)
+
+    def save_state(self) -> None:
+        self.store.setValue("geometry", self.saveGeometry())
+        self.store.setValue("windowState", self.saveState())
+        self.store.setValue("splitter", self.splitter.saveState())
+        item = self.preset_list.currentItem()
+        if item is not None:
+            self.store.setValue("preset", item.data(Qt.ItemDataRole.UserRole))
+        self.store.setValue("source", self.source_edit.text())
+        self.store.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_state()
+        super().closeEvent(event)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="uav-gui", description="vs-uav preset editor")
+    parser.add_argument("source", nargs="?", help="source video to open")
+    parser.add_argument("--preset", metavar="NAME", help="preset to select")
+    args, qt_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app = QApplication.instance() or QApplication(["uav-gui", *qt_args])
+    app.setOrganizationName(ORGANISATION)
+    app.setApplicationName(APPLICATION)
+    window = PresetEditor()
+    if args.preset:
+        window.select_preset(args.preset)
+    if args.source:
+        window.set_source(args.source)
+    window.show()
+    return app.exec()

@@ -1,0 +1,1 @@
+vspipe -c y4m '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.uav.vpy' - | ffmpeg -hide_banner -y -i - -i '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.mp4' -map 0:v:0 -map '1:a?' -c:a copy -c:v libx265 -pix_fmt yuv420p10le -crf 18 -preset medium '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.uav.mkv'

@@ -1,0 +1,1 @@
+vspipe -c y4m '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.uav.vpy' - | ffmpeg -hide_banner -y -i - -i '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.mp4' -map 0:v:0 -map '1:a?' -c:a copy -c:v ffv1 -level 3 -g 1 -slicecrc 1 '/media/My Films/l'"'"'été "1953" & $HOME \ 中文.uav.mkv'

@@ -1,0 +1,175 @@
+"""The preset editor, driven like a user would (pytest-qt, real widgets, offscreen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QGuiApplication  # noqa: E402
+
+from vs_uav import presets  # noqa: E402
+from vs_uav_gui.window import PresetEditor  # noqa: E402
+
+VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
+ANIMATION = VIDEOS / "old_animation_1.mp4"
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch) -> Path:
+    # Presets and QSettings both go to the temporary folder, never to the real user config.
+    monkeypatch.setenv("UAV_CONFIG_DIR", str(tmp_path / "config"))
+    return tmp_path / "config"
+
+
+@pytest.fixture
+def window(qtbot, config) -> PresetEditor:
+    w = PresetEditor()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    return w
+
+
+def type_into(qtbot, widget, text: str) -> None:
+    widget.setFocus()
+    widget.selectAll()
+    qtbot.keyClick(widget, Qt.Key.Key_Delete)
+    qtbot.keyClicks(widget, text)
+
+
+def test_choose_a_preset_and_see_the_script_and_command(window):
+    window.set_source(ANIMATION)
+    assert window.video_label.text().startswith("320x240, ") and "output 1280x960" in window.video_label.text()
+    window.select_preset("archival-lossless")
+    assert window.fields["codec"].editor.currentText() == "ffv1"
+    assert window.fields["vae"].editor.currentText() == "video"
+    script, command = window.script_view.toPlainText(), window.command_view.toPlainText()
+    assert "core.uav.Upscale(" in script and "vae='video'," in script and f"{str(ANIMATION)!r}" in script
+    assert command.startswith("vspipe -c y4m ") and "-c:v ffv1" in command and "-map '1:a?'" in command
+    assert window.windowTitle().startswith("archival-lossless \u2014")  # no unsaved-changes mark
+
+
+def test_changing_values_updates_the_preview_live(window, qtbot):
+    window.set_source(ANIMATION)
+    window.select_preset("old-film")
+    type_into(qtbot, window.fields["noise_level"].editor, "135")
+    assert "noise_level=135," in window.script_view.toPlainText()
+    type_into(qtbot, window.fields["prompt"].editor, "a silent film")
+    assert "prompt='a silent film'," in window.script_view.toPlainText()
+    window.fields["codec"].editor.setCurrentText("prores")
+    assert "-c:v prores_ks" in window.command_view.toPlainText()
+    assert window.output_edit.text().endswith(".uav.mov")  # the container follows the codec
+    assert window.windowTitle().startswith("old-film*")
+
+
+def test_save_a_preset_and_reload_it_identically(window, qtbot, config):
+    window.select_preset("ai-generated")
+    type_into(qtbot, window.name_edit, "my film")
+    type_into(qtbot, window.fields["steps"].editor, "29")
+    type_into(qtbot, window.fields["propagation_steps"].editor, "20, 24")
+    window.fields["color_fix"].editor.setCurrentText("adain")
+    window.fields["scene_change"].editor.setChecked(False)
+    type_into(qtbot, window.fields["seed"].editor, "12345678901")
+    edited = window.current
+    assert edited is not None
+    qtbot.keyClick(window, Qt.Key.Key_S, Qt.KeyboardModifier.ControlModifier)  # File > Save preset
+    path = config / "presets" / "my film.toml"
+    assert path.is_file()
+    assert presets.load("my film") == edited
+    assert "my film" in window.preset_names()
+    window.select_preset("old-film")
+    assert window.current.name == "old-film"
+    window.select_preset("my film")
+    assert window.current == edited
+    assert window.fields["seed"].value() == 12345678901 and window.fields["propagation_steps"].value() == [20, 24]
+    assert not window.windowTitle().startswith("my film*")
+
+
+def test_an_invalid_value_shows_the_reason_next_to_the_field(window, qtbot):
+    window.set_source(ANIMATION)
+    window.select_preset("ai-generated")
+    field = window.fields["propagation_steps"]
+    type_into(qtbot, field.editor, "24, 26, 40")
+    assert field.error.isVisible()
+    assert field.error.text() == "propagation_steps=[24, 26, 40]; accepted: step indices in [0, 29] (steps=30)"
+    assert not window.save_button.isEnabled() and not window.save_script_button.isEnabled()
+    assert window.script_view.toPlainText().startswith("# Not generated")
+    type_into(qtbot, field.editor, "24, x")
+    assert "accepted: a list of integers" in field.error.text()
+    type_into(qtbot, window.fields["tile_size"].editor, "100")
+    type_into(qtbot, field.editor, "24")  # the list is fine now; tile_size is not
+    assert not field.error.isVisible()
+    assert window.fields["tile_size"].error.text().startswith("tile_size=100; accepted: 0 (automatic) or a multiple")
+    type_into(qtbot, window.fields["tile_size"].editor, "128")
+    assert window.save_button.isEnabled() and "tile_size=128," in window.script_view.toPlainText()
+    type_into(qtbot, window.name_edit, "a/b")
+    assert window.name_error.isVisible() and not window.save_button.isEnabled()
+
+
+def test_a_broken_preset_file_is_reported_and_not_half_applied(window, config):
+    window.select_preset("fast-preview")
+    before = window.current
+    (config / "presets").mkdir(parents=True)
+    broken = config / "presets" / "broken.toml"
+    broken.write_text('schema_version = 1\n[upscale]\nsteps = 25\nnoise_level = 999\n[encoder]\ncodec = "ffv1"\n')
+    window.refresh_presets()
+    window.select_preset("broken")
+    assert window.preset_error.isVisible()
+    assert window.preset_error.text() == f"{broken}: upscale.noise_level=999; accepted: an integer in [0, 350]"
+    assert window.current == before  # nothing of it applied, not even steps or codec
+
+
+def test_duplicate_delete_and_import(window, config, tmp_path):
+    window.select_preset("animation")
+    window.duplicate_preset("animation 2")
+    assert presets.load("animation 2").settings == presets.load("animation").settings
+    assert window.preset_list.currentItem().data(Qt.ItemDataRole.UserRole) == "animation 2"
+    assert window.delete_preset(confirm=False)
+    assert "animation 2" not in presets.available()
+    old = tmp_path / "legacy.toml"
+    old.write_text('schema_version = 0\n[upscale]\nguidance = 8.0\n[encoder]\npreset = "fast"\n')
+    assert window.import_preset(old)
+    assert window.fields["guidance_scale"].value() == 8.0 and window.fields["speed"].value() == "fast"
+
+
+def test_save_script_and_copy_command(window, qtbot, tmp_path):
+    window.set_source(ANIMATION)
+    window.select_preset("fast-preview")
+    target = tmp_path / "out dir" / "l'été.vpy"
+    written = window.save_script(target)
+    assert written == target and target.read_text(encoding="utf-8") == window.script_view.toPlainText()
+    assert f"'{tmp_path}/out dir/l'\"'\"'été.vpy'" in window.command_view.toPlainText()
+    window.copy_button.click()
+    assert QGuiApplication.clipboard().text() == window.command_view.toPlainText()
+
+
+def test_keyboard_and_remembered_geometry(qtbot, config):
+    w = PresetEditor()
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitExposed(w)
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow)  # shortcuts go to the active window
+    # Every form field can be reached with Tab and has a labelled buddy.
+    chain, widget = [], w.source_edit
+    for _ in range(200):
+        chain.append(widget)
+        widget = widget.nextInFocusChain()
+    assert all(f.editor in chain for f in w.fields.values())
+    assert chain.index(w.preset_list) < chain.index(w.fields["prompt"].editor) < chain.index(w.copy_button)
+    qtbot.keyClick(w, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
+    assert w.focusWidget() is w.preset_list
+    w.select_preset("old-film")
+    w.resize(640, 480)  # within the offscreen screen (800x600)
+    w.set_source(ANIMATION)
+    w.close()
+    store = QSettings(str(config / "uav-gui.ini"), QSettings.Format.IniFormat)
+    assert store.value("preset") == "old-film"
+    again = PresetEditor()
+    qtbot.addWidget(again)
+    assert (again.width(), again.height()) == (640, 480)
+    assert again.current.name == "old-film" and again.source_edit.text() == str(ANIMATION)
