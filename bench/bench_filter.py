@@ -14,9 +14,7 @@ Figures (tiny reference model, CPU, synthetic moving clip):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,11 +96,10 @@ def memory_run(frames: int, size: tuple[int, int], steps: int, chunk_size: int) 
     return {"seconds": time.perf_counter() - t0, "peak_mib": peak_rss_kib() / 1024}
 
 
-def in_subprocess(**kw) -> dict:
-    code = f"import json, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_filter as b; " \
-           f"print(json.dumps(b.memory_run(**{kw!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def memory_run_in_subprocess(**kw) -> dict:
+    from bench_pipeline import in_subprocess
+
+    return in_subprocess("bench_filter", "memory_run", **kw)
 
 
 def main() -> None:
@@ -130,8 +127,8 @@ def main() -> None:
           f"{', '.join(f'{t:.2f}' for t in r['all_filter'])} |")
     print(f"\noverhead: **{(r['filter'] / r['pipeline'] - 1) * 100:+.1f} %** (goal <= 5 %)\n")
 
-    short = in_subprocess(frames=30, size=size, steps=args.steps, chunk_size=args.chunk_size)
-    long = in_subprocess(frames=300, size=size, steps=args.steps, chunk_size=args.chunk_size)
+    short = memory_run_in_subprocess(frames=30, size=size, steps=args.steps, chunk_size=args.chunk_size)
+    long = memory_run_in_subprocess(frames=300, size=size, steps=args.steps, chunk_size=args.chunk_size)
     print("## Peak memory through the filter (fresh process each)\n")
     print("| frames | peak RSS (MiB) | seconds |\n|---|---|---|")
     for n, m in ((30, short), (300, long)):

@@ -94,11 +94,16 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def subprocess_run(**kw) -> dict:
-    code = f"import json, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_pipeline as b; " \
-           f"print(json.dumps(b.stream_run(**{kw!r})))"
+def in_subprocess(module: str, function: str, **kw) -> dict:
+    """``bench/<module>.<function>(**kw)`` in a fresh interpreter: its peak memory is its own."""
+    code = f"import json, sys; sys.path.insert(0, {str(REPO / 'bench')!r}); import {module} as b; " \
+           f"print(json.dumps(b.{function}(**{kw!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def subprocess_run(**kw) -> dict:
+    return in_subprocess("bench_pipeline", "stream_run", **kw)
 
 
 def main() -> None:

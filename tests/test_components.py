@@ -96,7 +96,7 @@ def test_prompt_encoding(name):
 
 
 def test_scheduler_config_rejects_unknown_key_and_value():
-    with pytest.raises(ValueError, match="unknown key 'beta_shedule'"):
+    with pytest.raises(ValueError, match="SchedulerConfig: unknown config key 'beta_shedule'; accepted: beta_end, "):
         SchedulerConfig.from_dict({"beta_shedule": "linear"})
     with pytest.raises(ValueError, match="prediction_type='x0'"):
         SchedulerConfig.from_dict({"prediction_type": "x0"})

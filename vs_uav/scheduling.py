@@ -7,13 +7,14 @@ arithmetic follows diffusers 0.16 (what the official weights were run with) in f
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 import torch
+
+from .models.config import JsonConfig, config_kwargs
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -22,7 +23,7 @@ _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(JsonConfig):
     """The keys of a diffusers DDIM / DDPM ``scheduler_config.json`` that matter here."""
 
     num_train_timesteps: int = 1000
@@ -42,15 +43,10 @@ class SchedulerConfig:
     variance_type: str = "fixed_small"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SchedulerConfig":
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key.startswith("_"):
-                continue
-            if key not in known:
-                raise ValueError(f"unknown key {key!r}; accepted: {', '.join(sorted(known))}")
-            kwargs[key] = tuple(value) if key == "trained_betas" and value is not None else value
+    def from_dict(cls, d: Mapping[str, Any]) -> "SchedulerConfig":
+        kwargs = config_kwargs(cls, d)
+        if kwargs.get("trained_betas") is not None:
+            kwargs["trained_betas"] = tuple(kwargs["trained_betas"])  # frozen: hashable
         cfg = cls(**kwargs)
         if cfg.trained_betas is None and cfg.beta_schedule not in _BETA_SCHEDULES:
             raise ValueError(
@@ -63,18 +59,6 @@ class SchedulerConfig:
         if cfg.num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps={cfg.num_train_timesteps} must be >= 1")
         return cfg
-
-    @classmethod
-    def from_json_file(cls, path: Union[str, Path]) -> "SchedulerConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot read scheduler config ({e})") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
 
 
 def make_betas(cfg: SchedulerConfig) -> torch.Tensor:

@@ -20,12 +20,10 @@ on the same windows as the official pipeline (8 frames) to reproduce it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +31,7 @@ from torch import nn
 
 from .attention import ROTARY_DIM, RotaryEmbedding, Transformer3DModel
 from .resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
+from .config import JsonConfig
 from .temporal import TemporalModule3D, TemporalModuleConfig
 
 __all__ = ["UNetVideoConfig", "UNetVideoModel"]
@@ -52,7 +51,7 @@ def _strip_res_prefix(name: str) -> str:
 
 
 @dataclass
-class UNetVideoConfig:
+class UNetVideoConfig(JsonConfig):
     """Config of :class:`UNetVideoModel`; keys and defaults are the official class's.
 
     ``sample_size`` is informational; ``use_relative_position`` is accepted and,
@@ -282,26 +281,6 @@ class UNetVideoConfig:
             return value
         return (value,) * n
 
-    # -- loading ----------------------------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "UNetVideoConfig":
-        """Build from an official config dict; keys starting with ``_`` are metadata and skipped."""
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key.startswith("_"):
-                continue
-            if key not in known:
-                raise ValueError(f"UNetVideoConfig: unknown config key {key!r}")
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json_file(cls, path: Union[str, Path]) -> "UNetVideoConfig":
-        with open(path, "r", encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
-
 
 # -- embeddings ---------------------------------------------------------------------------------
 
@@ -341,6 +320,16 @@ class _NoTemporalModule(nn.Module):
 # -- blocks -------------------------------------------------------------------------------------
 
 
+def _transformers(num_layers: int, heads: int, channels: int, cfg: "UNetVideoConfig",
+                  rotary_emb: RotaryEmbedding, only_cross_attention: bool) -> nn.ModuleList:
+    """The spatial-temporal transformers of one down or up block."""
+    return nn.ModuleList(
+        Transformer3DModel(heads, channels, cfg.cross_attention_dim, cfg.norm_num_groups, rotary_emb,
+                           cfg.use_linear_projection, only_cross_attention, cfg.upcast_attention)
+        for _ in range(num_layers)
+    )
+
+
 class _DownBlock(nn.Module):
     """``DownBlock3D`` / ``CrossAttnDownBlock3D``: resnets (each followed by a transformer), then a downsampler."""
 
@@ -360,15 +349,7 @@ class _DownBlock(nn.Module):
         self.has_cross_attention = heads is not None
         # Registration order (attentions before resnets) reproduces the official state-dict order.
         if heads is not None:
-            self.attentions = nn.ModuleList(
-                [
-                    Transformer3DModel(
-                        heads, out_channels, cfg.cross_attention_dim, cfg.norm_num_groups, rotary_emb,
-                        cfg.use_linear_projection, only_cross_attention, cfg.upcast_attention,
-                    )
-                    for _ in range(num_layers)
-                ]
-            )
+            self.attentions = _transformers(num_layers, heads, out_channels, cfg, rotary_emb, only_cross_attention)
         self.resnets = nn.ModuleList(
             [
                 ResnetBlock3D(
@@ -418,15 +399,7 @@ class _UpBlock(nn.Module):
         super().__init__()
         self.has_cross_attention = heads is not None
         if heads is not None:
-            self.attentions = nn.ModuleList(
-                [
-                    Transformer3DModel(
-                        heads, out_channels, cfg.cross_attention_dim, cfg.norm_num_groups, rotary_emb,
-                        cfg.use_linear_projection, only_cross_attention, cfg.upcast_attention,
-                    )
-                    for _ in range(num_layers)
-                ]
-            )
+            self.attentions = _transformers(num_layers, heads, out_channels, cfg, rotary_emb, only_cross_attention)
         resnets = []
         for i in range(num_layers):
             skip_channels = in_channels if i == num_layers - 1 else out_channels

@@ -19,8 +19,7 @@ result. The mid-block attention, in contrast, works on each frame separately
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import JsonConfig
 from .resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 
 __all__ = [
@@ -51,7 +51,7 @@ _EPS = 1e-6
 
 
 @dataclass
-class VAEVideoConfig:
+class VAEVideoConfig(JsonConfig):
     """Config of :class:`AutoencoderKLVideo`; field names and defaults follow the official class.
 
     ``use_temporal_block`` is accepted but, as in the official code, does not
@@ -133,24 +133,6 @@ class VAEVideoConfig:
                         f"VAEVideoConfig: {what} = {ch} must be a multiple of {_COND_GROUPS} "
                         "(the condition branch uses 32-group norms)"
                     )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VAEVideoConfig":
-        """Build from an official config dict; keys starting with ``_`` are metadata and skipped."""
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key.startswith("_"):
-                continue
-            if key not in known:
-                raise ValueError(f"VAEVideoConfig: unknown config key {key!r}")
-            kwargs[key] = value
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json_file(cls, path: Union[str, Path]) -> "VAEVideoConfig":
-        with open(path, "r", encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
 
 class LatentDistribution:
