@@ -214,6 +214,88 @@ def cmd_script(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_dir_arg(value: str | None) -> Path:
+    if value:
+        return Path(value).expanduser()
+    from .filter import default_model_dir
+
+    return default_model_dir()
+
+
+def _manifests(args: argparse.Namespace):
+    from .weights import load_manifests
+
+    return load_manifests(args.manifests) if args.manifests else None
+
+
+class _ByteProgress:
+    """One updating stderr line per file: name, MiB done, percent, rate."""
+
+    def __init__(self) -> None:
+        self.label, self.started, self.shown, self.first = "", 0.0, 0.0, 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if label != self.label:
+            self.label, self.started, self.shown, self.first = label, now, 0.0, done
+        if done < total and now - self.shown < 0.5:
+            return  # a few updates a second are enough
+        self.shown = now
+        elapsed = now - self.started
+        rate = f", {(done - self.first) / elapsed / 2**20:.1f} MiB/s" if elapsed > 0.5 else ""
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{label}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB "
+                         f"({100 * done / max(total, 1):.0f} %{rate}){end}")
+        sys.stderr.flush()
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch the official weights into the model folder, verified, resumable."""
+    from .weights import LICENCE_NOTE, WeightsError, download
+
+    dest = _model_dir_arg(args.dir)
+    _say(f"uav download: {LICENCE_NOTE}")
+    _say(f"uav download: {args.source} -> {dest}")
+    try:
+        download(dest, args.source, vae_video=not args.no_vae_video, raft=not args.no_raft,
+                 manifests=_manifests(args), force=args.force, progress=_ByteProgress(), log=_say)
+    except WeightsError as e:
+        raise SystemExit(f"uav download: {e}")
+    if args.dir and not os.environ.get("UAV_MODEL_DIR") and dest != _model_dir_arg(None):
+        _say(f"uav download: to use this folder, set UAV_MODEL_DIR={dest} or pass model='{dest}'")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a verified model folder to safetensors."""
+    from .weights import WeightsError, convert
+
+    folder = _model_dir_arg(args.dir)
+    try:
+        written = convert(folder, fp16=args.fp16, manifests=_manifests(args), log=_say)
+    except WeightsError as e:
+        raise SystemExit(f"uav convert: {e}")
+    _say(f"uav convert: {len(written)} file(s) written in {folder}; the loaders now read them "
+         "(the .bin files may be deleted)" if written else f"uav convert: nothing to convert in {folder}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the installation, one line each; non-zero exit when something required fails."""
+    from .doctor import run_checks
+
+    checks = run_checks(Path(args.model).expanduser() if args.model else None, _manifests(args))
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c.name for c in checks if c.status == "fail"]
+    print(f"uav doctor: {'FAILED: ' + ', '.join(failed) if failed else 'all required checks passed'}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
@@ -250,6 +332,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_options(sc, SETTINGS)
     _add_setting_options(sc, ENCODER_SETTINGS)
     sc.set_defaults(func=cmd_script)
+
+    manifests_help = ("folder of key/shape manifests to verify against (default: the official full-size "
+                      "ones shipped with vs-uav; for finetuned or test models of another size)")
+    dl = sub.add_parser("download", help="fetch the official weights into the model folder, verified and resumable")
+    dl.add_argument("--from", dest="source", default="gdrive", metavar="SOURCE",
+                    help="'gdrive' (the official Google Drive folder, default), hf:OWNER/NAME (a Hugging Face "
+                         "repository), or a local folder or archive (.zip, .tar.*)")
+    dl.add_argument("--dir", help="model folder (default: $UAV_MODEL_DIR, else the user data folder)")
+    dl.add_argument("--no-vae-video", action="store_true", help="skip the video VAE (vae='video')")
+    dl.add_argument("--no-raft", action="store_true", help="skip the RAFT weights (flow='dis' is used)")
+    dl.add_argument("--force", action="store_true", help="fetch again even if the folder verifies")
+    dl.add_argument("--manifests", help=manifests_help)
+    dl.set_defaults(func=cmd_download)
+
+    cv = sub.add_parser("convert", help="rewrite a verified model folder to safetensors (faster, no pickle)")
+    cv.add_argument("--dir", help="model folder (default: $UAV_MODEL_DIR, else the user data folder)")
+    cv.add_argument("--fp16", action="store_true", help="store floating-point tensors in half precision")
+    cv.add_argument("--manifests", help=manifests_help)
+    cv.set_defaults(func=cmd_convert)
+
+    dr = sub.add_parser("doctor", help="check the installation: Python, VapourSynth, vspipe, plugin, ffmpeg, "
+                                       "torch, devices, model folder, disk")
+    dr.add_argument("--model", help="model folder to verify (default: $UAV_MODEL_DIR, else the user data folder)")
+    dr.add_argument("--manifests", help=manifests_help)
+    dr.set_defaults(func=cmd_doctor)
     return parser
 
 

@@ -1,0 +1,233 @@
+"""`uav download` / `uav convert` and folder verification, on the tiny reference model
+(no network: local folders and archives; the manifests are the tiny model's own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MANIFESTS, MODEL_DIR
+from vs_uav import cli, weights
+from vs_uav.loading import find_weights, load_model, read_state_dict
+from vs_uav.weights import WeightsError
+
+PARTS = weights.parts_wanted(raft=False)  # the tiny model has no propagator/
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> dict:
+    return weights.load_manifests(weights.write_manifests(MODEL_DIR, tmp_path_factory.mktemp("manifests")))
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    """A writable copy of the tiny model, nested like the official download."""
+    dst = tmp_path / "drive" / "upscale_a_video"
+    shutil.copytree(MODEL_DIR, dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_shipped_manifests_are_the_reference_ones():
+    shipped = weights.load_manifests()
+    assert set(shipped) == set(weights.MANIFEST_FILES)
+    for part, name in weights.MANIFEST_FILES.items():
+        ref = json.loads((MANIFESTS / name).read_text())
+        assert shipped[part].to_json() == {"parameters": ref["parameters"], "keys": ref["keys"]}
+
+
+def test_download_from_a_folder_verifies_and_is_safe_to_rerun(source, manifests, tmp_path):
+    dest = tmp_path / "models" / "uav"
+    assert weights.download(dest, str(source.parent), raft=False, manifests=manifests) == dest.absolute()
+    assert files_of(dest) == files_of(source)
+    assert not weights.staging_dir(dest).exists()
+    load_model(dest)  # the loaders accept what download verified
+    stamp = (dest / "unet" / "unet_video.bin").stat().st_mtime_ns
+    said = []
+    weights.download(dest, str(source), raft=False, manifests=manifests, log=said.append)
+    assert "already complete and verified" in said[0]
+    assert (dest / "unet" / "unet_video.bin").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("kind", ["zip", "gztar"])
+def test_download_from_an_archive_without_optional_parts(source, manifests, tmp_path, kind):
+    archive = shutil.make_archive(str(tmp_path / "weights"), kind, source.parent.parent, "drive")
+    dest = tmp_path / "uav"
+    weights.download(dest, archive, vae_video=False, raft=False, manifests=manifests)
+    got = files_of(dest)
+    assert "vae/vae_video.bin" not in got and "vae/vae_video_config.json" not in got
+    assert got == {k: v for k, v in files_of(source).items() if not k.startswith("vae/vae_video")}
+    load_model(dest, vae="3d")
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(source, manifests, tmp_path):
+    dest = tmp_path / "uav"
+    seen: list[tuple[str, int, int]] = []
+
+    def interrupt(label, done, total):
+        seen.append((label, done, total))
+        if label == "unet/unet_video.bin" and done < total:
+            raise KeyboardInterrupt  # the user pressed Ctrl+C halfway through the U-Net
+
+    with pytest.raises(KeyboardInterrupt):
+        weights.download(dest, str(source), raft=False, manifests=manifests, progress=interrupt)
+    staging = weights.staging_dir(dest)
+    assert not dest.exists()  # nothing half-written where the model is expected
+    part = staging / "unet" / "unet_video.bin.part"
+    part_size = part.stat().st_size
+    assert part.is_file() and 0 < part_size < (source / "unet" / "unet_video.bin").stat().st_size
+    finished = {p: p.stat().st_mtime_ns for p in staging.rglob("*") if p.is_file() and p.suffix != ".part"}
+    assert finished
+
+    seen.clear()
+    weights.download(dest, str(source), raft=False, manifests=manifests, progress=lambda *a: seen.append(a))
+    assert files_of(dest) == files_of(source)
+    # Continued from the .part: the first report already counts the bytes kept.
+    kept, total = part_size, (source / "unet" / "unet_video.bin").stat().st_size
+    unet = [done for label, done, _ in seen if label == "unet/unet_video.bin"]
+    assert unet[0] > kept and unet[-1] == total
+    copied_again = {label for label, _, _ in seen}
+    assert not any(p.relative_to(staging).as_posix() in copied_again for p in finished)
+
+
+def test_a_truncated_file_is_named_and_not_moved_into_place(source, manifests, tmp_path):
+    unet = source / "unet" / "unet_video.bin"
+    unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])
+    with pytest.raises(WeightsError, match=r"unet_video\.bin: truncated or corrupted weight file .*; delete it "
+                                           r"and run `uav download` again$"):
+        weights.verify_folder(source, manifests, PARTS)
+    dest = tmp_path / "uav"
+    with pytest.raises(WeightsError, match="unet_video.bin: truncated or corrupted"):
+        weights.download(dest, str(source), raft=False, manifests=manifests)
+    assert not dest.exists()
+    # The bad file is dropped from the staging folder so that a re-run fetches it again.
+    assert not (weights.staging_dir(dest) / "unet" / "unet_video.bin").exists()
+
+
+def test_a_wrong_shape_or_key_is_named(source, manifests):
+    path = source / "vae" / "vae_3d.bin"
+    # Copies: the file is memory-mapped and about to be overwritten.
+    sd = {k: v.clone() for k, v in read_state_dict(path).items()}
+    key = "decoder.conv_out.weight"
+    good = sd[key]
+    sd[key] = torch.zeros(good.shape[0], good.shape[1] + 1, *good.shape[2:])
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=rf"vae_3d\.bin: not the official vae_3d weights \(1 tensor\(s\) of the "
+                                           rf"wrong shape, e.g. {key}: \(3, 33, 3, 3\), expected \(3, 32, 3, 3\)\)"):
+        weights.verify_folder(source, manifests, PARTS)
+    sd[key] = good
+    sd["decoder.extra.weight"] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"1 unexpected key\(s\), e.g. decoder.extra.weight"):
+        weights.verify_folder(source, manifests, PARTS)
+
+
+def test_the_official_manifests_refuse_a_model_of_another_size():
+    with pytest.raises(WeightsError, match=r"unet_video\.bin: not the official unet weights"):
+        weights.verify_folder(MODEL_DIR, None, PARTS)
+
+
+def test_missing_files_and_bad_configs_are_named(source, manifests):
+    (source / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(WeightsError, match=r"tokenizer/merges\.txt: file is missing; run `uav download`"):
+        weights.verify_folder(source, manifests, PARTS)
+    shutil.copy(MODEL_DIR / "tokenizer" / "merges.txt", source / "tokenizer" / "merges.txt")
+    (source / "scheduler" / "scheduler_config.json").write_text('{"beta_schedule": "linear",')
+    with pytest.raises(WeightsError, match=r"scheduler_config\.json: config does not parse"):
+        weights.verify_folder(source, manifests, PARTS)
+
+
+def test_bad_sources_are_refused_in_one_line(tmp_path, manifests):
+    dest = tmp_path / "uav"
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (str(tmp_path / "nope"), r"--from '.*nope': no such file or folder; accepted: 'gdrive', hf:OWNER/NAME"),
+        (str(tmp_path / "empty"), r"empty: not an Upscale-A-Video model folder \(no unet/unet_video_config.json"),
+        ("hf:justaname", r"--from 'hf:justaname': accepted: hf:OWNER/NAME"),
+    ]
+    (tmp_path / "notes.txt").write_text("hello")
+    cases.append((str(tmp_path / "notes.txt"), "not a folder or an archive"))
+    for src, message in cases:
+        with pytest.raises(WeightsError, match=message):
+            weights.download(dest, src, raft=False, manifests=manifests)
+        assert not dest.exists() and not weights.staging_dir(dest).exists()
+
+
+def test_damaged_and_hostile_archives(source, tmp_path, manifests):
+    archive = Path(shutil.make_archive(str(tmp_path / "w"), "zip", source.parent))
+    archive.write_bytes(archive.read_bytes()[:-200])  # lose the zip directory
+    with pytest.raises(WeightsError, match=r"w\.zip: damaged or truncated archive"):
+        weights.download(tmp_path / "a", str(archive), raft=False, manifests=manifests)
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        tf.add(source / "unet" / "unet_video_config.json", "m/unet/unet_video_config.json")
+        tf.add(source / "model_index.json", "m/../../escaped.json")
+    with pytest.raises(WeightsError, match="unsafe member path"):
+        weights.download(tmp_path / "b", str(evil), raft=False, manifests=manifests)
+    assert not (tmp_path / "escaped.json").exists()
+
+
+def test_no_disk_space_is_reported_before_copying(source, tmp_path, manifests, monkeypatch):
+    real = shutil.disk_usage
+    monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    with pytest.raises(WeightsError, match=r"not enough free disk space: need 0\.0\d GiB, 0\.00 GiB free; free some"):
+        weights.download(tmp_path / "uav", str(source), raft=False, manifests=manifests)
+    assert not (tmp_path / "uav").exists()
+    assert not list(weights.staging_dir(tmp_path / "uav").rglob("*.bin"))
+
+
+def test_a_damaged_destination_is_replaced_whole(source, manifests, tmp_path):
+    dest = tmp_path / "uav"
+    shutil.copytree(source, dest)
+    (dest / "vae" / "vae_3d.bin").write_bytes(b"garbage")
+    weights.download(dest, str(source), raft=False, manifests=manifests)
+    assert files_of(dest) == files_of(source)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging or old copy left
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_convert_round_trip(source, manifests, fp16):
+    written = weights.convert(source, fp16=fp16, manifests=manifests, parts=PARTS)
+    assert {p.relative_to(source).as_posix() for p in written} == {
+        "unet/unet_video.safetensors", "vae/vae_3d.safetensors", "vae/vae_video.safetensors",
+        "text_encoder/model.safetensors"}
+    for part in ("unet", "vae_3d", "vae_video", "text_encoder"):
+        assert find_weights(source, part).suffix == ".safetensors"  # the loaders prefer it
+        official, converted = (read_state_dict(source / p) for p in reversed(weights.LAYOUT[part].weights))
+        assert official.keys() == converted.keys()
+        for k, v in official.items():
+            want = v.half() if fp16 and v.is_floating_point() else v
+            assert converted[k].dtype == want.dtype and torch.equal(converted[k], want), k
+    model = load_model(source)
+    sd = model.unet.state_dict()
+    official = read_state_dict(source / "unet" / "unet_video.bin")
+    k = "conv_in.weight"
+    assert torch.equal(sd[k], official[k].half().float() if fp16 else official[k])
+
+
+def test_cli_download_convert_and_errors(source, manifests, tmp_path, capsys):
+    mdir = weights.write_manifests(MODEL_DIR, tmp_path / "m")
+    dest = tmp_path / "out dir" / "uav é"
+    assert cli.main(["download", "--from", str(source), "--dir", str(dest), "--no-raft",
+                     "--manifests", str(mdir)]) == 0
+    err = capsys.readouterr().err
+    assert "S-Lab License 1.0" in err and "non-commercial" in err and "complete and verified" in err
+    assert cli.main(["convert", "--dir", str(dest), "--manifests", str(mdir)]) == 0
+    assert (dest / "unet" / "unet_video.safetensors").is_file()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["download", "--from", str(tmp_path / "missing"), "--dir", str(tmp_path / "x")])
+    assert str(e.value).startswith("uav download: --from ") and "no such file or folder" in str(e.value)
+    assert not (tmp_path / "x").exists()
+    assert capsys.readouterr().out == ""  # progress and messages go to stderr

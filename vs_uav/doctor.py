@@ -1,0 +1,254 @@
+"""``uav doctor``: is this installation able to render, and if not, what to do.
+
+A VapourSynth setup can be half-broken in many ways (vspipe cannot find Python, the plugin
+is not autoloaded, ffmpeg lacks an encoder, the model folder is incomplete). Each check
+gives one line; a failing one names its fix. The fixes are data (:data:`FIXES`) so that the
+README's troubleshooting section is generated from them and cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Mapping, Optional
+
+Status = Literal["ok", "warn", "fail"]
+
+MIN_FREE_GIB = 10.0  # the official weights (~6 GiB as .bin) plus a chunk cache
+
+# One fix per check; README's troubleshooting table is generated from this.
+FIXES: dict[str, str] = {
+    "python": "vs-uav needs Python >= 3.12: recreate the environment with `make setup` (it finds a 3.12 "
+              "interpreter) or set UAV_PYTHON=/path/to/python3.12",
+    "vapoursynth": "install the VapourSynth wheel into this environment: `pip install vapoursynth` (`make setup` "
+                   "does it)",
+    "vspipe": "vspipe cannot start Python: run `vapoursynth config` in this environment (`make setup` does it)",
+    "plugin": "the uav namespace is not autoloaded: reinstall vs-uav (`make setup`, or `pip install -e .` in the "
+              "checkout) to build the plugin into site-packages/vapoursynth/plugins/uav",
+    "source": "no source filter to read videos: `pip install vapoursynth-bestsource`",
+    "ffmpeg": "ffmpeg not found: install it (`apt-get install ffmpeg`) or put it on PATH",
+    "encoders": "this ffmpeg lacks an encoder the presets use: install a full ffmpeg build (Debian's has all "
+                "four), or pick another --codec",
+    "torch": "torch is missing or broken: re-run `make setup`",
+    "devices": "no CUDA device: vs-uav runs on the CPU, minutes per frame with the full-size model; a CUDA GPU "
+               "is what it is made for",
+    "model": "run `uav download` to fetch and verify the weights (or set UAV_MODEL_DIR to an upscale_a_video "
+             "folder)",
+    "disk": f"less than {MIN_FREE_GIB:.0f} GiB free for the weights and the chunk cache: free some space or "
+            "point --dir / cache_dir elsewhere",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+    @property
+    def fix(self) -> str:
+        return FIXES[self.name] if self.status != "ok" else ""
+
+    def line(self) -> str:
+        mark = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}[self.status]
+        return f"{mark} {self.name}: {self.detail}" + (f" -> {self.fix}" if self.fix else "")
+
+
+def _run(args: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def find_vspipe() -> Optional[str]:
+    """vspipe of this environment first (the venv's bin), then PATH."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
+
+
+def check_python() -> Check:
+    v = sys.version_info
+    ok = v >= (3, 12)
+    return Check("python", "ok" if ok else "fail", f"{sys.version.split()[0]} at {sys.executable}")
+
+
+def check_vapoursynth() -> Check:
+    try:
+        import vapoursynth as vs
+
+        return Check("vapoursynth", "ok", f"R{vs.core.version_number()} ({Path(vs.__file__).parent})")
+    except Exception as e:  # an ImportError, or a core that cannot start
+        return Check("vapoursynth", "fail", f"cannot import ({type(e).__name__}: {e})")
+
+
+_PROBE = """import vapoursynth as vs
+core = vs.core
+assert hasattr(core, "uav"), "no uav namespace"
+core.std.BlankClip(width=16, height=16, length=1).set_output()
+"""
+
+
+def check_vspipe() -> tuple[Check, Check]:
+    """vspipe runs a script (it found Python), and a fresh core there has the uav namespace."""
+    vspipe = find_vspipe()
+    if vspipe is None:
+        return (Check("vspipe", "fail", "vspipe not found next to this Python or on PATH"),
+                _plugin_check_in_python())
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "probe.vpy"
+        script.write_text(_PROBE.replace('assert hasattr(core, "uav"), "no uav namespace"\n', ""), encoding="utf-8")
+        try:
+            plain = _run([vspipe, "--info", str(script)], timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Check("vspipe", "fail", f"{vspipe} does not run ({e})"), _plugin_check_in_python()
+        if plain.returncode != 0:
+            return (Check("vspipe", "fail", f"{vspipe} fails: {_last_line(plain.stderr + plain.stdout)}"),
+                    _plugin_check_in_python())
+        vspipe_ok = Check("vspipe", "ok", vspipe)
+        script.write_text(_PROBE, encoding="utf-8")
+        probe = _run([vspipe, "--info", str(script)], timeout=60)
+        if probe.returncode == 0:
+            return vspipe_ok, Check("plugin", "ok", f"core.uav autoloaded under vspipe ({_plugin_dir()})")
+        return vspipe_ok, Check("plugin", "fail", f"no uav namespace in a fresh core under vspipe "
+                                               f"(looked in {_plugin_dir()})")
+
+
+def _plugin_dir() -> str:
+    try:
+        import vapoursynth as vs
+
+        return str(Path(vs.__file__).parent / "plugins" / "uav")
+    except Exception:
+        return "site-packages/vapoursynth/plugins/uav"
+
+
+def _plugin_check_in_python() -> Check:
+    """Without vspipe: a fresh core in a fresh interpreter."""
+    code = "import vapoursynth as vs, sys; sys.exit(0 if hasattr(vs.core, 'uav') else 3)"
+    try:
+        r = _run([sys.executable, "-c", code], timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Check("plugin", "fail", f"cannot start a fresh core ({e})")
+    if r.returncode == 0:
+        return Check("plugin", "ok", f"core.uav autoloaded ({_plugin_dir()})")
+    return Check("plugin", "fail", f"no uav namespace in a fresh core (looked in {_plugin_dir()})")
+
+
+def check_source_filter() -> Check:
+    try:
+        import vapoursynth as vs
+
+        found = [ns for ns in ("bs", "lsmas", "ffms2") if hasattr(vs.core, ns)]
+    except Exception:
+        found = []
+    if "bs" in found:
+        return Check("source", "ok", "BestSource (core.bs) present" + (f"; also {', '.join(found[1:])}"
+                                                                         if len(found) > 1 else ""))
+    if found:
+        return Check("source", "warn", f"no BestSource (uav upscale and generated scripts use core.bs); "
+                                       f"found {', '.join(found)}")
+    return Check("source", "fail", "no source filter (core.bs, core.lsmas or core.ffms2)")
+
+
+def check_ffmpeg() -> tuple[Check, Check]:
+    from .settings import CODECS
+
+    ffmpeg = shutil.which("ffmpeg")
+    wanted = {codec: spec[0][spec[0].index("-c:v") + 1] for codec, spec in CODECS.items()}
+    if ffmpeg is None:
+        return (Check("ffmpeg", "fail", "not on PATH"),
+                Check("encoders", "fail", f"cannot check {', '.join(wanted.values())} without ffmpeg"))
+    try:
+        version = _run([ffmpeg, "-hide_banner", "-version"]).stdout.splitlines()[0].split(" Copyright")[0]
+        listing = _run([ffmpeg, "-hide_banner", "-encoders"]).stdout
+    except (OSError, subprocess.TimeoutExpired, IndexError) as e:
+        return Check("ffmpeg", "fail", f"{ffmpeg} does not run ({e})"), Check("encoders", "fail", "unknown")
+    have = {line.split()[1] for line in listing.splitlines() if len(line.split()) > 1}
+    missing = [f"{enc} ({codec})" for codec, enc in wanted.items() if enc not in have]
+    ffmpeg_check = Check("ffmpeg", "ok", f"{ffmpeg} ({version})")
+    if not missing:
+        return ffmpeg_check, Check("encoders", "ok", ", ".join(wanted.values()))
+    # The default codec (x265) is required; the others only for the presets that use them.
+    status: Status = "fail" if wanted["x265"] not in have else "warn"
+    return ffmpeg_check, Check("encoders", status, f"missing {', '.join(missing)}")
+
+
+def check_torch() -> tuple[Check, Check]:
+    try:
+        import torch
+    except Exception as e:
+        return (Check("torch", "fail", f"cannot import ({type(e).__name__}: {e})"),
+                Check("devices", "warn", "unknown without torch"))
+    torch_check = Check("torch", "ok", f"{torch.__version__}")
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            bf16 = ", bf16" if torch.cuda.is_bf16_supported() else ""
+            devices.append(f"cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB{bf16}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps (not used: vs-uav runs on CUDA or the CPU)")
+    if any(d.startswith("cuda") for d in devices):
+        return torch_check, Check("devices", "ok", "; ".join(devices))
+    return torch_check, Check("devices", "warn", "; ".join(devices) or f"CPU only ({os.cpu_count()} cores)")
+
+
+def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
+                log: Optional[Callable[[str], None]] = None) -> Check:
+    from .weights import WeightsError, parts_wanted, verify_folder
+
+    if model_dir is None:
+        from .filter import default_model_dir
+
+        model_dir = default_model_dir()
+    if not model_dir.is_dir():
+        return Check("model", "fail", f"{model_dir}: model folder not found")
+    present = [p for p in parts_wanted() if p not in ("vae_video", "propagator")]
+    optional = []
+    if (model_dir / "vae" / "vae_video_config.json").exists():
+        present.append("vae_video")
+    else:
+        optional.append("no video VAE (vae='video' unavailable)")
+    if (model_dir / "propagator").is_dir():
+        present.append("propagator")
+    else:
+        optional.append("no RAFT weights (flow='dis' is used)")
+    try:
+        verify_folder(model_dir, manifests, present, log=log)
+    except WeightsError as e:
+        return Check("model", "fail", str(e))
+    return Check("model", "warn" if optional else "ok",
+                 f"{model_dir}: verified" + (f"; {'; '.join(optional)}" if optional else ""))
+
+
+def check_disk(model_dir: Optional[Path]) -> Check:
+    if model_dir is None:
+        from .filter import default_model_dir
+
+        model_dir = default_model_dir()
+    where = model_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free / 2**30
+    status: Status = "ok" if free >= MIN_FREE_GIB else "warn"
+    return Check("disk", status, f"{free:.1f} GiB free at {where}")
+
+
+def run_checks(model_dir: Optional[Path] = None, manifests: Optional[Mapping] = None,
+               log: Optional[Callable[[str], None]] = None) -> list[Check]:
+    """Every check, in the order a user would fix them."""
+    checks = [check_python(), check_vapoursynth()]
+    if checks[-1].status == "ok":
+        checks += [*check_vspipe(), check_source_filter()]
+    checks += [*check_ffmpeg(), *check_torch()]
+    checks += [check_model(model_dir, manifests, log), check_disk(model_dir)]
+    return checks
