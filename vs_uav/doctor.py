@@ -19,7 +19,7 @@ from typing import Callable, Literal, Mapping, Optional
 
 Status = Literal["ok", "warn", "fail"]
 
-MIN_FREE_GIB = 10.0  # the official weights (~6 GiB as .bin) plus a chunk cache
+MIN_FREE_GIB = 10.0  # the official weights (~4.5 GiB in float32) plus a chunk cache
 
 # One fix per check; README's troubleshooting table is generated from this.
 FIXES: dict[str, str] = {
