@@ -296,6 +296,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """The whole stack end to end on a tiny random model: plugin, vspipe, torch, ffmpeg."""
+    from .selftest import CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, RANDOM_WEIGHTS_NOTE, SCALE, run_selftest
+
+    print(f"uav selftest: {RANDOM_WEIGHTS_NOTE}", flush=True)
+    result = run_selftest(Path(args.keep).expanduser() if args.keep else None,
+                          log=lambda m: _say(f"uav selftest: {m}"), device=args.device)
+    if not result.ok:
+        print(f"uav selftest: FAILED at {result.error}", flush=True)
+        return 1
+    kept = f"; files kept in {args.keep}" if args.keep else ""
+    print(f"uav selftest: OK (vspipe, core.uav.Upscale on {args.device}, ffmpeg: {CLIP_FRAMES} frames "
+          f"{CLIP_WIDTH}x{CLIP_HEIGHT} -> {CLIP_WIDTH * SCALE}x{CLIP_HEIGHT * SCALE} in {result.seconds:.0f} s{kept})",
+          flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
@@ -357,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--model", help="model folder to verify (default: $UAV_MODEL_DIR, else the user data folder)")
     dr.add_argument("--manifests", help=manifests_help)
     dr.set_defaults(func=cmd_doctor)
+
+    st = sub.add_parser("selftest", help="render a synthetic clip through core.uav.Upscale under vspipe into "
+                                         "ffmpeg with a tiny random model (no download; tests the installation, "
+                                         "not quality)")
+    st.add_argument("--device", default="cpu", help="device for the filter: cpu (default), cuda, cuda:N or auto")
+    st.add_argument("--keep", metavar="DIR", help="work in DIR and keep the model, script, logs and output there")
+    st.set_defaults(func=cmd_selftest)
     return parser
 
 

@@ -1,0 +1,520 @@
+"""``uav selftest``: the whole stack end to end, without downloads.
+
+A tiny model with random weights is written in the official folder layout, a synthetic
+clip made by VapourSynth alone goes through ``core.uav.Upscale`` under vspipe into
+ffmpeg, and the encoded file is checked with ffprobe and a full decode. The weights are
+random, so the pictures are meaningless: this tests the installation, not quality.
+
+Library code here never writes to stdout: steps go to ``logging`` and to the ``log``
+callback (the CLI prints it on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_NOTE = ("the model's weights are random, so the pictures are meaningless: "
+                       "this tests the installation, not quality.")
+HINT = "run `uav doctor`"
+
+# The synthetic clip and what the filter must make of it (4x in both directions).
+CLIP_WIDTH, CLIP_HEIGHT, CLIP_FRAMES = 32, 24, 8
+SCALE = 4
+
+# --- the tiny model's configs (official layout and keys; sizes as small as the code allows:
+# 32-group norms need multiples of 32 channels, the rotary embedding a head dimension >= 32) ---
+
+UNET_CONFIG: dict[str, Any] = {
+    "_class_name": "UNetVideoModel",
+    "act_fn": "silu",
+    "attention_head_dim": 1,
+    "block_out_channels": [32, 32, 64, 64],
+    "center_input_sample": False,
+    "cross_attention_dim": 32,
+    "down_block_types": ["DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 7,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "num_class_embeds": 1000,
+    "only_cross_attention": [True, True, True, False],
+    "out_channels": 4,
+    "sample_size": 128,
+    "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
+    "use_linear_projection": True,
+    "down_temporal_idx": [0, 1, 2, 3],
+    "mid_temporal": True,
+    "up_temporal_idx": [0, 1, 2, 3],
+    "temporal_module_config": {"attention_block_types": ["", ""]},
+}
+
+_VAE_COMMON: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": [32, 32, 64],
+    "down_block_types": ["DownEncoderBlock3D"] * 3,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "scaling_factor": 0.08333,
+}
+VAE_3D_CONFIG: dict[str, Any] = {
+    "_class_name": "AutoencoderKL3D", **_VAE_COMMON, "up_block_types": ["UpDecoderBlock3D"] * 3,
+}
+VAE_VIDEO_CONFIG: dict[str, Any] = {
+    "_class_name": "AutoencoderKLVideo", **_VAE_COMMON, "up_block_types": ["UpDecoderBlock3D_plus"] * 3,
+    "condition_img": True, "condition_channels": 32, "use_temporal_block": True,
+}
+
+_BETAS: dict[str, Any] = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear",
+                          "num_train_timesteps": 1000, "trained_betas": None}
+SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDIMScheduler", **_BETAS, "clip_sample": False, "prediction_type": "v_prediction",
+    "set_alpha_to_one": False, "steps_offset": 1, "thresholding": False,
+}
+LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "DDPMScheduler", **_BETAS, "clip_sample": True, "prediction_type": "epsilon",
+    "variance_type": "fixed_small", "thresholding": False,
+}
+MODEL_INDEX: dict[str, Any] = {
+    "_class_name": "VideoUpscalePipeline",
+    "low_res_scheduler": ["diffusers", "DDPMScheduler"],
+    "max_noise_level": 350,
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "selftest": "tiny model with random weights written by `uav selftest`; its pictures are meaningless",
+}
+
+BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """CLIP's (GPT-2's) reversible byte -> printable character table.
+
+    Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) are
+    moved to code points 256 and up, in byte order. Dict order is CLIP's vocabulary order.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    moved = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + moved)
+            moved += 1
+    return table
+
+
+def tiny_vocab() -> dict[str, int]:
+    """The smallest valid CLIP BPE vocabulary: every byte symbol, alone and word-final, plus BOS/EOS."""
+    symbols = list(bytes_to_unicode().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def text_encoder_config(vocab_size: int) -> dict[str, Any]:
+    return {
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "attention_dropout": 0.0,
+        "dropout": 0.0,
+        "hidden_act": "gelu",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 77,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "projection_dim": 32,
+        "vocab_size": vocab_size,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": 0,
+        "torch_dtype": "float32",
+    }
+
+
+def _tokenizer_files() -> dict[str, Any]:
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
+    return {
+        "vocab.json": tiny_vocab(),
+        # No merges: every word is spelled out byte by byte, which is all a test needs.
+        "merges.txt": "#version: 0.2\n",
+        "special_tokens_map.json": special,
+        "tokenizer_config.json": {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+                                  "errors": "replace", "clean_up_tokenization_spaces": False},
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _randomise_zero_init(module: Any, generator: Any, std: float = 0.02) -> None:
+    """Give zero-initialised tensors small random values so that every path contributes."""
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.is_floating_point() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
+    """Write a complete tiny model with random weights in the official layout into ``folder``.
+
+    With ``verify`` the folder is then loaded with :func:`vs_uav.loading.load_model`, which
+    checks every key and shape strictly: this proves the layout. Returns ``folder``.
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .loading import LAYOUT, TOKENIZER_DIR
+    from .loading import MODEL_INDEX as INDEX_NAME
+    from .models.unet_video import UNetVideoConfig, UNetVideoModel
+    from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / INDEX_NAME, MODEL_INDEX)
+    _write_json(folder / LAYOUT["scheduler"].config, SCHEDULER_CONFIG)
+    _write_json(folder / LAYOUT["low_res_scheduler"].config, LOW_RES_SCHEDULER_CONFIG)
+    for name, data in _tokenizer_files().items():
+        path = folder / TOKENIZER_DIR / name
+        if isinstance(data, str):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(data, encoding="utf-8")
+        else:
+            _write_json(path, data)
+
+    def official_bin(name: str) -> Path:
+        return folder / next(w for w in LAYOUT[name].weights if w.endswith((".bin", ".pth")))
+
+    # One generator for the perturbations, the global seed for the classes' own initialisers:
+    # the same seed gives the same tensors.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _write_json(folder / LAYOUT["unet"].config, UNET_CONFIG)
+        unet = UNetVideoModel(UNetVideoConfig.from_dict(UNET_CONFIG))
+        _randomise_zero_init(unet, gen)
+        _save(unet.state_dict(), official_bin("unet"))
+        del unet
+        for name, cfg in (("vae_3d", VAE_3D_CONFIG), ("vae_video", VAE_VIDEO_CONFIG)):
+            _write_json(folder / LAYOUT[name].config, cfg)
+            vae = AutoencoderKLVideo(VAEVideoConfig.from_dict(cfg))
+            _randomise_zero_init(vae, gen)
+            _save(vae.state_dict(), official_bin(name))
+        te_cfg = text_encoder_config(len(tiny_vocab()))
+        _write_json(folder / LAYOUT["text_encoder"].config, te_cfg)
+        text_model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in te_cfg.items() if k != "architectures"}))
+        # The official checkpoint's keys carry "text_model."; transformers 5 dropped the prefix.
+        state = {(k if k.startswith("text_model.") else "text_model." + k): v
+                 for k, v in text_model.state_dict().items()}
+        _save(state, official_bin("text_encoder"))
+    logger.info("tiny random model written to %s (seed %d)", folder, seed)
+    if verify:
+        from .loading import find_weights, load_model, load_weights
+
+        # Strict: a ModelLoadError names the file on any missing, unexpected or misshapen key.
+        load_model(folder)
+        load_weights(AutoencoderKLVideo(VAEVideoConfig.from_dict(VAE_VIDEO_CONFIG)), find_weights(folder, "vae_video"),
+                     LAYOUT["vae_video"].config)  # load_model reads one VAE; check the other too
+    return folder
+
+
+# --- the end-to-end run ---
+
+
+class SelftestError(RuntimeError):
+    """One step of the selftest failed; the message is one line naming the step."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class SelftestResult:
+    ok: bool
+    steps: list[Step] = field(default_factory=list)
+    error: Optional[str] = None  # one line: the failed step, what happened, the hint
+    output: Optional[Path] = None  # the encoded file; only kept with a work_dir
+    seconds: float = 0.0
+
+    @property
+    def failed_step(self) -> Optional[str]:
+        return next((s.name for s in self.steps if not s.ok), None)
+
+
+def find_vspipe() -> Optional[str]:
+    """vspipe of this environment first (the one that runs this Python), then PATH."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
+
+
+def _resolve_tool(name: str, given: Optional[str], near: Optional[str] = None) -> str:
+    """The executable for ``name``: ``given`` (a name or path), else next to ``near``, else PATH."""
+    if given:
+        found = shutil.which(given)
+    else:
+        found = shutil.which(name, path=str(Path(near).parent)) if near else None
+        found = found or (find_vspipe() if name == "vspipe" else shutil.which(name))
+    if not found:
+        where = f" at {given}" if given and given != name else " on PATH"
+        raise SelftestError("tools", f"{name} not found{where}; install it or {HINT}")
+    return found
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " | ".join(lines[-2:]) if lines else "no message"
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    """The telling last lines of a log, joined into one line: error lines when there are any."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    # vspipe's progress uses carriage returns (only a line's final state matters); tracebacks
+    # underline code with ^ and ~, which says nothing on one line.
+    rows = [r.rsplit("\r", 1)[-1].strip() for r in text.splitlines()]
+    rows = [r for r in rows if r.strip("^~ ")]
+    errors = [r for r in rows if "error" in r.lower() or "failed" in r.lower()]
+    return " | ".join((errors or rows)[-lines:])
+
+
+def make_script(model: Path, device: str = "cpu") -> str:
+    """The .vpy: a synthetic clip made by VapourSynth alone (a gradient that moves and brightens
+    from frame to frame, plain core filters only), through core.uav.Upscale."""
+    return f"""\
+# uav selftest: a synthetic clip through core.uav.Upscale with a tiny RANDOM model.
+# {RANDOM_WEIGHTS_NOTE}
+import vapoursynth as vs
+
+core = vs.core
+
+
+def tile(color):
+    return core.std.BlankClip(width=1, height=1, length=1, format=vs.YUV444P8, color=color)
+
+
+# Four coloured pixels, stretched into a smooth gradient; each frame shifted and brighter.
+tiles = core.std.StackVertical([core.std.StackHorizontal([tile([30, 100, 160]), tile([200, 140, 90])]),
+                                core.std.StackHorizontal([tile([120, 60, 200]), tile([220, 160, 128])])])
+frames = [core.std.Expr(core.resize.Bilinear(tiles, {CLIP_WIDTH}, {CLIP_HEIGHT}, format=vs.YUV420P8,
+                                             src_left=0.1 * i - 0.35), [f"x {{4 * i}} +", ""])
+          for i in range({CLIP_FRAMES})]
+clip = core.std.AssumeFPS(core.std.Splice(frames), fpsnum=25, fpsden=1)
+clip = core.std.SetFrameProps(clip, _Matrix=1, _Primaries=1, _Transfer=1, _Range=1)
+clip = core.uav.Upscale(clip, model={str(model)!r}, prompt="selftest", steps=2, chunk_size={CLIP_FRAMES},
+                        device={device!r})
+clip.set_output()
+"""
+
+
+def _ffprobe(ffprobe: str, path: Path) -> dict[str, Any]:
+    run = subprocess.run([ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    if run.returncode:
+        raise SelftestError("check", f"ffprobe cannot read {path.name}: {run.stderr.strip()[-300:]}; {HINT}")
+    streams = json.loads(run.stdout).get("streams") or []
+    if not streams:
+        raise SelftestError("check", f"{path.name} has no video stream; {HINT}")
+    return streams[0]
+
+
+def run_selftest(
+    work_dir: Optional[Path] = None,
+    log: Callable[[str], None] = lambda message: None,
+    *,
+    device: str = "cpu",
+    vspipe: Optional[str] = None,
+    ffmpeg: Optional[str] = None,
+    ffprobe: Optional[str] = None,
+    seed: int = 0,
+    timeout: float = 600.0,
+) -> SelftestResult:
+    """Build a tiny random model, render a synthetic clip under vspipe into ffmpeg, check the file.
+
+    ``work_dir`` keeps the model, script, logs and output there (default: a temporary
+    folder, removed afterwards). ``vspipe``/``ffmpeg``/``ffprobe`` override the executables
+    (default: vspipe next to this Python, then PATH; ffprobe next to ffmpeg, then PATH).
+    Never raises for a failed step: the result says which step failed and why.
+    """
+    started = time.monotonic()
+    result = SelftestResult(ok=False)
+
+    def report(message: str) -> None:
+        logger.info(message)
+        log(message)
+
+    class _Timed:
+        """Times one step, records it and reports it; a failure ends the run."""
+
+        def __init__(self, name: str, what: str):
+            self.name, self.what, self.detail = name, what, ""
+
+        def __enter__(self) -> "_Timed":
+            self.t0 = time.monotonic()
+            report(f"{self.name}: {self.what} ...")
+            return self
+
+        def __exit__(self, kind: Optional[type], exc: Optional[BaseException], tb: Any) -> bool:
+            seconds = time.monotonic() - self.t0
+            ok = exc is None
+            result.steps.append(Step(self.name, seconds, ok, self.detail if ok else str(exc)))
+            if ok:
+                report(f"{self.name}: ok ({seconds:.1f} s){': ' + self.detail if self.detail else ''}")
+            else:
+                report(f"{self.name}: FAILED after {seconds:.1f} s")
+            return False
+
+    def steps(folder: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "UAV_BRIDGE_IMPL"}  # the real filter, no test hook
+        with _Timed("tools", "finding vspipe, ffmpeg and ffprobe") as step:
+            vspipe_exe = _resolve_tool("vspipe", vspipe)
+            ffmpeg_exe = _resolve_tool("ffmpeg", ffmpeg)
+            ffprobe_exe = _resolve_tool("ffprobe", ffprobe, near=ffmpeg_exe)
+            step.detail = f"vspipe={vspipe_exe}, ffmpeg={ffmpeg_exe}"
+        model = folder / "model"
+        with _Timed("model", "writing a tiny RANDOM model in the official layout and loading it strictly") as step:
+            try:
+                build_tiny_model(model, seed=seed)
+            except Exception as e:  # the loader's errors are one line naming the file
+                raise SelftestError("model", f"{type(e).__name__}: {_one_line(e)}; {HINT}") from None
+            step.detail = str(model)
+        script, out = folder / "selftest.vpy", folder / "selftest.mkv"
+        vspipe_log, ffmpeg_log = folder / "vspipe.log", folder / "ffmpeg.log"
+        with _Timed("render", f"{CLIP_FRAMES} frames {CLIP_WIDTH}x{CLIP_HEIGHT} through core.uav.Upscale "
+                              "(vspipe -c y4m | ffmpeg -c:v ffv1)") as step:
+            script.write_text(make_script(model, device), encoding="utf-8")
+            out.unlink(missing_ok=True)
+            _render(vspipe_exe, ffmpeg_exe, script, out, vspipe_log, ffmpeg_log, env, timeout)
+            step.detail = f"{out.stat().st_size} bytes"
+        with _Timed("check", "ffprobe and a full decode of the output") as step:
+            step.detail = _check_output(ffmpeg_exe, ffprobe_exe, out)
+            result.output = out
+
+    def run_in(folder: Path) -> None:
+        try:
+            steps(folder)
+            result.ok = True
+        except SelftestError as e:
+            result.error = str(e)
+        except Exception as e:  # an unexpected bug still names its step
+            step = result.failed_step or "selftest"
+            result.error = f"{step}: {type(e).__name__}: {_one_line(e)}; {HINT}"
+            logger.debug("selftest failed", exc_info=True)
+
+    if work_dir is not None:
+        work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        run_in(work_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="uav-selftest-") as tmp:
+            run_in(Path(tmp))
+        result.output = None  # removed with the temporary folder
+    result.seconds = time.monotonic() - started
+    if result.error:  # the caller reports it; logged for those who only watch the log
+        logger.info("selftest failed: %s", result.error)
+    return result
+
+
+def _render(vspipe: str, ffmpeg: str, script: Path, out: Path, vspipe_log: Path, ffmpeg_log: Path,
+            env: dict[str, str], timeout: float) -> None:
+    """vspipe -c y4m into ffmpeg (FFV1); stderr of each to its log file (no pipe can fill up)."""
+    with open(vspipe_log, "wb") as vlog, open(ffmpeg_log, "wb") as flog:
+        pipe = subprocess.Popen([vspipe, "-c", "y4m", str(script), "-"], stdout=subprocess.PIPE, stderr=vlog,
+                                env=env)
+        try:
+            enc = subprocess.Popen([ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
+                                    "-c:v", "ffv1", str(out)], stdin=pipe.stdout, stderr=flog, env=env)
+        except OSError as e:
+            pipe.kill()
+            pipe.wait()
+            raise SelftestError("render", f"cannot start ffmpeg ({e}); {HINT}") from None
+        finally:
+            assert pipe.stdout is not None
+            pipe.stdout.close()  # ffmpeg owns the read end: vspipe sees a broken pipe if it dies
+        try:
+            rc_enc = enc.wait(timeout=timeout)
+            rc_pipe = pipe.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for p in (pipe, enc):
+                p.kill()
+                p.wait()
+            raise SelftestError("render", f"no result after {timeout:.0f} s (vspipe: {_tail(vspipe_log) or '-'}); "
+                                          f"{HINT}") from None
+    if rc_pipe:
+        raise SelftestError("render", f"vspipe exited with status {rc_pipe}: {_tail(vspipe_log) or 'no message'}; "
+                                      f"{HINT}")
+    if rc_enc:
+        raise SelftestError("render", f"ffmpeg exited with status {rc_enc}: {_tail(ffmpeg_log) or 'no message'}; "
+                                      f"{HINT}")
+    if not out.is_file() or out.stat().st_size == 0:
+        raise SelftestError("render", f"ffmpeg wrote no output ({_tail(ffmpeg_log) or 'no message'}); {HINT}")
+
+
+def _check_output(ffmpeg: str, ffprobe: str, out: Path) -> str:
+    """Codec, size and frame count by ffprobe, then every frame decoded to raw bytes."""
+    width, height = CLIP_WIDTH * SCALE, CLIP_HEIGHT * SCALE
+    info = _ffprobe(ffprobe, out)
+    found = (info.get("codec_name"), info.get("width"), info.get("height"), int(info.get("nb_read_frames", -1)))
+    if found != ("ffv1", width, height, CLIP_FRAMES):
+        raise SelftestError("check", f"expected ffv1 {width}x{height} with {CLIP_FRAMES} frames, found "
+                                     f"{found[0]} {found[1]}x{found[2]} with {found[3]} frames; {HINT}")
+    dec = subprocess.run([ffmpeg, "-nostdin", "-v", "error", "-i", str(out), "-f", "rawvideo", "-pix_fmt", "yuv420p",
+                          "pipe:1"], capture_output=True, timeout=120)
+    err = dec.stderr.decode(errors="replace").strip()
+    if dec.returncode or err:
+        why = err.splitlines()[-1] if err else f"exit status {dec.returncode}"
+        raise SelftestError("check", f"ffmpeg cannot decode {out.name}: {why}; {HINT}")
+    frame_bytes = width * height * 3 // 2
+    if len(dec.stdout) != CLIP_FRAMES * frame_bytes:
+        raise SelftestError("check", f"decoded {len(dec.stdout)} bytes, expected {CLIP_FRAMES} frames of "
+                                     f"{frame_bytes}; {HINT}")
+    # Random weights give arbitrary pictures, but not one flat value everywhere (e.g. NaNs turned black).
+    luma = [dec.stdout[i * frame_bytes:i * frame_bytes + width * height] for i in range(CLIP_FRAMES)]
+    if all(len(set(y)) == 1 for y in luma):
+        raise SelftestError("check", f"every output frame is one flat value ({luma[0][0]}): the filter computed "
+                                     f"nothing usable; {HINT}")
+    return f"ffv1 {width}x{height}, {CLIP_FRAMES} frames decoded"
