@@ -231,3 +231,26 @@ def test_cli_download_convert_and_errors(source, manifests, tmp_path, capsys):
     assert str(e.value).startswith("uav download: --from ") and "no such file or folder" in str(e.value)
     assert not (tmp_path / "x").exists()
     assert capsys.readouterr().out == ""  # progress and messages go to stderr
+
+
+def test_download_from_a_hugging_face_repository_in_the_hub_cache(source, manifests, tmp_path, monkeypatch):
+    """hf:OWNER/NAME goes through huggingface_hub's cache (offline here: the snapshot is
+    placed in the cache the way the hub lays it out)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--upscale-a-video"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    dest = tmp_path / "uav"
+    weights.download(dest, "hf:someone/upscale-a-video", raft=False, manifests=manifests)
+    assert files_of(dest) == files_of(source)
+    with pytest.raises(WeightsError, match=r"hf:someone/missing: cannot download from the Hugging Face hub"):
+        weights.download(tmp_path / "other", "hf:someone/missing", raft=False, manifests=manifests)
+    assert not (tmp_path / "other").exists()
