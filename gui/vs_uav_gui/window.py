@@ -195,6 +195,19 @@ class Field(QWidget):
 
 # -- the window ----------------------------------------------------------------------------------
 
+def _line_edit_rows(form: QFormLayout, rows: list[tuple[str, str]]) -> list[QLineEdit]:
+    """Labelled line edits (label text with its mnemonic, object name), one form row each."""
+    edits = []
+    for text, name in rows:
+        edit = QLineEdit()
+        edit.setObjectName(name)
+        label = QLabel(text)
+        label.setBuddy(edit)
+        form.addRow(label, edit)
+        edits.append(edit)
+    return edits
+
+
 class PresetEditor(QMainWindow):
     """Pick a source, choose and edit a preset, preview and save the script and command."""
 
@@ -252,15 +265,8 @@ class PresetEditor(QMainWindow):
         lv.addWidget(list_label)
         lv.addWidget(self.preset_list, 1)
         name_form = QFormLayout()
-        self.name_edit = QLineEdit()
-        self.name_edit.setObjectName("name")
-        self.description_edit = QLineEdit()
-        self.description_edit.setObjectName("description")
-        name_label, desc_label = QLabel("&Name:"), QLabel("Descr&iption:")
-        name_label.setBuddy(self.name_edit)
-        desc_label.setBuddy(self.description_edit)
-        name_form.addRow(name_label, self.name_edit)
-        name_form.addRow(desc_label, self.description_edit)
+        self.name_edit, self.description_edit = _line_edit_rows(
+            name_form, [("&Name:", "name"), ("Descr&iption:", "description")])
         self.name_error = QLabel()
         self.name_error.setStyleSheet("color: #b00020;")
         self.name_error.setWordWrap(True)
@@ -316,15 +322,8 @@ class PresetEditor(QMainWindow):
         rv.setContentsMargins(0, 0, 0, 0)
         mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
         paths = QFormLayout()
-        self.script_edit = QLineEdit()
-        self.script_edit.setObjectName("script_path")
-        self.output_edit = QLineEdit()
-        self.output_edit.setObjectName("output_path")
-        script_label, output_label = QLabel("Scrip&t file:"), QLabel("&Output file:")
-        script_label.setBuddy(self.script_edit)
-        output_label.setBuddy(self.output_edit)
-        paths.addRow(script_label, self.script_edit)
-        paths.addRow(output_label, self.output_edit)
+        self.script_edit, self.output_edit = _line_edit_rows(
+            paths, [("Scrip&t file:", "script_path"), ("&Output file:", "output_path")])
         rv.addLayout(paths)
         self.script_edit.textEdited.connect(self._paths_edited)
         self.output_edit.textEdited.connect(self._paths_edited)
