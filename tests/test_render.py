@@ -165,3 +165,16 @@ def test_uav_upscale_refuses_bad_input_and_writes_nothing(tmp_path, args, messag
                          capture_output=True, text=True, env=env(), timeout=300)
     assert run.returncode != 0 and message in run.stderr, run.stderr
     assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written
+
+
+def test_uav_demo_runs_the_main_job_on_a_real_video(tmp_path):
+    """`make demo`'s command: the shared animation through core.uav under vspipe into x265."""
+    out = tmp_path / "demo.mkv"
+    run = subprocess.run([UAV, "demo", "--output", str(out), "--frames", "8", "--width", "32", "--height", "24",
+                          "--steps", "2"], capture_output=True, text=True, env=env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert not run.stdout
+    assert "8/8 frames" in run.stderr and "the pictures are meaningless" in run.stderr
+    video = probe(out)["video"]
+    assert (video["codec_name"], video["width"], video["height"], int(video["nb_read_frames"])) == \
+        ("hevc", 128, 96, 8)

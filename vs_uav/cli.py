@@ -19,64 +19,32 @@ DEMO_VIDEO = REPO.parent / "shared" / "videos" / "old_animation_1.mp4"
 DEMO_MODEL = REPO.parent / "shared" / "reference" / "public" / "model"
 
 
-def _read_clip(path: Path, width: int, height: int, frames: int):
-    """Frames of a video file as a (1, 3, T, H, W) float tensor in [-1, 1], via VapourSynth."""
-    import numpy as np
-    import torch
-    import vapoursynth as vs
-
-    core = vs.core
-    clip = core.bs.VideoSource(str(path))
-    clip = clip[: min(frames, clip.num_frames)]
-    clip = core.resize.Bicubic(clip, width, height, format=vs.RGBS, matrix_in_s="709")
-    planes = [np.stack([np.asarray(f[p]) for p in range(3)]) for f in clip.frames()]
-    video = torch.from_numpy(np.stack(planes, axis=1)).unsqueeze(0)
-    return video * 2 - 1, clip.fps
-
-
-def _write_video(frames, fps, out: Path) -> None:
-    """Encode (1, 3, T, H, W) frames in [-1, 1] to ``out`` with ffmpeg (x264, lossless-ish)."""
-    import numpy as np
-
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise SystemExit("uav: ffmpeg not found; install it (e.g. apt-get install ffmpeg)")
-    rgb = ((frames[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
-    t, h, w, _ = rgb.shape
-    cmd = [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-           "-r", f"{fps.numerator}/{fps.denominator}", "-i", "-", "-c:v", "libx264", "-crf", "12",
-           "-pix_fmt", "yuv444p", str(out)]
-    subprocess.run(cmd, input=np.ascontiguousarray(rgb.numpy()).tobytes(), check=True)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Upscale a few frames of a real video with the tiny reference model."""
-    from .pipeline import UpscalePipeline
+    """The main job in miniature: a real video through core.uav.Upscale under vspipe into
+    ffmpeg/x265, with the tiny reference model (no weights can be downloaded here)."""
+    from .settings import EncoderSettings, UpscaleSettings
 
-    model = Path(args.model)
-    video_path = Path(args.input)
-    for p, what in ((model, "model folder"), (video_path, "input video")):
+    model, source = Path(args.model), Path(args.input)
+    for p, what in ((model, "model folder"), (source, "input video")):
         if not p.exists():
             raise SystemExit(f"uav demo: {what} {p} not found")
-    video, fps = _read_clip(video_path, args.width, args.height, args.frames)
-    pipe = UpscalePipeline.from_pretrained(model, vae=args.vae)
-    t0 = time.perf_counter()
-
-    def progress(done: int, total: int, chunk: int, chunks: int) -> None:
-        print(f"\rchunk {chunk + 1}/{chunks}: denoising step {done}/{total}", end="", file=sys.stderr, flush=True)
-
-    out = pipe(video, prompt="an old animation, best quality, extremely detailed", num_inference_steps=args.steps,
-               guidance_scale=6.0, noise_level=120, seed=args.seed, callback=progress)
-    print(file=sys.stderr)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    _write_video(out.frames, fps, Path(args.output))
-    t, h, w = out.frames.shape[2:]
-    print(f"uav demo: {video.shape[2]} frames {args.width}x{args.height} -> {w}x{h} in "
-          f"{time.perf_counter() - t0:.1f} s, written to {args.output}")
+    try:
+        settings = UpscaleSettings(prompt="an old animation", model=str(model.resolve()), vae=args.vae,
+                                   steps=args.steps, propagation_steps=[args.steps - 1], seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"uav demo: {e}")
+    # A CPU renders the tiny model slowly at full size: a short, small excerpt keeps it quick.
+    prepare = (f"# The demo's excerpt: the first {args.frames} frames at {args.width}x{args.height}.",
+               f"clip = core.resize.Bicubic(clip[:{args.frames}], {args.width}, {args.height})")
+    output = Path(args.output)
+    rc = _render(source, output, settings, EncoderSettings(audio="none"), "uav demo", prepare)
+    print(f"uav demo: {args.frames} frames {args.width}x{args.height} -> {4 * args.width}x{4 * args.height}, "
+          f"written to {output}", file=sys.stderr)
     if model.resolve() == DEMO_MODEL.resolve():
-        print("uav demo: the reference model has tiny random weights: this checks the whole path, "
-              "the pictures are meaningless. Real weights: `uav download` (planned).")
-    return 0
+        print("uav demo: the reference model has tiny random weights: this checks the whole path (VapourSynth, "
+              "core.uav, vspipe, ffmpeg), the pictures are meaningless. Real weights: `uav download`.",
+              file=sys.stderr)
+    return rc
 
 
 def _add_setting_options(parser: argparse.ArgumentParser, specs, defaults_from=None) -> None:
@@ -135,24 +103,30 @@ def _progress_bar(done: int, total: int, started: float) -> str:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
-    import tempfile
-
-    from .script import ffmpeg_args, make_script, shell_command, vspipe_args
-
     source, output = Path(args.input), Path(args.output)
     if not source.is_file():
         raise SystemExit(f"uav upscale: input {source} not found")
     preset = _resolve(args, "uav upscale")
     settings, encoder = preset.settings, preset.encoder
+    return _render(source, output, settings, encoder, "uav upscale")
+
+
+def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = ()) -> int:
+    """Write the .vpy, pipe vspipe into ffmpeg with a progress bar; only a complete file
+    gets the output's name."""
+    import tempfile
+
+    from .script import ffmpeg_args, make_script, shell_command, vspipe_args
+
     vspipe = shutil.which("vspipe", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     ffmpeg = shutil.which("ffmpeg")
     if not vspipe or not ffmpeg:
-        raise SystemExit("uav upscale: " + ("vspipe" if not vspipe else "ffmpeg") + " not found; run `uav doctor`")
+        raise SystemExit(f"{prog}: " + ("vspipe" if not vspipe else "ffmpeg") + " not found; run `uav doctor`")
     namespace = _has_namespace()
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
         script = Path(tmp) / "upscale.vpy"
-        script.write_text(make_script(source, settings, namespace=namespace,
+        script.write_text(make_script(source, settings, namespace=namespace, prepare=prepare,
                                       command=shell_command(script, source, output, encoder)), encoding="utf-8")
         partial = output.with_name(output.stem + ".partial" + output.suffix)
         pipe = subprocess.Popen(vspipe_args(script, vspipe, progress=True), stdout=subprocess.PIPE,
@@ -183,9 +157,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             partial.unlink(missing_ok=True)
             errors = [line for line in log if "Error" in line or "error" in line] or log[-5:]
             enc_err = enc.stderr.read().decode(errors="replace").strip()
-            raise SystemExit("uav upscale: failed: " + " | ".join(errors[-3:] + ([enc_err] if enc_err else [])))
+            raise SystemExit(f"{prog}: failed: " + " | ".join(errors[-3:] + ([enc_err] if enc_err else [])))
         partial.replace(output)  # only a complete file carries the output's name
-    print(f"uav upscale: wrote {output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(f"{prog}: wrote {output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -320,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="upscale a few frames of a real clip with the tiny reference model")
     demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)))
     demo.add_argument("--input", default=str(DEMO_VIDEO))
-    demo.add_argument("--output", default=str(REPO / "out" / "demo.mp4"))
+    demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"))
     demo.add_argument("--frames", type=int, default=12)
     demo.add_argument("--width", type=int, default=64)
     demo.add_argument("--height", type=int, default=48)

@@ -36,11 +36,12 @@ def _commented(text: str) -> str:
 
 
 def make_script(source: Path, settings: UpscaleSettings, *, namespace: bool = True,
-                command: Optional[str] = None, title: Sequence[str] = ()) -> str:
+                command: Optional[str] = None, title: Sequence[str] = (), prepare: Sequence[str] = ()) -> str:
     """A ``.vpy`` that reads ``source`` and upscales it with only the non-default settings.
 
     ``namespace=False`` calls ``vs_uav.upscale`` (the same function) for hosts where the
     native ``uav`` plugin is not installed. ``title``: comment lines (e.g. the preset).
+    ``prepare``: script lines between reading the source and upscaling (trim, resize).
     """
     # The command stays on one line so that it can be copied as it is.
     head = "".join(_commented(t) + "\n" for t in title)
@@ -50,6 +51,8 @@ def make_script(source: Path, settings: UpscaleSettings, *, namespace: bool = Tr
         lines.append("import vs_uav\n")
     lines.append("# The source video, decoded frame-accurately by BestSource.")
     lines.append(f"clip = core.bs.VideoSource({str(Path(source))!r})\n")
+    if prepare:
+        lines.extend([*prepare, ""])
     call = "core.uav.Upscale(" if namespace else "vs_uav.upscale("
     changed = settings.non_defaults()
     if not changed:
