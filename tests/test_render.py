@@ -155,16 +155,20 @@ def test_uav_upscale_command(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--noise-level", "400"], "uav upscale: noise_level=400; accepted: an integer in [0, 350]"),
     (["--model", "/nonexistent/uav"], "/nonexistent/uav: model folder not found; run `uav download`"),
+    (["-o", "SOURCE"], "uav upscale: --output SOURCE is the input; choose another file"),
 ])
 def test_uav_upscale_refuses_bad_input_and_writes_nothing(tmp_path, args, message):
     source = tmp_path / "in.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=32x24:rate=10:duration=1",
                     str(source)], check=True)
     out = tmp_path / "out" / "o.mkv"
+    size = source.stat().st_size
+    args = [str(source) if a == "SOURCE" else a for a in args]
     run = subprocess.run([UAV, "upscale", str(source), "-o", str(out), "--model", str(MODEL_DIR), *args],
                          capture_output=True, text=True, env=env(), timeout=300)
-    assert run.returncode != 0 and message in run.stderr, run.stderr
+    assert run.returncode != 0 and message.replace("SOURCE", str(source)) in run.stderr, run.stderr
     assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written
+    assert source.stat().st_size == size
 
 
 def test_uav_demo_runs_the_main_job_on_a_real_video(tmp_path):

@@ -103,11 +103,16 @@ def _progress_bar(done: int, total: int, started: float) -> str:
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
-    source, output = Path(args.input), Path(args.output)
+    from .script import default_output
+
+    source = Path(args.input)
     if not source.is_file():
         raise SystemExit(f"uav upscale: input {source} not found")
     preset = _resolve(args, "uav upscale")
     settings, encoder = preset.settings, preset.encoder
+    output = Path(args.output) if args.output else default_output(source, encoder)
+    if output.resolve() == source.resolve():
+        raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
     return _render(source, output, settings, encoder, "uav upscale")
 
 
@@ -291,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="upscale a few frames of a real clip with the tiny reference model")
+    demo = sub.add_parser("demo", help="the main job in miniature: a real clip through core.uav.Upscale, vspipe "
+                                       "and ffmpeg/x265 (tiny reference model)")
     demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)))
     demo.add_argument("--input", default=str(DEMO_VIDEO))
     demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"))
@@ -307,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
     up.add_argument("input", help="source video")
-    up.add_argument("-o", "--output", required=True, help="output file (.mkv for x265/ffv1, .mov for prores)")
+    up.add_argument("-o", "--output", help="output file (default: next to the source, e.g. clip.uav.mkv; "
+                    ".mov for prores)")
     _add_preset_option(up)
     _add_setting_options(up, SETTINGS)
     _add_setting_options(up, ENCODER_SETTINGS)

@@ -268,6 +268,27 @@ def _copy_resumable(src_open: Callable[[], "object"], size: int, target: Path, l
     if done > size:
         part.unlink()
         done = 0
+    try:
+        done = _copy_stream(src_open, part, done, size, label, progress)
+    except OSError as e:
+        if e.filename is None and not _is_write_error(e):
+            raise  # a read error of the source: the caller names the source
+        raise WeightsError(f"{part}: cannot write ({e.strerror or e}); free some space or fix the folder's "
+                           "permissions, then re-run the same command to resume") from None
+    if done != size:
+        raise WeightsError(f"{label}: source ended after {done} of {size} bytes; the source is truncated")
+    os.replace(part, target)
+
+
+def _is_write_error(e: OSError) -> bool:
+    import errno
+
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def _copy_stream(src_open: Callable[[], "object"], part: Path, done: int, size: int, label: str,
+                 progress: Optional[Progress]) -> int:
+    """Append the source's bytes from offset ``done`` to ``part``; returns the bytes now in it."""
     with src_open() as src, open(part, "ab") as dst:
         if done:
             if hasattr(src, "seek") and getattr(src, "seekable", lambda: True)():
@@ -285,9 +306,7 @@ def _copy_resumable(src_open: Callable[[], "object"], size: int, target: Path, l
             done += len(block)
             if progress:
                 progress(label, done, size)
-    if done != size:
-        raise WeightsError(f"{label}: source ended after {done} of {size} bytes; the source is truncated")
-    os.replace(part, target)
+    return done
 
 
 def _fetch_folder(src: Path, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress]) -> None:
