@@ -88,3 +88,14 @@ def test_wrong_or_damaged_model_folder(manifests, tmp_path):
     # The full-size manifests (the default) refuse a model of another size.
     rc, lines, _ = doctor("--model", str(MODEL_DIR))
     assert rc == 1 and "not the official unet weights" in lines["model"]
+
+
+def test_an_interrupted_download_is_pointed_out(tmp_path):
+    from vs_uav.doctor import check_model
+
+    dest = tmp_path / "uav"
+    staging = weights.staging_dir(dest)
+    staging.mkdir()
+    check = check_model(dest)
+    assert check.line() == (f"[FAIL] model: {dest}: model folder not found; an interrupted download is in "
+                            f"{staging} -> {FIXES['model']}")

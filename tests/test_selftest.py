@@ -114,3 +114,19 @@ def test_uav_selftest_end_to_end_passes_and_says_the_pictures_are_meaningless():
     assert lines[-1].startswith("uav selftest: OK (") and "8 frames 32x24 -> 128x96" in lines[-1]
     for step in ("tools", "model", "render", "check"):
         assert f"uav selftest: {step}: ok (" in run.stderr
+
+
+def test_the_shipped_configs_are_the_reference_tiny_models():
+    """vs_uav/data/selftest holds the tiny model's configs as package data; the model's own
+    configs are the reference tiny model's (values of every shared key), not a drifting copy."""
+    from conftest import MODEL_DIR
+
+    shipped = selftest._data_files()
+    assert {"unet/unet_video_config.json", "vae/vae_3d_config.json", "vae/vae_video_config.json",
+            "scheduler/scheduler_config.json", "low_res_scheduler/scheduler_config.json", "model_index.json",
+            "text_encoder/config.json", "tokenizer/merges.txt"} <= set(shipped)
+    for rel in ("unet/unet_video_config.json", "vae/vae_3d_config.json", "vae/vae_video_config.json",
+                "scheduler/scheduler_config.json", "low_res_scheduler/scheduler_config.json"):
+        ours = json.loads(shipped[rel].read_text(encoding="utf-8"))
+        ref = json.loads((MODEL_DIR / rel).read_text(encoding="utf-8"))
+        assert {k: ref.get(k) for k in ours} == ours, rel  # the reference may add defaults and metadata

@@ -254,3 +254,166 @@ def test_download_from_a_hugging_face_repository_in_the_hub_cache(source, manife
     with pytest.raises(WeightsError, match=r"hf:someone/missing: cannot download from the Hugging Face hub"):
         weights.download(tmp_path / "other", "hf:someone/missing", raft=False, manifests=manifests)
     assert not (tmp_path / "other").exists()
+
+
+class FakeDrive:
+    """gdown's two calls, served from a local folder (no network): the folder listing and
+    one file at a time, with its progress callback. ``fail_on`` makes one file fail."""
+
+    def __init__(self, folder: Path, fail_on: str | None = None):
+        self.folder, self.fail_on, self.fetched = folder, fail_on, []
+
+    def download_folder(self, id, output, skip_download, quiet, **kw):
+        from gdown.download import GoogleDriveFileToDownload
+
+        assert skip_download and quiet  # we only list; files come one by one
+        base = self.folder.parent  # the Drive folder holds upscale_a_video/
+        return [GoogleDriveFileToDownload(id=str(p), path=p.relative_to(base).as_posix(),
+                                          local_path=str(Path(output) / p.relative_to(base)))
+                for p in sorted(self.folder.rglob("*")) if p.is_file()]
+
+    def download(self, id, output, quiet, resume, progress=None, **kw):
+        import gdown
+
+        rel = Path(id).relative_to(self.folder).as_posix()
+        if rel == self.fail_on:
+            raise gdown.exceptions.DownloadError("Too many users have viewed or downloaded this file recently")
+        self.fetched.append(rel)
+        data = Path(id).read_bytes()
+        Path(output).write_bytes(data)
+        if progress:
+            progress(len(data), len(data))
+        return output
+
+
+def test_download_from_google_drive_file_by_file_skips_optional_parts_and_resumes(source, manifests, tmp_path,
+                                                                                  monkeypatch):
+    import gdown
+
+    drive = FakeDrive(source, fail_on="vae/vae_3d.bin")
+    monkeypatch.setattr(gdown, "download_folder", drive.download_folder)
+    monkeypatch.setattr(gdown, "download", drive.download)
+    dest = tmp_path / "uav"
+    with pytest.raises(WeightsError, match=r"^vae/vae_3d\.bin: download from Google Drive failed \(DownloadError: "
+                                           r"Too many users.*\); re-run `uav download` to resume, or download the "
+                                           r"folder in a browser \(https://drive.google.com/drive/folders/"):
+        weights.download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests)
+    assert not dest.exists() and weights.staging_dir(dest).is_dir()
+    first = list(drive.fetched)
+    assert first and not any(rel.startswith("vae/vae_video") for rel in first)  # skipped parts never transferred
+
+    drive.fail_on, drive.fetched = None, []
+    seen = []
+    weights.download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests,
+                     progress=lambda *a: seen.append(a))
+    assert not set(first) & set(drive.fetched)  # finished files are not fetched again
+    assert "vae/vae_3d.bin" in drive.fetched and ("vae/vae_3d.bin", 0, 0) not in seen
+    assert files_of(dest) == {k: v for k, v in files_of(source).items() if not k.startswith("vae/vae_video")}
+    assert not weights.staging_dir(dest).exists()
+
+
+def test_a_remote_download_checks_free_space_first(manifests, tmp_path, monkeypatch):
+    import gdown
+
+    def never(*a, **kw):
+        raise AssertionError("nothing may be transferred without the space for it")
+
+    monkeypatch.setattr(gdown, "download_folder", never)
+    real = shutil.disk_usage
+    monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    for src in ("gdrive", "hf:someone/upscale-a-video"):
+        with pytest.raises(WeightsError, match=r"not enough free disk space: need .* GiB free; free some space or "
+                                               r"choose another folder with --dir$"):
+            weights.download(tmp_path / "uav", src, manifests=None)  # the full-size estimate: ~4.8 GB
+        assert not weights.staging_dir(tmp_path / "uav").exists()
+    full = weights.estimated_bytes(weights.load_manifests(), weights.parts_wanted())
+    assert 4.5e9 < full < 5.0e9
+
+
+def test_a_full_disk_while_copying_names_the_file_and_resumes(source, manifests, tmp_path, monkeypatch):
+    import errno
+    import io
+
+    real_open = open
+    budget = {"bytes": (source / "unet" / "unet_video.bin").stat().st_size // 2}
+
+    class Full(io.FileIO):
+        def write(self, b):
+            if budget["bytes"] < len(b):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            budget["bytes"] -= len(b)
+            return super().write(b)
+
+    def fake_open(path, mode="r", *a, **kw):
+        return Full(path, "a") if mode == "ab" else real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(weights, "open", fake_open, raising=False)
+    dest = tmp_path / "uav"
+    with pytest.raises(WeightsError, match=r"\.partial/.*\.part: cannot write \(No space left on device\); free some "
+                                           r"space or choose another folder with --dir, then re-run the same command"):
+        weights.download(dest, str(source), raft=False, manifests=manifests)
+    assert not dest.exists()
+    monkeypatch.undo()  # space freed
+    weights.download(dest, str(source), raft=False, manifests=manifests)
+    assert files_of(dest) == files_of(source)
+
+
+def test_a_rerun_with_other_options_fetches_only_what_is_missing(source, manifests, tmp_path):
+    dest = tmp_path / "uav"
+    weights.download(dest, str(source), vae_video=False, raft=False, manifests=manifests)
+    weights.convert(dest, manifests=manifests, parts=("unet", "vae_3d", "text_encoder"))
+    # Two damaged files at once: both are fetched again in one run, the sound ones are kept.
+    (dest / "vae" / "vae_3d.bin").write_bytes(b"garbage")
+    (dest / "scheduler" / "scheduler_config.json").write_text("{")
+    seen, said = [], []
+    weights.download(dest, str(source), raft=False, manifests=manifests, log=said.append,
+                     progress=lambda label, done, total: seen.append(label))
+    assert set(seen) == {"vae/vae_video.bin", "vae/vae_video_config.json", "vae/vae_3d.bin",
+                         "scheduler/scheduler_config.json"}
+    assert files_of(dest) == files_of(source)  # the stale .safetensors are not carried over
+    assert any("not carried over: text_encoder/model.safetensors" in s and "uav convert" in s for s in said)
+
+
+def mac_zip(source: Path, path: Path) -> Path:
+    """The release as the official Drive folder has held it: upscale_a_video.zip, made on a
+    Mac (``__MACOSX/`` resource forks and ``.DS_Store`` files along)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for p in sorted(source.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(source.parent).as_posix()
+                zf.write(p, rel)
+                zf.writestr(f"__MACOSX/{rel.rsplit('/', 1)[0]}/._{p.name}", b"\0\5\26\7")
+        zf.writestr("upscale_a_video/.DS_Store", b"junk")
+    return path
+
+
+def test_a_drive_folder_holding_the_release_as_one_zip(source, manifests, tmp_path, monkeypatch):
+    import gdown
+
+    drive_dir = tmp_path / "drive2" / "upscale_a_video"
+    drive_dir.mkdir(parents=True)
+    mac_zip(source, drive_dir / "upscale_a_video.zip")
+    drive = FakeDrive(drive_dir)
+    monkeypatch.setattr(gdown, "download_folder", drive.download_folder)
+    monkeypatch.setattr(gdown, "download", drive.download)
+    dest = tmp_path / "uav"
+    weights.download(dest, "gdrive", raft=False, manifests=manifests)
+    assert drive.fetched == ["upscale_a_video.zip"]
+    assert files_of(dest) == files_of(source)  # no __MACOSX, ._* or .DS_Store
+    assert not weights.downloads_dir(weights.staging_dir(dest)).exists()  # the zip is gone once in place
+    load_model(dest)
+
+
+def test_a_folder_or_archive_holding_the_zip(source, manifests, tmp_path):
+    holder = tmp_path / "Downloads"
+    holder.mkdir()
+    mac_zip(source, holder / "upscale_a_video.zip")
+    weights.download(tmp_path / "a", str(holder), raft=False, manifests=manifests)
+    assert files_of(tmp_path / "a") == files_of(source)
+    # A browser's download of the Drive folder: a zip holding the zip.
+    outer = tmp_path / "upscale_a_video-20240101T000000Z-001.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.write(holder / "upscale_a_video.zip", "upscale_a_video/upscale_a_video.zip")
+    weights.download(tmp_path / "b", str(outer), raft=False, manifests=manifests)
+    assert files_of(tmp_path / "b") == files_of(source)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

@@ -217,14 +217,18 @@ class _ByteProgress:
         now = time.monotonic()
         if label != self.label:
             self.label, self.started, self.shown, self.first = label, now, 0.0, done
-        if done < total and now - self.shown < 0.5:
+        finished = 0 < total <= done  # total 0: the server did not say
+        if not finished and now - self.shown < 0.5:
             return  # a few updates a second are enough
         self.shown = now
         elapsed = now - self.started
-        rate = f", {(done - self.first) / elapsed / 2**20:.1f} MiB/s" if elapsed > 0.5 else ""
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{label}: {done / 2**20:.1f}/{total / 2**20:.1f} MiB "
-                         f"({100 * done / max(total, 1):.0f} %{rate}){end}")
+        rate = f"{(done - self.first) / elapsed / 2**20:.1f} MiB/s" if elapsed > 0.5 else ""
+        if total > 0:
+            text = (f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB "
+                    f"({100 * done / total:.0f} %{', ' + rate if rate else ''})")
+        else:
+            text = f"{done / 2**20:.1f} MiB{' (' + rate + ')' if rate else ''}"
+        sys.stderr.write(f"\r{label}: {text}{chr(10) if finished else ''}")
         sys.stderr.flush()
 
 

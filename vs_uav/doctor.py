@@ -204,14 +204,17 @@ def check_torch() -> tuple[Check, Check]:
 
 def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
                 log: Optional[Callable[[str], None]] = None) -> Check:
-    from .weights import WeightsError, parts_wanted, verify_folder
+    from .weights import WeightsError, parts_wanted, staging_dir, verify_folder
 
     if model_dir is None:
         from .filter import default_model_dir
 
         model_dir = default_model_dir()
+    # An interrupted `uav download` leaves its staging folder: the same command finishes it.
+    unfinished = (f"; an interrupted download is in {staging_dir(model_dir.absolute())}"
+                  if staging_dir(model_dir.absolute()).is_dir() else "")
     if not model_dir.is_dir():
-        return Check("model", "fail", f"{model_dir}: model folder not found")
+        return Check("model", "fail", f"{model_dir}: model folder not found{unfinished}")
     present = [p for p in parts_wanted() if p not in ("vae_video", "propagator")]
     optional = []
     if (model_dir / "vae" / "vae_video_config.json").exists():
@@ -225,7 +228,7 @@ def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
     try:
         verify_folder(model_dir, manifests, present, log=log)
     except WeightsError as e:
-        return Check("model", "fail", str(e))
+        return Check("model", "fail", f"{e}{unfinished}")
     return Check("model", "warn" if optional else "ok",
                  f"{model_dir}: verified" + (f"; {'; '.join(optional)}" if optional else ""))
 

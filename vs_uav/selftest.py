@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -33,76 +34,38 @@ HINT = "run `uav doctor`"
 CLIP_WIDTH, CLIP_HEIGHT, CLIP_FRAMES = 32, 24, 8
 SCALE = 4
 
-# --- the tiny model's configs (official layout and keys; sizes as small as the code allows:
-# 32-group norms need multiples of 32 channels, the rotary embedding a head dimension >= 32) ---
+# The tiny model's configs ship as package data in the official layout
+# (vs_uav/data/selftest/): official keys, sizes as small as the code allows (32-group norms
+# need multiples of 32 channels, the rotary embedding a head dimension >= 32).
+CONFIG_DATA = ("data", "selftest")
 
-UNET_CONFIG: dict[str, Any] = {
-    "_class_name": "UNetVideoModel",
-    "act_fn": "silu",
-    "attention_head_dim": 1,
-    "block_out_channels": [32, 32, 64, 64],
-    "center_input_sample": False,
-    "cross_attention_dim": 32,
-    "down_block_types": ["DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
-    "downsample_padding": 1,
-    "dual_cross_attention": False,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 7,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "num_class_embeds": 1000,
-    "only_cross_attention": [True, True, True, False],
-    "out_channels": 4,
-    "sample_size": 128,
-    "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"],
-    "use_linear_projection": True,
-    "down_temporal_idx": [0, 1, 2, 3],
-    "mid_temporal": True,
-    "up_temporal_idx": [0, 1, 2, 3],
-    "temporal_module_config": {"attention_block_types": ["", ""]},
-}
 
-_VAE_COMMON: dict[str, Any] = {
-    "act_fn": "silu",
-    "block_out_channels": [32, 32, 64],
-    "down_block_types": ["DownEncoderBlock3D"] * 3,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 256,
-    "scaling_factor": 0.08333,
-}
-VAE_3D_CONFIG: dict[str, Any] = {
-    "_class_name": "AutoencoderKL3D", **_VAE_COMMON, "up_block_types": ["UpDecoderBlock3D"] * 3,
-}
-VAE_VIDEO_CONFIG: dict[str, Any] = {
-    "_class_name": "AutoencoderKLVideo", **_VAE_COMMON, "up_block_types": ["UpDecoderBlock3D_plus"] * 3,
-    "condition_img": True, "condition_channels": 32, "use_temporal_block": True,
-}
+def _data_files() -> dict[str, Any]:
+    """Every shipped file of the tiny model's folder: relative path -> resource."""
+    root = resources.files("vs_uav").joinpath(*CONFIG_DATA)
+    out: dict[str, Any] = {}
 
-_BETAS: dict[str, Any] = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear",
-                          "num_train_timesteps": 1000, "trained_betas": None}
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "DDIMScheduler", **_BETAS, "clip_sample": False, "prediction_type": "v_prediction",
-    "set_alpha_to_one": False, "steps_offset": 1, "thresholding": False,
-}
-LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "DDPMScheduler", **_BETAS, "clip_sample": True, "prediction_type": "epsilon",
-    "variance_type": "fixed_small", "thresholding": False,
-}
-MODEL_INDEX: dict[str, Any] = {
-    "_class_name": "VideoUpscalePipeline",
-    "low_res_scheduler": ["diffusers", "DDPMScheduler"],
-    "max_noise_level": 350,
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "selftest": "tiny model with random weights written by `uav selftest`; its pictures are meaningless",
-}
+    def walk(node: Any, prefix: str) -> None:
+        for child in node.iterdir():
+            rel = f"{prefix}{child.name}"
+            if child.is_dir():
+                walk(child, rel + "/")
+            else:
+                out[rel] = child
+    walk(root, "")
+    return out
+
+
+def _config(rel: str) -> dict[str, Any]:
+    return json.loads(_data_files()[rel].read_text(encoding="utf-8"))
+
+
+UNET_CONFIG: dict[str, Any] = _config("unet/unet_video_config.json")
+VAE_3D_CONFIG: dict[str, Any] = _config("vae/vae_3d_config.json")
+VAE_VIDEO_CONFIG: dict[str, Any] = _config("vae/vae_video_config.json")
+SCHEDULER_CONFIG: dict[str, Any] = _config("scheduler/scheduler_config.json")
+LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = _config("low_res_scheduler/scheduler_config.json")
+MODEL_INDEX: dict[str, Any] = _config("model_index.json")
 
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"
 
@@ -131,39 +94,10 @@ def tiny_vocab() -> dict[str, int]:
 
 
 def text_encoder_config(vocab_size: int) -> dict[str, Any]:
-    return {
-        "architectures": ["CLIPTextModel"],
-        "model_type": "clip_text_model",
-        "attention_dropout": 0.0,
-        "dropout": 0.0,
-        "hidden_act": "gelu",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "initializer_factor": 1.0,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-05,
-        "max_position_embeddings": 77,
-        "num_attention_heads": 2,
-        "num_hidden_layers": 2,
-        "projection_dim": 32,
-        "vocab_size": vocab_size,
-        "bos_token_id": vocab_size - 2,
-        "eos_token_id": vocab_size - 1,
-        "pad_token_id": 0,
-        "torch_dtype": "float32",
-    }
-
-
-def _tokenizer_files() -> dict[str, Any]:
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": PAD}
-    return {
-        "vocab.json": tiny_vocab(),
-        # No merges: every word is spelled out byte by byte, which is all a test needs.
-        "merges.txt": "#version: 0.2\n",
-        "special_tokens_map.json": special,
-        "tokenizer_config.json": {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
-                                  "errors": "replace", "clean_up_tokenization_spaces": False},
-    }
+    """The shipped tiny CLIP text config, with its token ids fitted to ``vocab_size``."""
+    cfg = _config("text_encoder/config.json")
+    # BOS and EOS are the vocabulary's last two entries (see tiny_vocab).
+    return {**cfg, "vocab_size": vocab_size, "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -198,22 +132,17 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from .loading import LAYOUT, TOKENIZER_DIR
-    from .loading import MODEL_INDEX as INDEX_NAME
     from .models.unet_video import UNetVideoConfig, UNetVideoModel
     from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / INDEX_NAME, MODEL_INDEX)
-    _write_json(folder / LAYOUT["scheduler"].config, SCHEDULER_CONFIG)
-    _write_json(folder / LAYOUT["low_res_scheduler"].config, LOW_RES_SCHEDULER_CONFIG)
-    for name, data in _tokenizer_files().items():
-        path = folder / TOKENIZER_DIR / name
-        if isinstance(data, str):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(data, encoding="utf-8")
-        else:
-            _write_json(path, data)
+    for rel, resource in _data_files().items():  # configs and tokenizer settings, as shipped
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(resource.read_bytes())
+    # The vocabulary (every byte symbol) is generated: 514 entries, no need to ship it.
+    _write_json(folder / TOKENIZER_DIR / "vocab.json", tiny_vocab())
 
     def official_bin(name: str) -> Path:
         return folder / next(w for w in LAYOUT[name].weights if w.endswith((".bin", ".pth")))
@@ -223,18 +152,15 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _write_json(folder / LAYOUT["unet"].config, UNET_CONFIG)
         unet = UNetVideoModel(UNetVideoConfig.from_dict(UNET_CONFIG))
         _randomise_zero_init(unet, gen)
         _save(unet.state_dict(), official_bin("unet"))
         del unet
         for name, cfg in (("vae_3d", VAE_3D_CONFIG), ("vae_video", VAE_VIDEO_CONFIG)):
-            _write_json(folder / LAYOUT[name].config, cfg)
             vae = AutoencoderKLVideo(VAEVideoConfig.from_dict(cfg))
             _randomise_zero_init(vae, gen)
             _save(vae.state_dict(), official_bin(name))
         te_cfg = text_encoder_config(len(tiny_vocab()))
-        _write_json(folder / LAYOUT["text_encoder"].config, te_cfg)
         text_model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in te_cfg.items() if k != "architectures"}))
         # The official checkpoint's keys carry "text_model."; transformers 5 dropped the prefix.
         state = {(k if k.startswith("text_model.") else "text_model." + k): v

@@ -248,6 +248,25 @@ def _find_root(names: Iterable[str]) -> Optional[str]:
     return None
 
 
+def _is_junk(rel: str) -> bool:
+    """Files a zip made on a Mac carries along (``__MACOSX/``, ``._*``, ``.DS_Store``)."""
+    parts = PurePosixPath(rel).parts
+    return bool(parts) and (parts[0] == "__MACOSX" or parts[-1].startswith("._") or parts[-1] == ".DS_Store")
+
+
+def _pick_archive(names: Iterable[str]) -> Optional[str]:
+    """The archive that holds the release when a folder or archive holds one instead of the
+    layout (the official Drive folder has held ``upscale_a_video.zip``)."""
+    found = sorted(n for n in names if n.lower().endswith(_ARCHIVES) and not _is_junk(n))
+    named = [n for n in found if "upscale" in PurePosixPath(n).name.lower()]
+    return (named or found or [None])[0]
+
+
+def downloads_dir(staging: Path) -> Path:
+    """Where an archive of the release is kept while it is unpacked into ``staging``."""
+    return staging.with_name(staging.name + ".download")
+
+
 def _check_space(target: Path, needed: int) -> None:
     target.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(target).free
@@ -268,28 +287,26 @@ def _copy_resumable(src_open: Callable[[], "object"], size: int, target: Path, l
     if done > size:
         part.unlink()
         done = 0
-    try:
-        done = _copy_stream(src_open, part, done, size, label, progress)
-    except OSError as e:
-        if e.filename is None and not _is_write_error(e):
-            raise  # a read error of the source: the caller names the source
-        raise WeightsError(f"{part}: cannot write ({e.strerror or e}); free some space or fix the folder's "
-                           "permissions, then re-run the same command to resume") from None
+    done = _copy_stream(src_open, part, done, size, label, progress)
     if done != size:
         raise WeightsError(f"{label}: source ended after {done} of {size} bytes; the source is truncated")
     os.replace(part, target)
 
 
-def _is_write_error(e: OSError) -> bool:
-    import errno
-
-    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+def _write_error(part: Path, e: OSError) -> WeightsError:
+    """A failed write (full disk, read-only folder) is ours to name, not the source's."""
+    return WeightsError(f"{part}: cannot write ({e.strerror or e}); free some space or choose another folder "
+                        "with --dir, then re-run the same command to resume")
 
 
 def _copy_stream(src_open: Callable[[], "object"], part: Path, done: int, size: int, label: str,
                  progress: Optional[Progress]) -> int:
     """Append the source's bytes from offset ``done`` to ``part``; returns the bytes now in it."""
-    with src_open() as src, open(part, "ab") as dst:
+    try:
+        dst = open(part, "ab")
+    except OSError as e:
+        raise _write_error(part, e) from None
+    with dst, src_open() as src:
         if done:
             if hasattr(src, "seek") and getattr(src, "seekable", lambda: True)():
                 src.seek(done)
@@ -302,30 +319,60 @@ def _copy_stream(src_open: Callable[[], "object"], part: Path, done: int, size: 
             block = src.read(8 << 20)
             if not block:
                 break
-            dst.write(block)
+            try:
+                dst.write(block)
+            except OSError as e:
+                raise _write_error(part, e) from None
             done += len(block)
             if progress:
                 progress(label, done, size)
+        try:
+            dst.flush()  # a full disk may only show here
+        except OSError as e:
+            raise _write_error(part, e) from None
     return done
 
 
-def _fetch_folder(src: Path, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress]) -> None:
+def _fetch_folder(src: Path, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress],
+                  link: bool = False) -> None:
+    """Copy the model folder found in ``src`` into ``staging``; with ``link``, hard-link files
+    where the filesystem allows (the hub's cache: immutable blobs, no second copy on disk)."""
     files = [p for p in src.rglob("*") if p.is_file()]
     root = _find_root(str(p.relative_to(src).as_posix()) for p in files)
     if root is None:
+        inner = _pick_archive(p.relative_to(src).as_posix() for p in files)
+        if inner is not None:  # e.g. the folder gdown or a browser fetched: it holds the zip
+            return _fetch_archive(src / inner, staging, skipped, progress)
         raise WeightsError(f"{src}: not an Upscale-A-Video model folder (no {LAYOUT['unet'].config} inside); "
                            "accepted: the official upscale_a_video folder or an archive of it")
     base = src / root if root else src
     todo = []
     for p in files:
         rel = p.relative_to(base).as_posix() if p.is_relative_to(base) else None
-        if rel is None or rel.endswith(".part") or _belongs_to(rel, skipped):
+        if rel is None or rel.endswith(".part") or _is_junk(rel) or _belongs_to(rel, skipped):
             continue
-        todo.append((p, rel, p.stat().st_size))
+        size = p.stat().st_size
+        if link and not (staging / rel).exists() and _hardlink(p, staging / rel):
+            if progress:
+                progress(rel, size, size)
+            continue
+        todo.append((p, rel, size))
     needed = sum(size - _have(staging / rel) for _, rel, size in todo)
     _check_space(staging, needed)
     for p, rel, size in todo:
-        _copy_resumable(lambda p=p: open(p, "rb"), size, staging / rel, rel, progress)
+        try:
+            _copy_resumable(lambda p=p: open(p, "rb"), size, staging / rel, rel, progress)
+        except OSError as e:  # write errors are WeightsErrors already: this is the source
+            raise WeightsError(f"{p}: cannot read ({e.strerror or e}); check the source folder") from None
+
+
+def _hardlink(src: Path, target: Path) -> bool:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src.resolve(), target)
+        return True
+    except OSError:  # another filesystem, or links not supported: copy instead
+        return False
 
 
 def _have(path: Path) -> int:
@@ -356,11 +403,18 @@ def _fetch_archive(src: Path, staging: Path, skipped: tuple[str, ...], progress:
 def _extract(src: Path, members, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress]) -> None:
     root = _find_root(name for name, _, _ in members)
     if root is None:
+        inner = _pick_archive(name for name, _, _ in members)
+        if inner is not None:  # an archive of the archive (a browser's download of the Drive folder)
+            size, opener = next((size, opener) for name, size, opener in members if name == inner)
+            unpacked = downloads_dir(staging) / PurePosixPath(inner).name
+            _check_space(unpacked.parent, size - _have(unpacked))
+            _copy_resumable(opener, size, unpacked, PurePosixPath(inner).name, progress)
+            return _fetch_archive(unpacked, staging, skipped, progress)
         raise WeightsError(f"{src}: not an archive of an Upscale-A-Video model folder (no "
                            f"{LAYOUT['unet'].config} inside)")
     todo = []
     for name, size, opener in members:
-        if not name.startswith(root):
+        if not name.startswith(root) or _is_junk(name):
             continue
         rel = name[len(root):]
         # Refuse paths that would escape the staging folder.
@@ -385,32 +439,98 @@ def _fetch_hf(repo: str, staging: Path, skipped: tuple[str, ...], progress: Opti
         snapshot = snapshot_download(name, revision=revision or None, ignore_patterns=ignore or None)
     except Exception as e:
         raise WeightsError(f"hf:{repo}: cannot download from the Hugging Face hub ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}); check the name and your connection") from None
-    _fetch_folder(Path(snapshot), staging, skipped, progress)
+                           f"{_first_line(e)}); check the name and your connection, then re-run to resume") from None
+    _fetch_folder(Path(snapshot), staging, skipped, progress, link=True)
 
 
-def _fetch_gdrive(folder_id: str, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress]) -> None:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _fetch_gdrive(folder_id: str, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress],
+                  expected_bytes: int = 0) -> None:
+    """List the Drive folder, then fetch each wanted file straight into ``staging``.
+
+    Per file rather than ``gdown.download_folder``: skipped parts are never transferred,
+    files finished by an earlier run are not fetched again, and nothing is stored twice.
+    gdown keeps an unfinished file as ``NAME<random>.part`` next to it and continues it
+    with ``resume=True``.
+    """
     import gdown
 
-    raw = staging.with_name(staging.name + ".gdrive")
+    browser = ("or download the folder in a browser (https://drive.google.com/drive/folders/"
+               f"{folder_id}) and run `uav download --from PATH`")
     try:
-        # gdown resumes partial files and skips complete ones with resume=True.
-        gdown.download_folder(id=folder_id, output=str(raw), quiet=progress is None, resume=True)
+        listing = gdown.download_folder(id=folder_id, output=str(staging), skip_download=True, quiet=True,
+                                        timeout=(30, 300))
     except Exception as e:
-        raise WeightsError(f"Google Drive folder {folder_id}: download failed ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}); re-run `uav download` to resume, or "
-                           "download the folder in a browser and use `uav download --from PATH`") from None
-    _fetch_folder(raw, staging, skipped, progress)
-    shutil.rmtree(raw, ignore_errors=True)
+        raise WeightsError(f"Google Drive folder {folder_id}: cannot list it ({type(e).__name__}: {_first_line(e)}); "
+                           f"check your connection and re-run, {browser}") from None
+    listing = [(f.id, f.path.replace("\\", "/")) for f in listing or ()]
+    root = _find_root(path for _, path in listing)
+    archive = _pick_archive(path for _, path in listing) if root is None else None
+    if root is None and archive is None:
+        raise WeightsError(f"Google Drive folder {folder_id}: no {LAYOUT['unet'].config} inside; "
+                           f"it is not the Upscale-A-Video release, {browser}")
+    if archive is not None:
+        # The folder holds the release as one archive: fetch it (resumable) beside the staging
+        # folder and unpack it from there; it is deleted once the model folder is in place.
+        keep = downloads_dir(staging) / PurePosixPath(archive).name
+        _check_space(keep.parent, max(expected_bytes - _have(keep), 0))
+        todo = [(fid, path) for fid, path in listing if path == archive]
+        targets = {path: keep for _, path in todo}
+    else:
+        todo = [(fid, path[len(root):]) for fid, path in listing
+                if path.startswith(root) and not _belongs_to(path[len(root):], skipped)]
+        targets = {rel: staging / rel for _, rel in todo}
+    for fid, rel in todo:
+        target = targets[rel]
+        if target.is_file():
+            continue  # finished by an earlier run
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report = (lambda done, total, rel=rel: progress(rel, done, total or 0)) if progress else None
+        try:
+            gdown.download(id=fid, output=str(target), quiet=True, resume=True, progress=report, retries=3,
+                           timeout=(30, 300))
+        except OSError as e:
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT: ours to fix, not the network's
+                raise _write_error(target, e) from None
+            raise WeightsError(f"{rel}: download from Google Drive failed ({type(e).__name__}: {_first_line(e)}); "
+                               f"re-run `uav download` to resume, {browser}") from None
+        except Exception as e:  # gdown's DownloadError, requests' errors, quota pages
+            raise WeightsError(f"{rel}: download from Google Drive failed ({type(e).__name__}: {_first_line(e)}); "
+                               f"re-run `uav download` to resume, {browser}") from None
+    if archive is not None:
+        try:
+            _fetch_archive(keep, staging, skipped, progress)
+        except WeightsError as e:
+            if "damaged or truncated archive" in str(e):
+                keep.unlink(missing_ok=True)  # a bad transfer: the next run fetches it again
+                raise WeightsError(f"{str(e).split('; ')[0]}; deleted it: re-run `uav download` to fetch it "
+                                   "again") from None
+            raise
 
 
-def fetch(source: str, staging: Path, skipped: tuple[str, ...] = (), progress: Optional[Progress] = None) -> None:
-    """Bring ``source`` into ``staging`` (resumable): 'gdrive', 'hf:OWNER/NAME[@REV]', a folder or an archive."""
-    if source == "gdrive":
-        return _fetch_gdrive(GDRIVE_FOLDER_ID, staging, skipped, progress)
-    if source.startswith("hf:"):
-        if "/" not in source[3:]:
+def estimated_bytes(manifests: Mapping[str, Manifest], parts: Iterable[str]) -> int:
+    """Disk space a download of ``parts`` needs, from the manifests (float32, as released)."""
+    return sum(manifests[p].parameters * 4 for p in parts if p in manifests) + (4 << 20)  # + configs, tokenizer
+
+
+def fetch(source: str, staging: Path, skipped: tuple[str, ...] = (), progress: Optional[Progress] = None,
+          expected_bytes: int = 0) -> None:
+    """Bring ``source`` into ``staging`` (resumable): 'gdrive', 'hf:OWNER/NAME[@REV]', a folder or an archive.
+
+    ``expected_bytes`` is what a remote source will bring (its sizes are not known before
+    the transfer): free space for it is checked first. Local sources are measured exactly.
+    """
+    if source == "gdrive" or source.startswith("hf:"):
+        if source.startswith("hf:") and "/" not in source[3:]:
             raise WeightsError(f"--from {source!r}: accepted: hf:OWNER/NAME (a Hugging Face model repository)")
+        have = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file()) if staging.is_dir() else 0
+        _check_space(staging, max(expected_bytes - have, 0))
+        if source == "gdrive":
+            return _fetch_gdrive(GDRIVE_FOLDER_ID, staging, skipped, progress, expected_bytes)
         return _fetch_hf(source[3:], staging, skipped, progress)
     path = Path(source).expanduser()
     if path.is_dir():
@@ -437,30 +557,36 @@ def download(dest: PathLike, source: str = "gdrive", *, vae_video: bool = True, 
     parts = parts_wanted(vae_video, raft)
     skipped = tuple(p for p in OPTIONAL_PARTS if p not in parts)
     say = log or logger.info
+    manifests = load_manifests() if manifests is None else manifests
+    staging = staging_dir(dest)
+    resuming = staging.is_dir()
     if dest.is_dir() and not force:
         try:
             verify_folder(dest, manifests, parts)
             say(f"{dest}: already complete and verified; nothing to do (--force fetches again)")
             return dest
         except WeightsError as e:
-            say(f"{dest}: incomplete or damaged ({e}); fetching again")
-    staging = staging_dir(dest)
-    if staging.is_dir():
+            say(f"{dest}: incomplete or damaged ({e}); fetching what is missing or damaged")
+            _seed(dest, staging, manifests, say)
+    if resuming:
         say(f"resuming the interrupted download in {staging}")
     try:
-        fetch(source, staging, skipped, progress)
+        fetch(source, staging, skipped, progress, estimated_bytes(manifests, parts))
     except BaseException:
-        if staging.is_dir() and not any(staging.iterdir()):
-            staging.rmdir()  # nothing fetched: leave no trace
+        for folder in (staging, downloads_dir(staging)):
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)  # nothing fetched: leave no trace
         raise
     try:
         verify_folder(staging, manifests, parts, log=say)
     except WeightsError as e:
         # Drop the bad file so that the next run fetches it again; keep the good ones.
-        bad = Path(str(e).split(":", 1)[0])
-        if bad.is_file() and staging in bad.parents:
+        bad = _named_file(e)
+        if bad is not None and bad.is_file() and staging in bad.parents:
             bad.unlink()
         raise
+    for stray in staging.rglob("*.part"):  # an abandoned partial file has no place in a model folder
+        stray.unlink()
     # Replace dest in two renames: a good folder is never half-replaced.
     old = dest.with_name(f"{STAGING_PREFIX}{dest.name}.old")
     if old.exists():
@@ -469,8 +595,44 @@ def download(dest: PathLike, source: str = "gdrive", *, vae_video: bool = True, 
         os.replace(dest, old)
     os.replace(staging, dest)
     shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(downloads_dir(staging), ignore_errors=True)  # an archive the release came in
     say(f"{dest}: complete and verified")
     return dest
+
+
+def _named_file(e: WeightsError) -> Optional[Path]:
+    """The file a verification error names (its messages start with the path)."""
+    head = str(e).split(": ", 1)[0]
+    return Path(head) if head.startswith(os.sep) else None
+
+
+def _seed(dest: Path, staging: Path, manifests: Mapping[str, Manifest], say: Callable[[str], None]) -> None:
+    """Hard-link the sound files of an existing, incomplete ``dest`` into ``staging`` so that
+    only what is missing or damaged is fetched again (e.g. RAFT after a --no-raft download).
+
+    Each weight file is checked on its own (keys and shapes), each JSON file parsed; a bad
+    one is left behind and fetched again. Converted ``.safetensors`` are left out: they
+    would shadow freshly fetched ``.bin`` files in the loaders; ``uav convert`` makes them again.
+    """
+    owner = {rel: part for part in MANIFEST_FILES for rel in LAYOUT[part].weights}
+    dropped = []
+    for p in sorted(dest.rglob("*")):
+        rel = p.relative_to(dest).as_posix()
+        if not p.is_file() or p.name.endswith(".part") or (staging / rel).exists():
+            continue
+        if p.suffix == ".safetensors":
+            dropped.append(rel)
+            continue
+        try:
+            if rel in owner and owner[rel] in manifests:
+                _check_shapes(owner[rel], p, tensor_shapes(p), manifests[owner[rel]])
+            elif p.suffix == ".json":
+                json.loads(p.read_text(encoding="utf-8"))
+        except (WeightsError, OSError, ValueError):
+            continue  # damaged: fetched again
+        _hardlink(p, staging / rel)  # where links are impossible the file is fetched again
+    if dropped:
+        say(f"not carried over: {', '.join(dropped)} (run `uav convert` again afterwards)")
 
 
 # -- safetensors -----------------------------------------------------------------------------------
