@@ -221,13 +221,18 @@ api.unregister_policy()
 '''
 
 
-def test_several_cores_in_one_process(tmp_path):
-    script = tmp_path / "multi.py"
-    script.write_text(MULTI_ENV)
+def run_python(tmp_path, source: str) -> dict:
+    """Run ``source`` in a fresh interpreter with the test bridge; its last stdout line is JSON."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
     run = subprocess.run([sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_several_cores_in_one_process(tmp_path):
+    got = run_python(tmp_path, MULTI_ENV)
     assert got == dict(first=[16, 20, 24], again=[32, 36, 40], registered=3, after_destroy=2, survivor=12, late=20,
                        left=0, calls=8, cores_alive=0), got
 
@@ -255,12 +260,7 @@ print(json.dumps(dict(widths=sorted(widths), calls=len(bridge_impl.CALLS))))
 
 
 def test_first_use_from_many_threads(tmp_path):
-    script = tmp_path / "threads.py"
-    script.write_text(FIRST_USE_FROM_THREADS)
-    run = subprocess.run([sys.executable, str(script)], env=subprocess_env(), capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == dict(widths=[4 * (4 + i) for i in range(8)], calls=8)
+    assert run_python(tmp_path, FIRST_USE_FROM_THREADS) == dict(widths=[4 * (4 + i) for i in range(8)], calls=8)
 
 
 VPY = '''

@@ -121,9 +121,9 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
     gets the output's name."""
     import tempfile
 
-    from .script import ffmpeg_args, make_script, shell_command, vspipe_args
+    from .script import ffmpeg_args, find_vspipe, make_script, shell_command, vspipe_args
 
-    vspipe = shutil.which("vspipe", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    vspipe = find_vspipe()
     ffmpeg = shutil.which("ffmpeg")
     if not vspipe or not ffmpeg:
         raise SystemExit(f"{prog}: " + ("vspipe" if not vspipe else "ffmpeg") + " not found; run `uav doctor`")

@@ -68,12 +68,6 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def find_vspipe() -> Optional[str]:
-    """vspipe of this environment first (the venv's bin), then PATH."""
-    here = str(Path(sys.executable).parent)
-    return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
-
-
 def check_python() -> Check:
     v = sys.version_info
     ok = v >= (3, 12)
@@ -98,6 +92,8 @@ core.std.BlankClip(width=16, height=16, length=1).set_output()
 
 def check_vspipe() -> tuple[Check, Check]:
     """vspipe runs a script (it found Python), and a fresh core there has the uav namespace."""
+    from .script import find_vspipe
+
     vspipe = find_vspipe()
     if vspipe is None:
         return (Check("vspipe", "fail", "vspipe not found next to this Python or on PATH"),

@@ -5,7 +5,10 @@ Used by ``uav upscale``, ``uav script`` and the preset editor; imports no torch.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +91,12 @@ def ffmpeg_args(source: Path, output: Path, encoder: EncoderSettings, ffmpeg: st
     else:
         args += ["-map", "0:v:0"]
     return [*args, *encoder.ffmpeg_video_args(), _arg(output, True)]
+
+
+def find_vspipe() -> Optional[str]:
+    """vspipe of this environment first (next to this Python, e.g. the venv's bin), then PATH."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
 
 
 def vspipe_args(script: Path, vspipe: str = "vspipe", progress: bool = False) -> list[str]:

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,17 +55,6 @@ def _data_files() -> dict[str, Any]:
     return out
 
 
-def _config(rel: str) -> dict[str, Any]:
-    return json.loads(_data_files()[rel].read_text(encoding="utf-8"))
-
-
-UNET_CONFIG: dict[str, Any] = _config("unet/unet_video_config.json")
-VAE_3D_CONFIG: dict[str, Any] = _config("vae/vae_3d_config.json")
-VAE_VIDEO_CONFIG: dict[str, Any] = _config("vae/vae_video_config.json")
-SCHEDULER_CONFIG: dict[str, Any] = _config("scheduler/scheduler_config.json")
-LOW_RES_SCHEDULER_CONFIG: dict[str, Any] = _config("low_res_scheduler/scheduler_config.json")
-MODEL_INDEX: dict[str, Any] = _config("model_index.json")
-
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"
 
 
@@ -91,13 +79,6 @@ def tiny_vocab() -> dict[str, int]:
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
     return {t: i for i, t in enumerate(tokens)}
-
-
-def text_encoder_config(vocab_size: int) -> dict[str, Any]:
-    """The shipped tiny CLIP text config, with its token ids fitted to ``vocab_size``."""
-    cfg = _config("text_encoder/config.json")
-    # BOS and EOS are the vocabulary's last two entries (see tiny_vocab).
-    return {**cfg, "vocab_size": vocab_size, "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1}
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -147,21 +128,28 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
     def official_bin(name: str) -> Path:
         return folder / next(w for w in LAYOUT[name].weights if w.endswith((".bin", ".pth")))
 
+    # The tiny CLIP's token ids follow the generated vocabulary: BOS and EOS are its last two.
+    vocab_size = len(tiny_vocab())
+    te_path = folder / LAYOUT["text_encoder"].config
+    te_cfg = CLIPTextConfig.from_json_file(str(te_path))
+    te_cfg.vocab_size, te_cfg.bos_token_id, te_cfg.eos_token_id = vocab_size, vocab_size - 2, vocab_size - 1
+    te_cfg.to_json_file(str(te_path))
+    vae_configs = {name: VAEVideoConfig.from_json_file(folder / LAYOUT[name].config) for name in ("vae_3d", "vae_video")}
+
     # One generator for the perturbations, the global seed for the classes' own initialisers:
     # the same seed gives the same tensors.
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNetVideoModel(UNetVideoConfig.from_dict(UNET_CONFIG))
+        unet = UNetVideoModel(UNetVideoConfig.from_json_file(folder / LAYOUT["unet"].config))
         _randomise_zero_init(unet, gen)
         _save(unet.state_dict(), official_bin("unet"))
         del unet
-        for name, cfg in (("vae_3d", VAE_3D_CONFIG), ("vae_video", VAE_VIDEO_CONFIG)):
-            vae = AutoencoderKLVideo(VAEVideoConfig.from_dict(cfg))
+        for name, cfg in vae_configs.items():
+            vae = AutoencoderKLVideo(cfg)
             _randomise_zero_init(vae, gen)
             _save(vae.state_dict(), official_bin(name))
-        te_cfg = text_encoder_config(len(tiny_vocab()))
-        text_model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in te_cfg.items() if k != "architectures"}))
+        text_model = CLIPTextModel(te_cfg)
         # The official checkpoint's keys carry "text_model."; transformers 5 dropped the prefix.
         state = {(k if k.startswith("text_model.") else "text_model." + k): v
                  for k, v in text_model.state_dict().items()}
@@ -172,7 +160,7 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
 
         # Strict: a ModelLoadError names the file on any missing, unexpected or misshapen key.
         load_model(folder)
-        load_weights(AutoencoderKLVideo(VAEVideoConfig.from_dict(VAE_VIDEO_CONFIG)), find_weights(folder, "vae_video"),
+        load_weights(AutoencoderKLVideo(vae_configs["vae_video"]), find_weights(folder, "vae_video"),
                      LAYOUT["vae_video"].config)  # load_model reads one VAE; check the other too
     return folder
 
@@ -209,14 +197,10 @@ class SelftestResult:
         return next((s.name for s in self.steps if not s.ok), None)
 
 
-def find_vspipe() -> Optional[str]:
-    """vspipe of this environment first (the one that runs this Python), then PATH."""
-    here = str(Path(sys.executable).parent)
-    return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
-
-
 def _resolve_tool(name: str, given: Optional[str], near: Optional[str] = None) -> str:
     """The executable for ``name``: ``given`` (a name or path), else next to ``near``, else PATH."""
+    from .script import find_vspipe
+
     if given:
         found = shutil.which(given)
     else:

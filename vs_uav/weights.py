@@ -12,6 +12,7 @@ next step. Progress goes to ``logging`` and an optional callback; never to stdou
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -54,7 +55,19 @@ _DISK_MARGIN = 256 << 20  # keep some room: a full disk breaks more than this do
 
 
 class WeightsError(ModelLoadError):
-    """A model folder, a source or a weight file is not what it must be (one-line message)."""
+    """A model folder, a source or a weight file is not what it must be (one-line message).
+
+    ``file`` is the file found bad, when there is one: a download drops it from its
+    staging folder so that the next run fetches it again.
+    """
+
+    def __init__(self, message: str, file: Optional[Path] = None):
+        super().__init__(message)
+        self.file = file
+
+
+class DamagedArchive(WeightsError):
+    """An archive that cannot be read to its end (a bad or interrupted transfer)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,7 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     import torch
 
     if not path.is_file():
-        raise WeightsError(f"{path}: file is missing; run `uav download` to fetch it")
+        raise WeightsError(f"{path}: file is missing; run `uav download` to fetch it", path)
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -110,11 +123,11 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     except Exception as e:  # torch and safetensors raise many types for damaged files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: truncated or corrupted weight file ({reason}); "
-                           "delete it and run `uav download` again") from None
+                           "delete it and run `uav download` again", path) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors; delete it and run `uav download` again")
+        raise WeightsError(f"{path}: not a state dict of tensors; delete it and run `uav download` again", path)
     return {k: tuple(v.shape) for k, v in sd.items()}
 
 
@@ -133,7 +146,7 @@ def _check_shapes(part: str, path: Path, found: dict[str, tuple[int, ...]], mani
         problem = f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k}: {found[k]}, expected {manifest.keys[k]}"
     if problem:
         raise WeightsError(f"{path}: not the official {part} weights ({problem}); "
-                           "delete it and run `uav download` again")
+                           "delete it and run `uav download` again", path)
 
 
 # -- the layout ------------------------------------------------------------------------------------
@@ -184,13 +197,13 @@ def verify_folder(folder: PathLike, manifests: Optional[Mapping[str, Manifest]] 
 
     def parse_json(path: Path, parse: Callable = lambda p: json.loads(p.read_text(encoding="utf-8"))) -> None:
         if not path.is_file():
-            raise WeightsError(f"{path}: file is missing; run `uav download` to fetch it")
+            raise WeightsError(f"{path}: file is missing; run `uav download` to fetch it", path)
         try:
             parse(path)
         except Exception as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise WeightsError(f"{path}: config does not parse ({reason}); "
-                               "delete it and run `uav download` again") from None
+                               "delete it and run `uav download` again", path) from None
 
     parse_json(folder / MODEL_INDEX)
     for name in TOKENIZER_FILES:
@@ -394,10 +407,8 @@ def _fetch_archive(src: Path, staging: Path, skipped: tuple[str, ...], progress:
         with tarfile.open(src) as tf:
             members = [(m.name, m.size, (lambda m=m, tf=tf: tf.extractfile(m))) for m in tf.getmembers() if m.isfile()]
             _extract(src, members, staging, skipped, progress)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, WeightsError):
-            raise
-        raise WeightsError(f"{src}: damaged or truncated archive ({e}); download it again") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:  # WeightsErrors pass through
+        raise DamagedArchive(f"{src}: damaged or truncated archive ({e}); download it again", src) from None
 
 
 def _extract(src: Path, members, staging: Path, skipped: tuple[str, ...], progress: Optional[Progress]) -> None:
@@ -493,23 +504,18 @@ def _fetch_gdrive(folder_id: str, staging: Path, skipped: tuple[str, ...], progr
         try:
             gdown.download(id=fid, output=str(target), quiet=True, resume=True, progress=report, retries=3,
                            timeout=(30, 300))
-        except OSError as e:
-            if e.errno in (28, 122):  # ENOSPC, EDQUOT: ours to fix, not the network's
-                raise _write_error(target, e) from None
-            raise WeightsError(f"{rel}: download from Google Drive failed ({type(e).__name__}: {_first_line(e)}); "
-                               f"re-run `uav download` to resume, {browser}") from None
-        except Exception as e:  # gdown's DownloadError, requests' errors, quota pages
+        except Exception as e:  # gdown's DownloadError, requests' errors, quota pages, a full disk
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _write_error(target, e) from None  # ours to fix, not the network's
             raise WeightsError(f"{rel}: download from Google Drive failed ({type(e).__name__}: {_first_line(e)}); "
                                f"re-run `uav download` to resume, {browser}") from None
     if archive is not None:
         try:
             _fetch_archive(keep, staging, skipped, progress)
-        except WeightsError as e:
-            if "damaged or truncated archive" in str(e):
-                keep.unlink(missing_ok=True)  # a bad transfer: the next run fetches it again
-                raise WeightsError(f"{str(e).split('; ')[0]}; deleted it: re-run `uav download` to fetch it "
-                                   "again") from None
-            raise
+        except DamagedArchive as e:
+            keep.unlink(missing_ok=True)  # a bad transfer: the next run fetches it again
+            raise DamagedArchive(f"{str(e).split('; ')[0]}; deleted it: re-run `uav download` to fetch it again",
+                                 keep) from None
 
 
 def estimated_bytes(manifests: Mapping[str, Manifest], parts: Iterable[str]) -> int:
@@ -581,9 +587,8 @@ def download(dest: PathLike, source: str = "gdrive", *, vae_video: bool = True, 
         verify_folder(staging, manifests, parts, log=say)
     except WeightsError as e:
         # Drop the bad file so that the next run fetches it again; keep the good ones.
-        bad = _named_file(e)
-        if bad is not None and bad.is_file() and staging in bad.parents:
-            bad.unlink()
+        if e.file is not None and e.file.is_file() and staging in e.file.parents:
+            e.file.unlink()
         raise
     for stray in staging.rglob("*.part"):  # an abandoned partial file has no place in a model folder
         stray.unlink()
@@ -598,12 +603,6 @@ def download(dest: PathLike, source: str = "gdrive", *, vae_video: bool = True, 
     shutil.rmtree(downloads_dir(staging), ignore_errors=True)  # an archive the release came in
     say(f"{dest}: complete and verified")
     return dest
-
-
-def _named_file(e: WeightsError) -> Optional[Path]:
-    """The file a verification error names (its messages start with the path)."""
-    head = str(e).split(": ", 1)[0]
-    return Path(head) if head.startswith(os.sep) else None
 
 
 def _seed(dest: Path, staging: Path, manifests: Mapping[str, Manifest], say: Callable[[str], None]) -> None:
