@@ -77,9 +77,7 @@ def overhead(frames: int, size: tuple[int, int], steps: int, chunk_size: int, ro
         render_all(upscale(clip, **kw))  # a new filter instance each round: nothing cached
         t_filter.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        out = engine(video, prompt=s.full_prompt, negative_prompt=s.negative_prompt, num_inference_steps=steps,
-                     guidance_scale=s.guidance_scale, noise_level=s.noise_level,
-                     propagation_steps=s.propagation_steps, chunk_size=chunk_size)
+        out = engine(video, s)  # the same settings, through the same chunk driver
         ((out.frames + 1) * 0.5).clamp(0, 1).numpy()  # the same final conversion the filter does
         t_pipe.append(time.perf_counter() - t0)
     return {"filter": min(t_filter), "pipeline": min(t_pipe), "all_filter": t_filter, "all_pipeline": t_pipe}

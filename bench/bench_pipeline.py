@@ -71,14 +71,16 @@ def stream_run(frames: int, chunk_size: int | None, size: int, steps: int) -> di
     import torch
 
     from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.settings import UpscaleSettings
 
     torch.manual_seed(0)
     pipe = UpscalePipeline.from_pretrained(TINY, flow="dis")
-    params = pipe.make_params(prompt="a test scene", num_inference_steps=steps, guidance_scale=6.0,
-                              noise_level=120, propagation_steps=(steps - 1,))
+    # chunk_size None: the whole clip in one chunk (the official algorithm).
+    settings = UpscaleSettings(prompt="a test scene", steps=steps, guidance_scale=6.0, noise_level=120,
+                               propagation_steps=[steps - 1], chunk_size=chunk_size or max(8, frames))
     t0 = time.perf_counter()
     checksum = 0.0
-    for _, out in pipe.stream(lambda a, b: synthetic_frames(a, b, size, size), frames, params, chunk_size):
+    for _, out in pipe.stream(lambda a, b: synthetic_frames(a, b, size, size), frames, settings):
         checksum += float(out.frames.double().sum())  # consume and drop each chunk
     seconds = time.perf_counter() - t0
     peak_kib = peak_rss_kib()

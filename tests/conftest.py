@@ -27,8 +27,19 @@ CONFIGS = REFERENCE / "configs"
 ATOL = 1e-4
 
 
-def case_names(prefix: str = "") -> list[str]:
-    return sorted(p.stem for p in CASES_DIR.glob(f"{prefix}*.json"))
+def case_names(prefix: str = "", suffix: str = "") -> list[str]:
+    """The reference cases named ``prefix*suffix``, for parametrising a test module.
+
+    Missing fixtures fail the module's collection with a message naming the folder: a
+    parametrisation over an empty list would make its tests vanish without a word.
+    """
+    if not CASES_DIR.is_dir():
+        pytest.fail(f"reference fixtures missing: {CASES_DIR} is not a folder (set UAV_REFERENCE_DIR to the "
+                    "folder holding public/cases, or restore ../shared/reference)", pytrace=False)
+    names = sorted(p.stem for p in CASES_DIR.glob(f"{prefix}*{suffix}.json"))
+    if not names:
+        pytest.fail(f"reference fixtures missing: no {prefix}*{suffix}.json case in {CASES_DIR}", pytrace=False)
+    return names
 
 
 def load_case(name: str):

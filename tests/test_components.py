@@ -78,14 +78,11 @@ def test_color_fix(name):
 
 @pytest.mark.parametrize("name", case_names("text_encode"))
 def test_prompt_encoding(name):
-    from vs_uav.models.text_encoder import PromptEncoder
+    from vs_uav.pipeline import UpscalePipeline
 
     meta, t = load_case(name)
     p = meta["params"]
-    enc = PromptEncoder.from_folder(
-        MODEL_DIR / "tokenizer", MODEL_DIR / "text_encoder" / "config.json",
-        MODEL_DIR / "text_encoder" / "pytorch_model.bin",
-    )
+    enc = UpscalePipeline.from_pretrained(MODEL_DIR).model.prompt_encoder
     ids = enc.tokenizer([p["prompt"]], padding="max_length", max_length=77, truncation=True,
                         return_tensors="pt").input_ids
     assert ids[0].tolist() == p["input_ids_prompt"]

@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO
 from vs_uav import cli, docs
 from vs_uav.doctor import FIXES
-from vs_uav.settings import ENCODER_SETTINGS, SETTINGS
+from vs_uav.encoder import ENCODER_SETTINGS
+from vs_uav.settings import SETTINGS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -48,3 +49,18 @@ def test_the_getting_started_commands_exist():
         args = parser.parse_args(argv[1:])  # every option as written is accepted
         assert callable(args.func)
     assert "S-Lab License 1.0" in README and "non-commercial" in README
+
+
+def test_the_library_example_runs():
+    """The README's Library snippet, as written, on the tiny reference model."""
+    import torch
+
+    from conftest import MODEL_DIR
+
+    code = re.search(r"## Library\n+```python\n(.*?)```", README, re.S).group(1)
+    assert '"path/to/upscale_a_video"' in code
+    video = torch.rand(1, 3, 3, 16, 16) * 2 - 1
+    scope = {"video": video}
+    exec(code.replace('"path/to/upscale_a_video"', repr(str(MODEL_DIR))), scope)
+    assert scope["out"].frames.shape == (1, 3, 3, 64, 64)
+    assert scope["out"].frames.abs().max() <= 1

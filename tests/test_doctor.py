@@ -99,3 +99,125 @@ def test_an_interrupted_download_is_pointed_out(tmp_path):
     check = check_model(dest)
     assert check.line() == (f"[FAIL] model: {dest}: model folder not found; an interrupted download is in "
                             f"{staging} -> {FIXES['model']}")
+
+
+# Run in a fresh interpreter where importing VapourSynth or torch fails, as on an installation
+# that lacks them; `uav doctor` must still finish every check.
+_BLOCKED = """
+import sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("vapoursynth", "torch"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocked())
+from vs_uav.cli import main
+sys.exit(main(["doctor", "--model", sys.argv[1]]))
+"""
+
+
+def _blocked_doctor(model: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BLOCKED, str(model)], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+
+
+def test_without_vapoursynth_torch_or_model(tmp_path):
+    missing = tmp_path / "no-model"
+    r = _blocked_doctor(missing)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    assert [line[7:].split(":", 1)[0] for line in lines] == list(FIXES)  # one line per check, in order
+    by_name = {line[7:].split(":", 1)[0]: line for line in lines}
+    for name in ("vapoursynth", "torch", "model"):
+        assert by_name[name].startswith(f"[FAIL] {name}: ") and by_name[name].endswith(f" -> {FIXES[name]}")
+    assert "No module named 'vapoursynth'" in by_name["vapoursynth"]
+    assert "No module named 'torch'" in by_name["torch"]
+    assert by_name["model"] == f"[FAIL] model: {missing}: model folder not found -> {FIXES['model']}"
+    # What cannot be checked without them says so, and leaves the fix to the line above.
+    for name in ("vspipe", "plugin", "source", "devices"):
+        assert by_name[name].startswith(f"[skip] {name}: not checked: needs "), by_name[name]
+    summary = r.stdout.rstrip().splitlines()[-1]
+    assert summary.startswith("uav doctor: FAILED: ")
+    assert {"vapoursynth", "torch", "model"} <= set(summary.removeprefix("uav doctor: FAILED: ").split(", "))
+
+
+def test_a_model_present_without_torch_is_not_verified():
+    r = _blocked_doctor(MODEL_DIR)
+    assert "Traceback" not in r.stdout + r.stderr
+    model = next(line for line in r.stdout.splitlines() if line.startswith(("[skip] model", "[FAIL] model")))
+    assert model == f"[skip] model: {MODEL_DIR}: not verified: needs torch"
+
+
+# -- qt: the system libraries of Qt's xcb platform plugin (real ldd runs on real ELF files) --------
+
+def _shared_library(folder: Path, name: str, links: tuple[str, ...] = ()) -> Path:
+    """A real shared library ``name`` (its soname too) built with the C compiler, linking ``links``
+    (file names in ``folder`` or system libraries such as libm.so.6)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) to build a test library")
+    source = folder / f"{name}.c"
+    source.write_text("int uav_test_symbol(void) { return 1; }\n")
+    out = folder / name
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), f"-Wl,-soname,{name}", str(source), f"-L{folder}",
+                    "-Wl,--no-as-needed", *(f"-l:{lib}" for lib in links)], check=True, capture_output=True)
+    return out
+
+
+def test_qt_check_finds_the_missing_libraries_of_a_plugin(tmp_path):
+    from vs_uav.doctor import QT_XCB_PACKAGES, check_qt
+
+    dependency = _shared_library(tmp_path, "libuavtest-missing.so.0")
+    plugin = _shared_library(tmp_path, "libqxcb.so", ("libuavtest-missing.so.0", "libm.so.6"))
+    dependency.unlink()  # as on a machine without the package: the loader cannot find it
+    check = check_qt(plugin, {**QT_XCB_PACKAGES, "libuavtest-missing.so.0": "libuavtest0"})
+    assert check.line() == (f"[warn] qt: {plugin} cannot load: missing libuavtest-missing.so.0; "
+                            f"`apt-get install libuavtest0` -> {FIXES['qt']}")
+    # A library no package is known for is still named.
+    assert check_qt(plugin).detail == f"{plugin} cannot load: missing libuavtest-missing.so.0; " \
+                                      "no known package for libuavtest-missing.so.0"
+
+
+def test_qt_check_ok_when_every_library_is_found(tmp_path):
+    from vs_uav.doctor import check_qt
+
+    plugin = _shared_library(tmp_path, "libqxcb.so", ("libm.so.6",))
+    assert check_qt(plugin).line() == f"[ ok ] qt: every library of the xcb platform plugin is present ({plugin})"
+    assert check_qt(tmp_path / "nowhere.so").status == "warn"
+
+
+def test_qt_check_of_this_installation():
+    """The real plugin of the installed PySide6: present, and whatever this machine lacks has a
+    package in the table (so the fix names it)."""
+    from vs_uav.doctor import QT_APT_GET, QT_XCB_PACKAGES, check_qt, xcb_plugin
+
+    plugin = xcb_plugin()
+    assert plugin is not None and plugin.is_file()
+    check = check_qt()
+    assert check.status in ("ok", "warn") and str(plugin) in check.detail, check.line()
+    assert "no known package" not in check.detail, check.line()
+    assert QT_APT_GET in FIXES["qt"] and all(p in QT_APT_GET.split() for p in QT_XCB_PACKAGES.values())
+
+
+_NO_PYSIDE = """
+import sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "PySide6":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocked())
+from vs_uav.doctor import check_qt
+print(check_qt().line())
+"""
+
+
+def test_qt_check_is_skipped_without_pyside6():
+    r = subprocess.run([sys.executable, "-c", _NO_PYSIDE], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.stdout.strip() == "[skip] qt: not checked: PySide6 is not installed (the preset editor is optional)", \
+        r.stdout + r.stderr

@@ -67,10 +67,9 @@ def test_matches_the_pipeline_exactly():
 
     clip = source()
     out = frames_of(upscale(clip, **KW), range(clip.num_frames))
-    settings = UpscaleSettings(**KW)
     engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
-    ref = engine(_video(clip), prompt=settings.full_prompt, negative_prompt=settings.negative_prompt, num_inference_steps=2,
-                 guidance_scale=4.0, noise_level=120, propagation_steps=[1], chunk_size=8)
+    # The same settings object drives the filter and the pipeline: no renaming on the way.
+    ref = engine(_video(clip), UpscaleSettings(**KW))
     expected = ((ref.frames[0] + 1) * 0.5).clamp(0, 1).numpy()
     for n in range(clip.num_frames):
         np.testing.assert_array_equal(out[n], expected[:, n])
@@ -103,11 +102,8 @@ def test_scene_change_starts_fresh():
     assert all(np.array_equal(a[n], b[n]) for n in range(8))  # chunks before the cut: unchanged
     assert all(np.array_equal(b[n], c[n]) for n in b)  # scene_change=False ignores the prop
     # After the cut the frames are a cold start: nothing carried across.
-    s = UpscaleSettings(**KW)
     engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
-    params = engine.make_params(prompt=s.full_prompt, num_inference_steps=2, guidance_scale=4.0,
-                                propagation_steps=[1])
-    cold, _ = engine.upscale_chunk(_video(clip)[:, :, 10:], 10, params)
+    cold, _ = engine.upscale_chunk(_video(clip)[:, :, 10:], 10, UpscaleSettings(**KW))
     expected = ((cold.frames[0] + 1) * 0.5).clamp(0, 1).numpy()
     for n in range(10, 18):
         np.testing.assert_array_equal(a[n], expected[:, n - 10])

@@ -16,7 +16,6 @@ import torch
 
 from conftest import MANIFESTS
 from vs_uav.flow import (
-    RAFT,
     DisFlow,
     RaftFlow,
     default_method,
@@ -26,7 +25,8 @@ from vs_uav.flow import (
     load_raft,
     resize_flow,
 )
-from vs_uav.loading import ModelLoadError
+from vs_uav.model_folder import ModelLoadError
+from vs_uav.models.raft import RAFT
 
 SHIFT = (1.5, -0.75)  # (x, y) pixels per frame
 

@@ -10,8 +10,13 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
+from PySide6.QtWidgets import QLabel  # noqa: E402
 
+from conftest import MODEL_DIR  # noqa: E402
 from vs_uav import presets  # noqa: E402
+from vs_uav.encoder import ENCODER_SETTINGS  # noqa: E402
+from vs_uav.settings import SETTINGS  # noqa: E402
+from vs_uav_gui.preview import PIPELINES  # noqa: E402
 from vs_uav_gui.window import PresetEditor  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
@@ -173,3 +178,137 @@ def test_keyboard_and_remembered_geometry(qtbot, config):
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == (640, 480)
     assert again.current.name == "old-film" and again.source_edit.text() == str(ANIMATION)
+
+
+def test_the_window_fits_a_1280x720_screen_and_every_row_is_reachable(window, qtbot):
+    # A 1280x720 screen less the title bar and a panel: the window can be that small ...
+    hint, minimum = window.sizeHint(), window.minimumSizeHint()
+    assert hint.width() <= 1260 and hint.height() <= 680, hint
+    assert minimum.width() <= 1260 and minimum.height() <= 680, minimum
+    screen = window.screen().availableGeometry()  # ... and opens within the screen it is on
+    assert window.width() <= screen.width() and window.height() <= screen.height()
+    window.resize(1260, 680)
+    qtbot.waitUntil(lambda: window.width() == 1260)
+    scroll = window.form_scroll
+    assert scroll.widget().height() > scroll.viewport().height()  # the form does not fit: it scrolls
+    for name, f in window.fields.items():  # scrolled to, each editor is wholly in view
+        centre = f.editor.mapTo(scroll.widget(), f.editor.rect().center())
+        scroll.ensureVisible(centre.x(), centre.y(), f.editor.width() // 2 + 2, f.editor.height() // 2 + 2)
+        top_left = f.editor.mapTo(scroll.viewport(), f.editor.rect().topLeft())
+        bottom_right = f.editor.mapTo(scroll.viewport(), f.editor.rect().bottomRight())
+        assert scroll.viewport().rect().contains(top_left) and scroll.viewport().rect().contains(bottom_right), name
+
+
+def test_every_setting_has_a_label_in_words_and_the_form_shows_it(window):
+    for spec in (*SETTINGS, *ENCODER_SETTINGS):
+        assert spec.label and spec.label != spec.name and "_" not in spec.label, spec.name
+        label = window.findChild(QLabel, f"label_{spec.name}")
+        assert label.text() == spec.label and label.buddy() is window.fields[spec.name].editor
+        assert label.toolTip().startswith(f"{spec.name}: ")  # the parameter name stays at hand
+        assert window.fields[spec.name].editor.toolTip().startswith(f"{spec.name}: {spec.help}")
+    assert window.findChild(QLabel, "label_w_lr").text() == "Low-res weight (video VAE)"
+
+
+# -- the before/after preview: the real pipeline on the tiny reference model ----------------------
+
+@pytest.fixture
+def previewing(window):
+    """The editor on a real video with the tiny model and one step, crop 32x32."""
+    window.set_source(ANIMATION)
+    window.select_preset("fast-preview")
+    window.fields["model"].editor.setText(str(MODEL_DIR))
+    window.fields["propagation_steps"].editor.setText("")
+    window.fields["steps"].editor.setValue(1)
+    window.preview.size_spin.setValue(32)
+    assert window.current is not None, window.errors
+    return window
+
+
+def _finished(panel) -> bool:
+    return panel.job is None and not panel.running()
+
+
+def test_preview_shows_the_crop_before_and_after(previewing, qtbot):
+    import cv2
+    import numpy as np
+
+    panel = previewing.preview
+    # The source's size sets the ranges; the frame and the crop start in its middle.
+    assert (panel.frame_spin.maximum(), panel.x_spin.maximum(), panel.y_spin.maximum()) == (70, 319, 239)
+    assert (panel.frame_spin.value(), panel.x_spin.value(), panel.y_spin.value()) == (35, 160, 120)
+    panel.frame_spin.setValue(10)
+    qtbot.keyClick(previewing, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)  # File > Run preview
+    assert previewing.tabs.currentWidget() is panel
+    qtbot.waitUntil(lambda: _finished(panel), timeout=120_000)
+    assert panel.result is not None, panel.status.text()
+    before, after = panel.before_label.pixmap(), panel.after_label.pixmap()
+    assert (before.width(), before.height()) == (after.width(), after.height()) == (128, 128)  # 4x the crop
+    assert panel.result.box == (144, 104, 32, 32) and panel.result.frames == (9, 11)
+    assert panel.status.text() == f"Frame 10: {panel.result.describe()}"
+    assert not np.array_equal(panel.result.before, panel.result.after)
+    # "Before" is that crop of that frame: an independent decoder (OpenCV) agrees within a few levels.
+    cap = cv2.VideoCapture(str(ANIMATION))
+    for _ in range(11):
+        ok, frame = cap.read()
+    cap.release()
+    assert ok
+    source = frame[104:136, 144:176, ::-1].astype(float)
+    shrunk = panel.result.before.astype(float).reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))
+    assert np.abs(shrunk - source).mean() < 6
+    # A crop at the corner is kept inside the frame; the loaded pipeline is reused.
+    loads = PIPELINES.loads
+    panel.x_spin.setValue(0)
+    panel.y_spin.setValue(0)
+    panel.run_button.click()
+    qtbot.waitUntil(lambda: _finished(panel), timeout=120_000)
+    assert panel.result.box == (0, 0, 32, 32) and PIPELINES.loads == loads
+
+
+def test_cancel_and_a_newer_preview_stop_a_running_one(previewing, qtbot):
+    panel = previewing.preview
+    previewing.fields["steps"].editor.setValue(500)  # about a minute with the tiny model
+    job = panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=60_000)  # denoising has begun
+    assert panel.cancel_button.isEnabled()
+    panel.cancel_button.click()
+    qtbot.waitUntil(lambda: _finished(panel), timeout=30_000)
+    assert job.outcome == "cancelled" and panel.progress.value() < 500
+    assert panel.status.text() == "Preview cancelled"
+    assert panel.result is None and panel.after_label.pixmap().isNull()
+    assert not panel.cancel_button.isEnabled() and panel.run_button.isEnabled()
+    # A new preview while one runs replaces it: the old one stops, the new one's result shows.
+    old = panel.start()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=60_000)
+    previewing.fields["steps"].editor.setValue(1)  # the UI stays usable meanwhile
+    new = panel.start()
+    qtbot.waitUntil(lambda: _finished(panel), timeout=60_000)
+    assert old.outcome == "cancelled" and new.outcome == "done"
+    assert panel.after_label.pixmap().width() == 128 and panel.status.text().startswith("Frame 35: ")
+
+
+def test_preview_errors_are_one_line(previewing, qtbot, tmp_path):
+    panel = previewing.preview
+
+    def run() -> str:
+        panel.run_button.click()
+        qtbot.waitUntil(lambda: _finished(panel), timeout=60_000)
+        text = panel.status.text()
+        assert "\n" not in text and panel.result is None
+        return text
+
+    nowhere = tmp_path / "no-model"
+    previewing.fields["model"].editor.setText(str(nowhere))
+    assert run() == (f"Preview failed: {nowhere}: model folder not found; run `uav download` to fetch or "
+                     "repair the model folder, or set UAV_MODEL_DIR")
+    previewing.fields["model"].editor.setText(str(MODEL_DIR))
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video\n")
+    previewing.source_edit.setText(str(not_video))
+    assert run().startswith(f"Preview failed: {not_video}: not a readable video (")
+    previewing.source_edit.setText("")
+    assert run() == "choose a source video first"
+    previewing.source_edit.setText(str(ANIMATION))
+    previewing.fields["steps"].editor.setValue(0)  # below the minimum: the field refuses it
+    previewing.fields["propagation_steps"].editor.setText("5")  # beyond steps=1: an error in the form
+    assert run() == "the settings have errors; fix the marked fields first"
+    assert previewing.statusBar().currentMessage() == panel.status.text()

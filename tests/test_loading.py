@@ -1,15 +1,26 @@
-"""Loading the official model folder through the public API, and refusing damaged copies."""
+"""Loading the official model folder through the public API (``UpscalePipeline.from_pretrained``
+over :mod:`vs_uav.model_folder`), refusing damaged copies, and the module's import hygiene."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import MANIFESTS, MODEL_DIR
-from vs_uav.loading import LAYOUT, ModelLoadError, load_model
+from conftest import MANIFESTS, MODEL_DIR, REPO
+from vs_uav.model_folder import LAYOUT, ModelLoadError, check_folder
+from vs_uav.pipeline import UpscaleAVideoModel, UpscalePipeline
+
+
+def load_model(folder: Path, vae: str = "3d") -> UpscaleAVideoModel:
+    return UpscalePipeline.from_pretrained(folder, vae=vae, flow="dis").model
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +113,33 @@ def test_safetensors_preferred_and_identical(model_copy, loaded):
 
 
 def test_bad_vae_choice():
-    with pytest.raises(ValueError, match="vae='4d' is not supported; accepted: 3d, video"):
+    with pytest.raises(ValueError, match="vae='4d'; accepted: '3d', 'video'"):
         load_model(MODEL_DIR, vae="4d")
+    with pytest.raises(ValueError, match="vae='4d'; accepted: '3d', 'video'"):
+        check_folder(MODEL_DIR, vae="4d")
+
+
+def test_the_folder_is_checked_once_per_load(monkeypatch):
+    from vs_uav import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "check_folder", lambda *a: calls.append(a) or check_folder(*a))
+    load_model(MODEL_DIR)
+    assert len(calls) == 1
+
+
+def test_a_broken_tokenizer_is_named(model_copy):
+    (model_copy / "tokenizer" / "vocab.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"tokenizer: cannot load the CLIP tokenizer"):
+        load_model(model_copy)
+
+
+def test_a_bad_text_encoder_config_is_named_in_one_line(model_copy):
+    path = model_copy / LAYOUT["text_encoder"].config
+    path.write_text(json.dumps({**json.loads(path.read_text()), "hidden_size": "big"}))
+    with pytest.raises(ModelLoadError, match=r"text_encoder/config\.json: not a CLIP text config .*hidden_size") as e:
+        load_model(model_copy)
+    assert "\n" not in str(e.value)
 
 
 def test_full_size_text_encoder_matches_manifest():
@@ -120,3 +156,81 @@ def test_full_size_text_encoder_matches_manifest():
     theirs.pop("text_model.embeddings.position_ids")
     assert ours == theirs
     assert sum(p.numel() for p in model.parameters()) == manifest["parameters"]
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_model_folder_needs_neither_torch_nor_vapoursynth():
+    """`uav doctor` and `uav download` read the layout where torch or VapourSynth are broken."""
+    r = _fresh_python(
+        "import sys\n"
+        "import vs_uav.model_folder, vs_uav.weights, vs_uav.doctor\n"
+        "heavy = sorted(m for m in ('torch', 'vapoursynth', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """vs_uav module -> the vs_uav modules it imports, at import time or inside functions
+    (imports under ``if TYPE_CHECKING:`` do not run and are left out)."""
+    package = REPO / "vs_uav"
+    files = {("vs_uav." + ".".join(p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): p
+             for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and ast.unparse(node.test).endswith("TYPE_CHECKING") for n in ast.walk(node)}
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                target = ".".join(base[:len(base) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                deps |= {target, *(f"{target}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def test_no_import_cycles():
+    """No vs_uav module reaches itself through imports (lazy ones included), the model code
+    imports only model code, and every module imports on its own in a fresh interpreter."""
+    graph = _import_graph()
+    assert {"vs_uav.model_folder", "vs_uav.models.raft", "vs_uav.models.text_encoder"} <= graph.keys()
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start} imports itself through {sorted(seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+    for name, deps in graph.items():
+        if name.startswith("vs_uav.models."):
+            assert all(d.startswith("vs_uav.models") for d in deps), (name, deps)
+    modules = sorted(m for m in graph if m != "vs_uav.__main__")
+    r = _fresh_python(
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    for m in [m for m in sys.modules if m == 'vs_uav' or m.startswith('vs_uav.')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_reference_fixtures_fail_collection(tmp_path):
+    """Tests over the reference cases cannot vanish: without the fixtures, collection fails
+    naming the folder (here UAV_REFERENCE_DIR's)."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                        "tests/test_components.py"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**os.environ, "UAV_REFERENCE_DIR": str(tmp_path / "nowhere")})
+    assert r.returncode != 0
+    assert f"reference fixtures missing: {tmp_path / 'nowhere' / 'public' / 'cases'} is not a folder" in r.stdout

@@ -7,9 +7,19 @@ import torch
 
 from conftest import ATOL, MODEL_DIR, case_names, load_case, max_abs_err
 from vs_uav.pipeline import UpscalePipeline
+from vs_uav.settings import UpscaleSettings
 from vs_uav.tiling import decode_groups, temporal_windows
 
 _VAE = {"vae_3d": "3d", "vae_video": "video"}
+
+
+def official_settings(p: dict) -> UpscaleSettings:
+    """A reference case's parameters as vs-uav settings: the recorded prompt is already the
+    official caption + suffix, and the whole clip is one chunk (the official algorithm)."""
+    return UpscaleSettings(prompt=p["prompt"], prompt_suffix="", negative_prompt=p["negative_prompt"],
+                           steps=p["num_inference_steps"], guidance_scale=p["guidance_scale"],
+                           noise_level=p["noise_level"], propagation_steps=p["propagation_steps"], w_lr=p["w_lr"],
+                           chunk_size=max(8, p["T"]))
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +43,8 @@ def test_pipeline_matches_official(name, pipes):
     assert [list(g) for g in decode_groups(p["T"])] == meta["decode_chunks"]
     flows = (t["flows_forward"], t["flows_backward"]) if "flows_forward" in t else None
     out = pipes(_VAE[p["vae"]])(
-        t["video"], prompt=p["prompt"], negative_prompt=p["negative_prompt"],
-        num_inference_steps=p["num_inference_steps"], guidance_scale=p["guidance_scale"],
-        noise_level=p["noise_level"], propagation_steps=p["propagation_steps"], flows=flows,
-        latents=t["latents_init"], image_noise=t["image_noise"], w_lr=p["w_lr"],
+        t["video"], official_settings(p),
+        flows=flows, latents=t["latents_init"], image_noise=t["image_noise"],
     )
     err_latents = max_abs_err(out.latents, t["latents_out"])
     err_frames = max_abs_err(out.frames, t["images"])
@@ -61,15 +69,12 @@ def test_reduced_precision_follows_the_float32_result():
     in the official code: the frames follow the float32 result up to bfloat16 round-off."""
     meta, t = load_case("pipeline_noguidance")
     p = meta["params"]
-    kw = dict(prompt=p["prompt"], negative_prompt=p["negative_prompt"],
-              num_inference_steps=p["num_inference_steps"], guidance_scale=p["guidance_scale"],
-              noise_level=p["noise_level"], propagation_steps=p["propagation_steps"],
-              flows=(t["flows_forward"], t["flows_backward"]) if "flows_forward" in t else None,
-              latents=t["latents_init"], image_noise=t["image_noise"], w_lr=p["w_lr"])
+    kw = dict(flows=(t["flows_forward"], t["flows_backward"]) if "flows_forward" in t else None,
+              latents=t["latents_init"], image_noise=t["image_noise"])
     pipe16 = UpscalePipeline.from_pretrained(MODEL_DIR, vae=_VAE[p["vae"]], dtype="bfloat16")
     assert next(pipe16.model.unet.parameters()).dtype == torch.bfloat16
     assert all(q.dtype == torch.float32 for q in pipe16.model.vae.parameters())
-    out = pipe16(t["video"], **kw)
+    out = pipe16(t["video"], official_settings(p), **kw)
     assert out.frames.dtype == torch.float32 and out.latents.dtype == torch.float32
     assert torch.isfinite(out.frames).all()
     err = max_abs_err(out.frames, t["images"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vs_uav import cli, presets
+from vs_uav.encoder import EncoderSettings
 from vs_uav.presets import Preset, PresetError
-from vs_uav.settings import EncoderSettings, UpscaleSettings
+from vs_uav.settings import UpscaleSettings
 
 SHIPPED = ["ai-generated", "animation", "archival-lossless", "fast-preview", "old-film"]
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from vs_uav import selftest
-from vs_uav.loading import load_model
 from vs_uav.pipeline import UpscalePipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,9 +36,9 @@ def test_the_tiny_model_is_a_complete_official_folder_that_loads_strictly_and_ru
     sd = torch.load(tiny / "text_encoder" / "pytorch_model.bin", weights_only=True)
     assert sd and all(k.startswith("text_model.") for k in sd)
     for vae in ("3d", "video"):  # strict: every key and shape checked against the configs
-        assert load_model(tiny, vae=vae).vae_kind == vae
+        assert UpscalePipeline.from_pretrained(tiny, vae=vae).model.vae_kind == vae
     pipe = UpscalePipeline.from_pretrained(tiny, flow="dis")
-    out = pipe(torch.rand(1, 3, 2, 16, 16) * 2 - 1, prompt="selftest", num_inference_steps=2, seed=1)
+    out = pipe(torch.rand(1, 3, 2, 16, 16) * 2 - 1, prompt="selftest", steps=2, seed=1)
     assert out.frames.shape == (1, 3, 2, 64, 64)
     assert torch.isfinite(out.frames).all() and out.frames.std() > 0.01
 

@@ -59,3 +59,15 @@ def test_signature_declares_every_setting_with_its_vapoursynth_type():
 def test_settings_do_not_import_torch():
     code = "import sys, vs_uav.settings; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_choices_are_the_implementations_choices():
+    """The settings model lists exactly what the code behind each choice implements."""
+    from vs_uav.color import COLOR_FIX_CHOICES
+    from vs_uav.flow import METHODS
+    from vs_uav.model_folder import VAE_CHOICES
+    from vs_uav.settings import SETTINGS_BY_NAME
+
+    assert SETTINGS_BY_NAME["vae"].choices == VAE_CHOICES
+    assert SETTINGS_BY_NAME["flow"].choices == ("auto", *METHODS)
+    assert SETTINGS_BY_NAME["color_fix"].choices == COLOR_FIX_CHOICES

@@ -9,6 +9,7 @@ import torch
 
 from conftest import MODEL_DIR
 from vs_uav.pipeline import UpscalePipeline, seeded_noise
+from vs_uav.settings import UpscaleSettings
 from vs_uav.streaming import ChunkState
 
 
@@ -27,12 +28,12 @@ def moving_scene(t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (torch.stack(frames, 2) * 2 - 1).clamp(-1, 1)
 
 
-KW = dict(prompt="a koala", num_inference_steps=3, guidance_scale=4.0, noise_level=100, seed=7)
+KW = dict(prompt="a koala", steps=3, guidance_scale=4.0, noise_level=100, seed=7)
 
 
 def test_chunks_are_order_independent_and_resumable(pipe, tmp_path):
     video = moving_scene(19, 16, 24)
-    params = pipe.make_params(propagation_steps=(1, 2), **KW)
+    params = UpscaleSettings(propagation_steps=[1, 2], **KW)
     flows = pipe.estimate_flows(video)
     bounds = [(0, 8), (8, 19)]
     # In order, carrying the state in memory.
@@ -53,7 +54,7 @@ def test_chunks_are_order_independent_and_resumable(pipe, tmp_path):
 
 def test_state_carries_context_and_propagation(pipe):
     video = moving_scene(16, 16, 16)
-    params = pipe.make_params(propagation_steps=(0,), **KW)
+    params = UpscaleSettings(propagation_steps=[0], **KW)
     _, state = pipe.upscale_chunk(video[:, :, :8], 0, params)
     assert state.end == 8 and state.latents.shape == (3, 1, 4, 2, 16, 16)
     assert set(state.propagated) == {0}
@@ -103,7 +104,7 @@ def test_tiles_blend_without_seams(pipe):
     # each column's (row's) mean jump is measured relative to the untiled render's.
     y, x = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
     scene = torch.stack([0.6 * torch.sin(2 * x + y), 0.5 * torch.cos(3 * y), 0.4 * x * y])[None, :, None]
-    kw = dict(KW, num_inference_steps=2)
+    kw = dict(KW, steps=2)
     tiled = pipe(scene, tile_size=32, tile_overlap=16, **kw).frames[0, :, 0]
     whole = pipe(scene, **kw).frames[0, :, 0]
     from vs_uav.tiling import spatial_tiles
@@ -133,28 +134,29 @@ BAD = [
     (dict(video=torch.full((1, 3, 2, 16, 16), math.inf)), r"video contains NaN or infinite values"),
     (dict(noise_level=351), r"noise_level=351; accepted: an integer in \[0, 350\]"),
     (dict(noise_level=-1), r"noise_level=-1; accepted: an integer in \[0, 350\]"),
-    (dict(num_inference_steps=0), r"num_inference_steps=0; accepted: an integer in \[1, 1000\]"),
-    (dict(propagation_steps=[3]), r"propagation_steps contains 3; accepted: step indices in \[0, 2\]"),
+    (dict(steps=0), r"steps=0; accepted: an integer in \[1, 1000\]"),
+    (dict(propagation_steps=[3]), r"propagation_steps=\[3\]; accepted: step indices in \[0, 2\]"),
     (dict(flows=(torch.zeros(1, 2, 2, 16, 16), torch.zeros(1, 2, 1, 16, 16))),
      r"flows\[0\] \(forward\) has shape \(1, 2, 2, 16, 16\); accepted: \(1, 2, 1, 16, 16\)"),
     (dict(latents=torch.zeros(1, 4, 3, 16, 16)), r"latents has shape \(1, 4, 3, 16, 16\); accepted: \(1, 4, 2, 16, 16\)"),
-    (dict(color_fix="sepia"), r"color_fix='sepia'; accepted: none, adain, wavelet"),
-    (dict(chunk_size=4), r"chunk_size=4; accepted: an integer >= 8"),
+    (dict(color_fix="sepia"), r"color_fix='sepia'; accepted: 'none', 'adain', 'wavelet'"),
+    (dict(chunk_size=4), r"chunk_size=4; accepted: an integer in \[8, 4096\]"),
     (dict(tile_size=30), r"tile_size=30; accepted: 0 \(automatic\) or a multiple of 8 >= 32"),
-    (dict(guidance_scale=-1.0), r"guidance_scale=-1.0; accepted: a finite number >= 0"),
+    (dict(guidance_scale=-1.0), r"guidance_scale=-1.0; accepted: a number in \[0, 50\]"),
+    (dict(num_inference_steps=3), r"unknown parameter 'num_inference_steps'; accepted: prompt, "),
 ]
 
 
 @pytest.mark.parametrize("kwargs, message", BAD, ids=[m.split(" ")[0].split("=")[0] for _, m in BAD])
 def test_bad_input_is_refused(pipe, kwargs, message):
-    args = dict(video=torch.zeros(1, 3, 2, 16, 16), num_inference_steps=3)
+    args = dict(video=torch.zeros(1, 3, 2, 16, 16), steps=3)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         pipe(**args)
 
 
 def test_unknown_choices_are_refused():
-    with pytest.raises(ValueError, match="vae='4d' is not supported; accepted: 3d, video"):
+    with pytest.raises(ValueError, match="vae='4d'; accepted: '3d', 'video'"):
         UpscalePipeline.from_pretrained(MODEL_DIR, vae="4d")
-    with pytest.raises(ValueError, match="flow='farneback' is not supported; accepted: auto, raft, dis"):
+    with pytest.raises(ValueError, match="flow='farneback'; accepted: 'auto', 'raft', 'dis'"):
         UpscalePipeline.from_pretrained(MODEL_DIR, flow="farneback")

@@ -11,7 +11,7 @@ from conftest import ATOL, CONFIGS, MANIFESTS, PUBLIC, case_names, load_case, ma
 from vs_uav.models.vae_video import AutoencoderKLVideo, VAEVideoConfig, decode_latents_vsr
 
 VARIANTS = ["vae_3d", "vae_video"]
-DECODE_CASES = [n for n in case_names("vae") if n.endswith("_decode")]
+DECODE_CASES = case_names("vae", "_decode")
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -15,10 +14,16 @@ import torch
 
 from conftest import MANIFESTS, MODEL_DIR
 from vs_uav import cli, weights
-from vs_uav.loading import find_weights, load_model, read_state_dict
+from vs_uav.model_folder import find_weights, read_state_dict
+from vs_uav.pipeline import UpscalePipeline
 from vs_uav.weights import WeightsError
 
 PARTS = weights.parts_wanted(raft=False)  # the tiny model has no propagator/
+
+
+def load_model(folder: Path, vae: str = "3d"):
+    """The folder's models, loaded strictly (every key and shape checked)."""
+    return UpscalePipeline.from_pretrained(folder, vae=vae, flow="dis").model
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +19,8 @@ DEMO_MODEL = REPO.parent / "shared" / "reference" / "public" / "model"
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job in miniature: a real video through core.uav.Upscale under vspipe into
     ffmpeg/x265, with the tiny reference model (no weights can be downloaded here)."""
-    from .settings import EncoderSettings, UpscaleSettings
+    from .encoder import EncoderSettings
+    from .settings import UpscaleSettings
 
     model, source = Path(args.model), Path(args.input)
     for p, what in ((model, "model folder"), (source, "input video")):
@@ -47,31 +45,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return rc
 
 
-def _add_setting_options(parser: argparse.ArgumentParser, specs, defaults_from=None) -> None:
-    """One option per setting of the settings model, with its help, choices and default."""
+def _add_setting_options(parser: argparse.ArgumentParser, specs) -> None:
+    """One option per setting of the settings model, with its help and default. Values stay
+    text here: :func:`_collect` parses them, so that a bad one gets the settings model's
+    one-line message (argparse's would be a usage dump naming a conversion function)."""
     for spec in specs:
         flag = "--" + spec.name.replace("_", "-")
-        default = spec.default
-        help_text = f"{spec.help} (default: {default!r})"
+        help_text = f"{spec.help} (default: {spec.default!r})"
         if spec.type is bool:
             parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
-        elif spec.type is list:
-            parser.add_argument(flag, dest=spec.name, default=None, metavar="N,N,...", help=help_text,
-                                type=lambda v: [int(x) for x in v.replace(" ", "").split(",") if x])
         else:
-            parser.add_argument(flag, dest=spec.name, default=None, type=spec.type, choices=spec.choices,
-                                help=help_text, metavar=None if spec.choices else spec.type.__name__.upper())
+            metavar = ("{" + ",".join(spec.choices) + "}" if spec.choices else
+                       "N,N,..." if spec.type is list else spec.type.__name__.upper())
+            parser.add_argument(flag, dest=spec.name, default=None, metavar=metavar, help=help_text)
 
 
 def _collect(args: argparse.Namespace, specs) -> dict:
-    return {s.name: getattr(args, s.name) for s in specs if getattr(args, s.name) is not None}
+    """The options given, parsed; ValueError ``--steps '2.5': accepted: ...`` for bad text."""
+    values = {}
+    for spec in specs:
+        value = getattr(args, spec.name)
+        if isinstance(value, str):
+            try:
+                value = spec.parse(value)
+            except ValueError as e:
+                raise ValueError(f"--{spec.name.replace('_', '-')} {value!r}: {e}") from None
+        if value is not None:
+            values[spec.name] = value
+    return values
 
 
 def _resolve(args: argparse.Namespace, prog: str):
     """The --preset's values as defaults, explicit options over them, checked as a whole."""
+    from .encoder import ENCODER_SETTINGS, EncoderSettings
     from .presets import Preset, load
-    from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, UpscaleSettings
+    from .settings import SETTINGS, UpscaleSettings
 
     try:
         base = load(args.preset) if args.preset else Preset("command-line")
@@ -85,10 +94,6 @@ def _resolve(args: argparse.Namespace, prog: str):
 def _add_preset_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME", help="start from a preset (a name, e.g. old-film, or a .toml "
                         "file); options given explicitly override its values")
-
-
-_FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
-_DONE = re.compile(rb"Output (\d+) frames in")  # vspipe's last line; its progress is rate-limited
 
 
 def _progress_bar(done: int, total: int, started: float) -> str:
@@ -117,54 +122,35 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = ()) -> int:
-    """Write the .vpy, pipe vspipe into ffmpeg with a progress bar; only a complete file
-    gets the output's name."""
+    """Write the .vpy and render it (:mod:`vs_uav.render`) with a progress bar on stderr; only
+    a complete file gets the output's name."""
     import tempfile
 
-    from .script import ffmpeg_args, find_vspipe, make_script, shell_command, vspipe_args
+    from .render import RenderError, RenderJob, render
+    from .script import ffmpeg_options, make_script, shell_command
 
-    vspipe = find_vspipe()
-    ffmpeg = shutil.which("ffmpeg")
-    if not vspipe or not ffmpeg:
-        raise SystemExit(f"{prog}: " + ("vspipe" if not vspipe else "ffmpeg") + " not found; run `uav doctor`")
     namespace = _has_namespace()
-    output.parent.mkdir(parents=True, exist_ok=True)
+    # vspipe evaluates the script in the script's folder (a temporary one): the source by its absolute path.
+    source = Path(os.path.abspath(source))
+    started, drawn = time.monotonic(), False
+
+    def bar(done: int, total: int) -> None:
+        nonlocal drawn
+        drawn = True
+        print(_progress_bar(done, total, started), end="", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
         script = Path(tmp) / "upscale.vpy"
         script.write_text(make_script(source, settings, namespace=namespace, prepare=prepare,
                                       command=shell_command(script, source, output, encoder)), encoding="utf-8")
-        partial = output.with_name(output.stem + ".partial" + output.suffix)
-        pipe = subprocess.Popen(vspipe_args(script, vspipe, progress=True), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        enc = subprocess.Popen([*ffmpeg_args(source, partial, encoder, ffmpeg)[:-1], "-v", "error", str(partial)],
-                               stdin=pipe.stdout, stderr=subprocess.PIPE)
-        pipe.stdout.close()  # ffmpeg owns the read end now
-        started, log, buf, total = time.monotonic(), [], b"", 0
-        while True:
-            chunk = pipe.stderr.read1(4096)
-            if not chunk:
-                break
-            buf += chunk
-            *parts, buf = re.split(rb"[\r\n]", buf)
-            for part in parts:
-                m, done = _FRAME.search(part), _DONE.search(part)
-                if m:
-                    total = int(m[2])
-                    print(_progress_bar(int(m[1]), total, started), end="", file=sys.stderr, flush=True)
-                elif done:
-                    n = int(done[1])
-                    print(_progress_bar(n, total or n, started), end="", file=sys.stderr, flush=True)
-                elif part.strip():
-                    log.append(part.decode(errors="replace"))
-        rc_pipe, rc_enc = pipe.wait(), enc.wait()
-        print(file=sys.stderr)
-        if rc_pipe or rc_enc:
-            partial.unlink(missing_ok=True)
-            errors = [line for line in log if "Error" in line or "error" in line] or log[-5:]
-            enc_err = enc.stderr.read().decode(errors="replace").strip()
-            raise SystemExit(f"{prog}: failed: " + " | ".join(errors[-3:] + ([enc_err] if enc_err else [])))
-        partial.replace(output)  # only a complete file carries the output's name
-    print(f"{prog}: wrote {output} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        try:
+            result = render(RenderJob(script, output, ffmpeg_options(source, encoder)), progress=bar)
+        except RenderError as e:
+            raise SystemExit(f"{prog}: {e}")
+        finally:
+            if drawn:
+                print(file=sys.stderr)  # the bar's line ends
+    print(f"{prog}: wrote {output} in {result.seconds:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -196,7 +182,7 @@ def cmd_script(args: argparse.Namespace) -> int:
 def _model_dir_arg(value: str | None) -> Path:
     if value:
         return Path(value).expanduser()
-    from .filter import default_model_dir
+    from .model_folder import default_model_dir
 
     return default_model_dir()
 
@@ -313,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vae", default="3d", choices=["3d", "video"])
     demo.set_defaults(func=cmd_demo)
 
-    from .settings import ENCODER_SETTINGS, SETTINGS
+    from .encoder import ENCODER_SETTINGS
+    from .settings import SETTINGS
 
     up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
     up.add_argument("input", help="source video")

@@ -1,6 +1,6 @@
 """README sections generated from code, so that they cannot drift.
 
-- the parameter table, from the settings model (:mod:`vs_uav.settings`);
+- the parameter table, from the settings models (:mod:`vs_uav.settings`, :mod:`vs_uav.encoder`);
 - the troubleshooting table, from ``uav doctor``'s fixes (:data:`vs_uav.doctor.FIXES`).
 
     python -m vs_uav.docs --write   # update README.md
@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from .doctor import FIXES
-from .settings import ENCODER_SETTINGS, SETTINGS, Setting
+from .encoder import ENCODER_SETTINGS
+from .settings import SETTINGS, Setting
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECTIONS = ("params", "troubleshooting")

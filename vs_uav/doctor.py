@@ -4,6 +4,10 @@ A VapourSynth setup can be half-broken in many ways (vspipe cannot find Python, 
 is not autoloaded, ffmpeg lacks an encoder, the model folder is incomplete). Each check
 gives one line; a failing one names its fix. The fixes are data (:data:`FIXES`) so that the
 README's troubleshooting section is generated from them and cannot drift.
+
+The doctor must work on the installations it diagnoses: this module imports neither
+VapourSynth nor torch at import time, and every check runs (or says why it was skipped)
+whatever the others found.
 """
 
 from __future__ import annotations
@@ -15,11 +19,31 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Optional
+from typing import Callable, Literal, Mapping, Optional, Sequence, Union
 
-Status = Literal["ok", "warn", "fail"]
+from .model_folder import LAYOUT, default_model_dir
+
+# "skip": not checkable because an earlier check failed (that line carries the fix).
+Status = Literal["ok", "warn", "fail", "skip"]
 
 MIN_FREE_GIB = 10.0  # the official weights (~4.5 GiB in float32) plus a chunk cache
+
+# The system libraries that Qt's xcb platform plugin (PySide6's libqxcb.so, through
+# libQt6XcbQpa, libQt6Gui and libQt6DBus) links, with the Debian/Ubuntu package of each:
+# `uav-gui` needs them to open a window on X11. A bare Linux (a container, a server) lacks some.
+QT_XCB_PACKAGES: dict[str, str] = {
+    "libxcb-cursor.so.0": "libxcb-cursor0", "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-keysyms.so.1": "libxcb-keysyms1", "libxcb-image.so.0": "libxcb-image0",
+    "libxcb-render-util.so.0": "libxcb-render-util0", "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-randr.so.0": "libxcb-randr0", "libxcb-sync.so.1": "libxcb-sync1", "libxcb-xfixes.so.0": "libxcb-xfixes0",
+    "libxcb-shm.so.0": "libxcb-shm0", "libxcb-render.so.0": "libxcb-render0", "libxcb-util.so.1": "libxcb-util1",
+    "libxcb-xkb.so.1": "libxcb-xkb1", "libxcb.so.1": "libxcb1", "libX11-xcb.so.1": "libx11-xcb1",
+    "libX11.so.6": "libx11-6", "libxkbcommon.so.0": "libxkbcommon0", "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+    "libEGL.so.1": "libegl1", "libGL.so.1": "libgl1", "libfontconfig.so.1": "libfontconfig1",
+    "libfreetype.so.6": "libfreetype6", "libdbus-1.so.3": "libdbus-1-3", "libglib-2.0.so.0": "libglib2.0-0",
+    "libgthread-2.0.so.0": "libglib2.0-0",
+}
+QT_APT_GET = "apt-get install " + " ".join(dict.fromkeys(QT_XCB_PACKAGES.values()))
 
 # One fix per check; README's troubleshooting table is generated from this.
 FIXES: dict[str, str] = {
@@ -41,6 +65,8 @@ FIXES: dict[str, str] = {
              "folder)",
     "disk": f"less than {MIN_FREE_GIB:.0f} GiB free for the weights and the chunk cache: free some space or "
             "point --dir / cache_dir elsewhere",
+    "qt": "the preset editor (uav-gui) cannot open a window on X11: install the system libraries that Qt's xcb "
+          f"platform plugin needs, e.g. on Debian/Ubuntu `{QT_APT_GET}` (rendering does not need them)",
 }
 
 
@@ -52,10 +78,10 @@ class Check:
 
     @property
     def fix(self) -> str:
-        return FIXES[self.name] if self.status != "ok" else ""
+        return FIXES[self.name] if self.status in ("warn", "fail") else ""
 
     def line(self) -> str:
-        mark = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}[self.status]
+        mark = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]", "skip": "[skip]"}[self.status]
         return f"{mark} {self.name}: {self.detail}" + (f" -> {self.fix}" if self.fix else "")
 
 
@@ -155,7 +181,7 @@ def check_source_filter() -> Check:
 
 
 def check_ffmpeg() -> tuple[Check, Check]:
-    from .settings import CODECS
+    from .encoder import CODECS
 
     ffmpeg = shutil.which("ffmpeg")
     wanted = {codec: spec[0][spec[0].index("-c:v") + 1] for codec, spec in CODECS.items()}
@@ -180,9 +206,9 @@ def check_ffmpeg() -> tuple[Check, Check]:
 def check_torch() -> tuple[Check, Check]:
     try:
         import torch
-    except Exception as e:
+    except Exception as e:  # an ImportError, or a broken build failing on import
         return (Check("torch", "fail", f"cannot import ({type(e).__name__}: {e})"),
-                Check("devices", "warn", "unknown without torch"))
+                Check("devices", "skip", "not checked: needs torch"))
     torch_check = Check("torch", "ok", f"{torch.__version__}")
     devices = []
     if torch.cuda.is_available():
@@ -202,10 +228,7 @@ def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
                 log: Optional[Callable[[str], None]] = None) -> Check:
     from .weights import WeightsError, parts_wanted, staging_dir, verify_folder
 
-    if model_dir is None:
-        from .filter import default_model_dir
-
-        model_dir = default_model_dir()
+    model_dir = default_model_dir() if model_dir is None else model_dir
     # An interrupted `uav download` leaves its staging folder: the same command finishes it.
     unfinished = (f"; an interrupted download is in {staging_dir(model_dir.absolute())}"
                   if staging_dir(model_dir.absolute()).is_dir() else "")
@@ -213,7 +236,7 @@ def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
         return Check("model", "fail", f"{model_dir}: model folder not found{unfinished}")
     present = [p for p in parts_wanted() if p not in ("vae_video", "propagator")]
     optional = []
-    if (model_dir / "vae" / "vae_video_config.json").exists():
+    if (model_dir / LAYOUT["vae_video"].config).exists():
         present.append("vae_video")
     else:
         optional.append("no video VAE (vae='video' unavailable)")
@@ -225,16 +248,14 @@ def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
         verify_folder(model_dir, manifests, present, log=log)
     except WeightsError as e:
         return Check("model", "fail", f"{e}{unfinished}")
+    except ImportError as e:  # reading the weights needs torch and transformers
+        return Check("model", "skip", f"{model_dir}: not verified: needs {e.name or 'torch'}")
     return Check("model", "warn" if optional else "ok",
                  f"{model_dir}: verified" + (f"; {'; '.join(optional)}" if optional else ""))
 
 
 def check_disk(model_dir: Optional[Path]) -> Check:
-    if model_dir is None:
-        from .filter import default_model_dir
-
-        model_dir = default_model_dir()
-    where = model_dir
+    where = default_model_dir() if model_dir is None else model_dir
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free / 2**30
@@ -242,12 +263,72 @@ def check_disk(model_dir: Optional[Path]) -> Check:
     return Check("disk", status, f"{free:.1f} GiB free at {where}")
 
 
+def xcb_plugin() -> Optional[Path]:
+    """PySide6's xcb platform plugin, found without importing Qt; None without PySide6."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("PySide6")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+
+
+def check_qt(plugin: Optional[Path] = None, packages: Mapping[str, str] = QT_XCB_PACKAGES) -> Check:
+    """The shared libraries that ``plugin`` (default: PySide6's xcb platform plugin) needs and the
+    dynamic loader cannot find (``ldd``, which follows every dependency), with their packages."""
+    if plugin is None:
+        if not sys.platform.startswith("linux"):
+            return Check("qt", "skip", f"not checked: the xcb platform plugin is for Linux (this is {sys.platform})")
+        plugin = xcb_plugin()
+        if plugin is None:
+            return Check("qt", "skip", "not checked: PySide6 is not installed (the preset editor is optional)")
+    if not plugin.is_file():
+        return Check("qt", "warn", f"{plugin}: Qt's xcb platform plugin not found")
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return Check("qt", "skip", f"not checked: no ldd to list the libraries of {plugin}")
+    try:
+        r = _run([ldd, str(plugin)], timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Check("qt", "skip", f"not checked: ldd does not run ({e})")
+    if r.returncode != 0:
+        return Check("qt", "warn", f"{plugin}: ldd cannot read it ({_last_line(r.stderr + r.stdout)})")
+    missing = list(dict.fromkeys(line.split("=>")[0].strip() for line in r.stdout.splitlines()
+                                 if line.rstrip().endswith("=> not found")))
+    if not missing:
+        return Check("qt", "ok", f"every library of the xcb platform plugin is present ({plugin})")
+    known = list(dict.fromkeys(packages[lib] for lib in missing if lib in packages))
+    unknown = [lib for lib in missing if lib not in packages]
+    detail = f"{plugin} cannot load: missing {', '.join(missing)}"
+    if known:
+        detail += f"; `apt-get install {' '.join(known)}`"
+    if unknown:
+        detail += f"; no known package for {', '.join(unknown)}"
+    return Check("qt", "warn", detail)
+
+
+def _guarded(names: Sequence[str], check: Callable[[], Union[Check, tuple[Check, ...]]]) -> list[Check]:
+    """The lines of ``check``; a check that crashes is a failing line, and the others still run."""
+    try:
+        result = check()
+    except Exception as e:  # a bug or an unforeseen breakage must not hide the remaining checks
+        return [Check(name, "fail", f"the check itself failed ({type(e).__name__}: {e})") for name in names]
+    return list(result) if isinstance(result, tuple) else [result]
+
+
 def run_checks(model_dir: Optional[Path] = None, manifests: Optional[Mapping] = None,
                log: Optional[Callable[[str], None]] = None) -> list[Check]:
-    """Every check, in the order a user would fix them."""
-    checks = [check_python(), check_vapoursynth()]
+    """Every check (one line per name of :data:`FIXES`), in the order a user would fix them."""
+    checks = _guarded(["python"], check_python) + _guarded(["vapoursynth"], check_vapoursynth)
     if checks[-1].status == "ok":
-        checks += [*check_vspipe(), check_source_filter()]
-    checks += [*check_ffmpeg(), *check_torch()]
-    checks += [check_model(model_dir, manifests, log), check_disk(model_dir)]
+        checks += _guarded(["vspipe", "plugin"], check_vspipe) + _guarded(["source"], check_source_filter)
+    else:
+        checks += [Check(name, "skip", "not checked: needs VapourSynth") for name in ("vspipe", "plugin", "source")]
+    checks += _guarded(["ffmpeg", "encoders"], check_ffmpeg) + _guarded(["torch", "devices"], check_torch)
+    checks += _guarded(["model"], lambda: check_model(model_dir, manifests, log))
+    checks += _guarded(["disk"], lambda: check_disk(model_dir))
+    checks += _guarded(["qt"], check_qt)
     return checks

@@ -1,44 +1,33 @@
 """``core.uav.Upscale`` / ``vs_uav.upscale``: Upscale-A-Video as a VapourSynth filter.
 
-A request for frame n computes the chunk that holds it once (all diffusion steps, in
-lockstep), serves every frame of that chunk from a bounded in-memory cache, and keeps
-the chunk's boundary state to continue with the next chunk. With ``cache_dir`` the
-final latents and boundary states of finished chunks go to disk, keyed by a hash of the
-source frames, the parameters and the model, so a killed render resumes where it stopped
-and gives byte-identical frames. Nothing is written to stdout: under vspipe it is the video.
+The VapourSynth glue around :class:`vs_uav.streaming.ChunkDriver`: clip checks, the
+conversion to RGB and back, the device's worker thread, frame props, and errors reported
+per frame. The driver computes a chunk once when one of its frames is asked for, keeps
+boundary states for the next chunk and, with ``cache_dir``, finished chunks on disk, so a
+killed render resumes where it stopped with byte-identical frames. Nothing is written to
+stdout: under vspipe it is the video.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import sys
 import threading
-import time
 import warnings
-from collections import OrderedDict
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import vapoursynth as vs
 
+from .model_folder import ModelLoadError, default_model_dir
 from .settings import UpscaleSettings
 
 logger = logging.getLogger(__name__)
 NAME = "uav.Upscale"
 SCALE = 4
 MIN_SIZE = 8
-# Chunks of output frames kept in memory: the one being served and its neighbour.
-MEMORY_CHUNKS = 2
-# Boundary states kept in memory (each is steps x 2 frames of latents); older ones live on disk.
-MEMORY_STATES = 4
-LATENTS_FILE = "latents.safetensors"
 # VapourSynth R7x+ names the colour-range frame prop _Range (it was _ColorRange before).
 RANGE_PROP = "_Range"
-STATE_FILE = "state.safetensors"
 
 
 class UpscaleError(vs.Error):
@@ -47,16 +36,6 @@ class UpscaleError(vs.Error):
 
 def _fail(message: str) -> UpscaleError:
     return UpscaleError(f"{NAME}: {message}")
-
-
-def default_model_dir() -> Path:
-    """$UAV_MODEL_DIR, else the user data folder that `uav download` fills."""
-    env = os.environ.get("UAV_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("vs-uav")) / "upscale_a_video"
 
 
 def _log(core: vs.Core, message: str) -> None:
@@ -112,7 +91,8 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
 
 
 def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str):
-    from .loading import ModelLoadError
+    """The loaded pipeline for these arguments (loaded once, which checks the folder) and the
+    device's worker; a missing or damaged folder is an UpscaleError naming the file."""
     from .pipeline import UpscalePipeline
 
     key = (str(model_dir.resolve()), vae, device, dtype, flow)
@@ -140,130 +120,20 @@ def _write_frame(frame: vs.VideoFrame, data: np.ndarray) -> None:
         np.copyto(np.asarray(frame[p]), data[p])
 
 
-# -- the renderer --------------------------------------------------------------------------------
+# -- the source -------------------------------------------------------------------------------
 
-class ChunkRenderer:
-    """Computes chunks on demand, once each, in dependency order; thread-safe."""
+def _chunk_source(rgb: vs.VideoNode):
+    """The chunk driver's source: frames a..b-1 of the RGBS clip as (1, 3, T, H, W) in
+    [-1, 1], and the frames among them that start a scene (``_SceneChangePrev``)."""
+    import torch
 
-    def __init__(self, rgb: vs.VideoNode, settings: UpscaleSettings, engine, worker: DeviceWorker,
-                 model_id: str):
-        self.rgb = rgb
-        self.settings = settings
-        self.engine = engine
-        self.worker = worker
-        self.core = vs.core
-        self.params = engine.make_params(
-            prompt=settings.full_prompt, negative_prompt=settings.negative_prompt,
-            num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-            noise_level=settings.noise_level, propagation_steps=settings.propagation_steps,
-            seed=settings.seed, w_lr=settings.w_lr, color_fix=settings.color_fix,
-            tile_size=settings.tile_size, tile_overlap=settings.tile_overlap,
-        )
-        from .tiling import chunk_bounds
-
-        n = rgb.num_frames
-        self.bounds = chunk_bounds(n, settings.chunk_size) if n >= settings.chunk_size else [(0, n)]
-        self.lock = threading.RLock()  # one chunk computation at a time per clip
-        self.frames: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.states: dict[int, Any] = {}  # chunk index -> ChunkState leaving it
-        numbers = {k: v for k, v in asdict(settings).items() if k not in ("cache_dir", "device", "seek")}
-        self.param_key = hashlib.sha256(repr((sorted(numbers.items()), model_id, engine.dtype.__repr__()))
-                                        .encode()).hexdigest()[:16]
-        self.cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
-        self.started = time.monotonic()
-
-    def chunk_of(self, n: int) -> int:
-        for k, (a, b) in enumerate(self.bounds):
-            if a <= n < b:
-                return k
-        raise IndexError(n)
-
-    def frame(self, n: int) -> tuple[np.ndarray, int]:
-        """Frame n as (3, 4H, 4W) RGB in [0, 1], and the index of its chunk."""
-        k = self.chunk_of(n)
-        with self.lock:  # other threads wait here: a chunk is never computed twice
-            if k not in self.frames:
-                self._compute(k)
-            self.frames.move_to_end(k)
-            return self.frames[k][:, n - self.bounds[k][0]], k
-
-    def _source(self, k: int):
-        """Chunk k's frames as (1, 3, T, H, W) in [-1, 1], its scene cuts, and its cache folder."""
-        import torch
-
-        a, b = self.bounds[k]
-        frames = [self.rgb.get_frame(i) for i in range(a, b)]
+    def read(a: int, b: int):
+        frames = [rgb.get_frame(i) for i in range(a, b)]
         cuts = [i for i, f in zip(range(a, b), frames) if f.props.get("_SceneChangePrev", 0)]
         video = torch.from_numpy(np.stack([_frame_to_array(f) for f in frames], axis=1)[None]) * 2 - 1
-        folder = None
-        if self.cache_dir is not None:
-            digest = hashlib.sha256(video.numpy().tobytes()).hexdigest()[:16]
-            folder = self.cache_dir / self.param_key / f"chunk{k:06d}-{digest}"
-        return video, cuts, folder
+        return video, cuts
 
-    def _state_before(self, k: int):
-        """The state leaving chunk k-1, from memory or the disk cache; None if not known."""
-        if k == 0:
-            return None
-        if k - 1 in self.states:
-            return self.states[k - 1]
-        if self.cache_dir is not None:
-            from .streaming import ChunkState
-
-            _, _, folder = self._source(k - 1)
-            if (folder / STATE_FILE).is_file():
-                return ChunkState.load(folder / STATE_FILE)
-        return None
-
-    def _compute(self, k: int) -> None:
-        """Compute chunk k, first the chunks it depends on unless seek='fast'."""
-        first = k
-        if self.settings.seek == "exact":
-            while first > 0 and self._state_before(first) is None:
-                first -= 1
-        for j in range(first, k + 1):
-            self._compute_one(j, decode=(j == k))
-
-    def _compute_one(self, k: int, decode: bool) -> None:
-        import torch
-        from safetensors.torch import load_file, save_file
-
-        from .streaming import ChunkState
-
-        a, b = self.bounds[k]
-        video, cuts, folder = self._source(k)
-        # Scene cuts split the chunk into pieces: nothing (context, propagation, decode
-        # group) is carried across a cut.
-        starts = [i for i in cuts if i > a] if self.settings.scene_change else []
-        pieces = list(zip([a, *starts], [*starts, b]))
-        if folder is not None and (folder / LATENTS_FILE).is_file() and (folder / STATE_FILE).is_file():
-            latents = load_file(str(folder / LATENTS_FILE))["latents"]
-            state = ChunkState.load(folder / STATE_FILE)
-            _log(self.core, f"chunk {k + 1}/{len(self.bounds)} (frames {a}-{b - 1}) read from {folder}")
-        else:
-            state = None if (self.settings.scene_change and a in cuts) else self._state_before(k)
-            parts = []
-            for s, e in pieces:  # on the device's one worker thread
-                out, state = self.worker.run(self.engine.upscale_chunk, video[:, :, s - a:e - a], s, self.params,
-                                             state if s == a else None, decode=False)
-                parts.append(out.latents)
-            latents = torch.cat(parts, dim=2)
-            if folder is not None:  # latents first, state last: a state file means a finished chunk
-                folder.mkdir(parents=True, exist_ok=True)
-                save_file({"latents": latents.contiguous()}, str(folder / (LATENTS_FILE + ".tmp")))
-                (folder / (LATENTS_FILE + ".tmp")).replace(folder / LATENTS_FILE)
-                state.save(folder / STATE_FILE)
-            elapsed = time.monotonic() - self.started
-            _log(self.core, f"chunk {k + 1}/{len(self.bounds)} (frames {a}-{b - 1}) done, {elapsed:.0f} s elapsed")
-        self.states[k] = state
-        while len(self.states) > MEMORY_STATES:
-            del self.states[min(self.states)]
-        if decode:
-            frames = torch.cat([self.worker.run(self.engine.decode, latents[:, :, s - a:e - a],
-                                                video[:, :, s - a:e - a], self.params) for s, e in pieces], dim=2)
-            self.frames[k] = ((frames[0] + 1) * 0.5).clamp(0, 1).numpy().astype(np.float32)
-            while len(self.frames) > MEMORY_CHUNKS:
-                self.frames.popitem(last=False)
+    return read
 
 
 # -- the public function -------------------------------------------------------------------------
@@ -333,21 +203,18 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
     except ValueError as e:
         raise _fail(str(e)) from None
     model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
-    from .loading import ModelLoadError, check_folder
-
-    try:
-        check_folder(model_dir, settings.vae)
-    except ModelLoadError as e:
-        raise _fail(str(e)) from None
     device, dtype = resolve_device(settings.device, settings.dtype)
     engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow)
-    if settings.noise_level > engine.model.max_noise_level:
-        raise _fail(f"noise_level={settings.noise_level}; accepted: 0..{engine.model.max_noise_level} for this model")
 
     rgb, info = _to_rgb(clip)
-    model_id = f"{model_dir.resolve()}:{settings.vae}"
-    renderer = ChunkRenderer(rgb, settings, engine, worker, model_id)
     core = vs.core
+    from .streaming import ChunkDriver
+
+    try:  # the model's limits and a writable cache_dir are checked here, before any frame
+        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), run=worker.run,
+                             log=lambda message: _log(core, message))
+    except ValueError as e:
+        raise _fail(str(e)) from None
     blank = core.std.BlankClip(rgb, width=clip.width * SCALE, height=clip.height * SCALE, keep=True)
 
     # VapourSynth reports an exception raised here with a Python traceback; the plugin's Guard
@@ -356,7 +223,9 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
 
     def render(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         try:
-            data, k = renderer.frame(n)
+            k = driver.chunk_of(n)
+            chunk = driver.output(k).frames
+            data = ((chunk[0, :, n - driver.bounds[k][0]] + 1) * 0.5).clamp(0, 1).numpy()
         except Exception as e:  # reported for the frames it affects; vspipe stops cleanly
             logger.debug("%s: frame %d failed", NAME, n, exc_info=True)
             message = str(e).strip().splitlines()[-1] if isinstance(e, vs.Error) and str(e).strip() else \

@@ -20,53 +20,42 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .color import COLOR_FIX_CHOICES, color_fix as apply_color_fix
-from .loading import UpscaleAVideoModel, load_model, torch_dtype
-from .models.text_encoder import NEGATIVE_PROMPT
-from .models.vae_video import decode_latents_vsr
+from .color import color_fix as apply_color_fix
+from .model_folder import (
+    LAYOUT, TOKENIZER_DIR, ModelLoadError, check_folder, find_weights, load_weights, max_noise_level, read_config,
+    torch_dtype,
+)
+from .models.text_encoder import PromptEncoder, checkpoint_keys, clip_text_config
+from .models.unet_video import UNetVideoConfig, UNetVideoModel
+from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig, decode_latents_vsr
 from .propagation import PropagationCarry, propagate
-from .streaming import ChunkState
-from .tiling import CONTEXT, WINDOW, chunk_bounds, decode_groups, ramp, spatial_tiles, temporal_windows
+from .scheduling import DDIMScheduler, LowResScheduler, SchedulerConfig
+from .settings import SETTINGS_BY_NAME, UpscaleSettings
+from .streaming import ChunkDriver, ChunkState, ProgressCallback, UpscaleOutput
+from .tiling import CONTEXT, WINDOW, decode_groups, ramp, spatial_tiles, temporal_windows
 
 logger = logging.getLogger(__name__)
 
 # Frames are padded to a multiple of this (the U-Net downsamples 3 times).
 SIZE_MULTIPLE = 8
 MIN_SIZE = 8
-DEFAULT_TILE_OVERLAP = 16
-
-# (steps done, steps total) within the current chunk, then (chunk index, chunk count).
-ProgressCallback = Callable[[int, int, int, int], None]
 
 NOISE_STREAM_IMAGE = 0
 NOISE_STREAM_LATENTS = 1
 
 
 @dataclass
-class UpscaleOutput:
-    frames: Optional[torch.Tensor]  # (1, 3, T, 4H, 4W) in [-1, 1], float32 on the CPU; None when not decoded
-    latents: torch.Tensor  # (1, 4, T, H, W) final latents, float32 on the CPU
+class UpscaleAVideoModel:
+    """Every component of one loaded model folder, ready for the pipeline."""
 
-
-@dataclass
-class UpscaleParams:
-    """The per-call settings every chunk of one render shares (validated)."""
-
-    prompt: str
-    negative_prompt: str
-    num_inference_steps: int
-    guidance_scale: float
-    noise_level: int
-    propagation_steps: tuple[int, ...]
-    seed: int
-    w_lr: float
-    color_fix: str
-    tile_size: int  # latent pixels; 0 = automatic
-    tile_overlap: int
-
-    @property
-    def guidance(self) -> bool:
-        return self.guidance_scale > 1.0
+    folder: Path
+    unet: UNetVideoModel
+    vae: AutoencoderKLVideo
+    prompt_encoder: PromptEncoder
+    scheduler: DDIMScheduler
+    low_res_scheduler: LowResScheduler
+    max_noise_level: int
+    vae_kind: str
 
 
 def frame_generator(seed: int, frame: int, stream: int) -> torch.Generator:
@@ -123,6 +112,18 @@ class UpscalePipeline:
         self.dtype = dtype
         self.flow = flow
         self._flow_estimator = None
+        self._model_id: Optional[str] = None
+
+    @property
+    def model_id(self) -> str:
+        """The model's identity for cache fingerprints: folder, VAE, flow method, and the size
+        and modification time of every file in the folder (replaced weights invalidate caches)."""
+        if self._model_id is None:
+            folder = Path(self.model.folder).resolve()
+            files = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                           for p in folder.rglob("*") if p.is_file())
+            self._model_id = repr((str(folder), self.model.vae_kind, self.flow, files))
+        return self._model_id
 
     @classmethod
     def from_pretrained(
@@ -133,13 +134,40 @@ class UpscalePipeline:
         dtype: Optional[Union[str, torch.dtype]] = None,
         flow: str = "auto",
     ) -> "UpscalePipeline":
+        """Load the official model folder strictly: configs from the folder, every weight key
+        and shape checked (:mod:`vs_uav.model_folder`).
+
+        ``dtype`` (default float32) applies to the U-Net and the text encoder; the VAE always
+        runs in float32, as in the official inference. Raises ModelLoadError (one line naming
+        the file) for a missing or damaged folder, ValueError for a bad argument.
+        """
         if isinstance(dtype, str) or dtype is None:
             dtype = torch_dtype(dtype) or torch.float32
-        from .flow import METHODS
+        SETTINGS_BY_NAME["flow"].check(flow)  # the settings model's rule, as for core.uav.Upscale
+        folder = check_folder(model_dir, vae)  # the one check, before anything heavy is read
+        vae_name = f"vae_{vae}"
 
-        if flow not in ("auto", *METHODS):
-            raise ValueError(f"flow={flow!r} is not supported; accepted: auto, {', '.join(METHODS)}")
-        model = load_model(model_dir, vae=vae, device=device, dtype=dtype)
+        def weights(module: torch.nn.Module, name: str, **rules) -> torch.nn.Module:
+            return load_weights(module, find_weights(folder, name), LAYOUT[name].config, **rules)
+
+        unet = weights(UNetVideoModel(read_config(folder, "unet", UNetVideoConfig.from_dict)), "unet")
+        vae_model = weights(AutoencoderKLVideo(read_config(folder, vae_name, VAEVideoConfig.from_dict)), vae_name)
+        try:
+            prompt_encoder = PromptEncoder.from_config(folder / TOKENIZER_DIR,
+                                                       read_config(folder, "text_encoder", clip_text_config))
+        except ValueError as e:  # the message names the tokenizer folder
+            raise ModelLoadError(str(e)) from None
+        rename, ignore = checkpoint_keys(prompt_encoder.text_model)
+        weights(prompt_encoder.text_model, "text_encoder", rename=rename, ignore=ignore)
+        scheduler = DDIMScheduler(read_config(folder, "scheduler", SchedulerConfig.from_dict))
+        low_res = LowResScheduler(read_config(folder, "low_res_scheduler", SchedulerConfig.from_dict))
+
+        unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        prompt_encoder.text_model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        vae_model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        logger.info("loaded %s (vae=%s) on %s as %s", folder, vae, device, dtype)
+        model = UpscaleAVideoModel(folder, unet, vae_model, prompt_encoder, scheduler, low_res,
+                                   max_noise_level(folder), vae)
         return cls(model, device, dtype, flow)
 
     # -- flows ---------------------------------------------------------------------------------
@@ -166,56 +194,11 @@ class UpscalePipeline:
         forward, backward = estimate_flows(video.to(self.device), estimator.method, estimator)
         return forward.float().cpu(), backward.float().cpu()
 
-    # -- validation ----------------------------------------------------------------------------
-
-    def make_params(
-        self,
-        prompt: str = "",
-        negative_prompt: str = NEGATIVE_PROMPT,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 6.0,
-        noise_level: int = 120,
-        propagation_steps: Sequence[int] = (),
-        seed: int = 0,
-        w_lr: float = 1.0,
-        color_fix: str = "none",
-        tile_size: int = 0,
-        tile_overlap: int = DEFAULT_TILE_OVERLAP,
-    ) -> UpscaleParams:
-        """Check every setting; a bad one raises ValueError naming it and what is accepted."""
-        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if not isinstance(value, str):
-                raise ValueError(f"{name}={value!r}; accepted: a string")
-        n_train = self.model.scheduler.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
-                or not 1 <= num_inference_steps <= n_train:
-            raise ValueError(f"num_inference_steps={num_inference_steps!r}; accepted: an integer in [1, {n_train}]")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale={guidance_scale!r}; accepted: a finite number >= 0")
-        max_level = self.model.max_noise_level
-        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= max_level:
-            raise ValueError(f"noise_level={noise_level!r}; accepted: an integer in [0, {max_level}]")
-        steps = tuple(propagation_steps)
-        for s in steps:
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_inference_steps:
-                raise ValueError(f"propagation_steps contains {s!r}; accepted: step indices in "
-                                 f"[0, {num_inference_steps - 1}] (num_inference_steps={num_inference_steps})")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed={seed!r}; accepted: an integer >= 0")
-        if not isinstance(w_lr, (int, float)) or not math.isfinite(w_lr):
-            raise ValueError(f"w_lr={w_lr!r}; accepted: a finite number (1.0 is the official weight)")
-        if color_fix not in COLOR_FIX_CHOICES:
-            raise ValueError(f"color_fix={color_fix!r}; accepted: {', '.join(COLOR_FIX_CHOICES)}")
-        if not isinstance(tile_size, int) or tile_size < 0 or (tile_size and (tile_size < 32 or tile_size % 8)):
-            raise ValueError(f"tile_size={tile_size!r}; accepted: 0 (automatic) or a multiple of 8 >= 32 "
-                             "(low-res pixels)")
-        if not isinstance(tile_overlap, int) or tile_overlap < 0 or (tile_size and tile_overlap > tile_size // 2):
-            raise ValueError(f"tile_overlap={tile_overlap!r}; accepted: an integer in [0, tile_size / 2]")
-        return UpscaleParams(prompt, negative_prompt, num_inference_steps, float(guidance_scale), noise_level,
-                             steps, seed, float(w_lr), color_fix, tile_size, tile_overlap)
+    # -- input tensors (settings are checked by UpscaleSettings, once) ------------------------
 
     @staticmethod
-    def _check_video(video, name: str = "video") -> None:
+    def check_video(video, name: str = "video") -> None:
+        """A (1, 3, T, H, W) finite float clip, or ValueError saying what is accepted."""
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[0] != 1 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
             raise ValueError(f"{name} has shape {shape}; accepted: (1, 3, T, H, W) float tensor in [-1, 1]")
@@ -249,13 +232,13 @@ class UpscalePipeline:
 
     # -- model calls ---------------------------------------------------------------------------
 
-    def tile_for(self, height: int, width: int, params: UpscaleParams) -> tuple[int, int]:
+    def tile_for(self, height: int, width: int, settings: UpscaleSettings) -> tuple[int, int]:
         """(tile, overlap) in latent pixels for frames of this padded size; tile 0 = no tiling."""
-        if params.tile_size:
-            tile = params.tile_size
+        if settings.tile_size:
+            tile = settings.tile_size
         else:
             cfg = self.model.unet.config
-            batch = 2 if params.guidance else 1
+            batch = 2 if settings.guidance else 1
             per_px = batch * WINDOW * cfg.block_out_channels[0] * self.dtype.itemsize * _UNET_LIVE_TENSORS
             max_area = _memory_budget(self.device) // per_px
             if height * width <= max_area:
@@ -263,7 +246,7 @@ class UpscalePipeline:
             tile = max(64, int(math.sqrt(max_area)) // 8 * 8)
         if height <= tile and width <= tile:
             return 0, 0
-        return tile, min(params.tile_overlap, tile // 2)
+        return tile, min(settings.tile_overlap, tile // 2)
 
     def _tiled(self, fn, inputs: Sequence[torch.Tensor], tile: int, overlap: int, scale: int) -> torch.Tensor:
         """Apply ``fn`` over overlapping spatial tiles of (B, C, T, H, W) inputs and blend the
@@ -328,7 +311,7 @@ class UpscalePipeline:
         self,
         video: torch.Tensor,
         start: int,
-        params: UpscaleParams,
+        settings: UpscaleSettings,
         state: Optional[ChunkState] = None,
         flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         boundary_flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
@@ -354,35 +337,37 @@ class UpscalePipeline:
         pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         ph, pw = h + pad_h, w + pad_w
         if state is not None and (state.end != start or tuple(state.image.shape[-2:]) != (ph, pw)
-                                  or state.latents.shape[0] != params.num_inference_steps):
+                                  or state.latents.shape[0] != settings.steps):
             raise ValueError(f"state ends at frame {state.end} with {tuple(state.image.shape[-2:])} latents; "
                              f"accepted: a state ending at frame {start} with {(ph, pw)} latents and "
-                             f"{params.num_inference_steps} steps")
+                             f"{settings.steps} steps")
         clean = video.float()
         video_p = _pad_frames(clean, pad_h, pad_w).to(device)
         frames = range(start, start + n)
 
         # 1. Prompt embeddings: rows [negative, positive] with guidance.
-        embeds = m.prompt_encoder.encode(params.prompt, params.negative_prompt, guidance=params.guidance)
+        # The caption and its suffix apart: a prompt too long for CLIP loses caption, not suffix.
+        embeds = m.prompt_encoder.encode(settings.prompt, settings.negative_prompt, guidance=settings.guidance,
+                                         suffix=settings.prompt_suffix)
         embeds = embeds.to(device, self.dtype)
         batch = embeds.shape[0]
 
         # 2. Noise the low-res input at noise_level; the level is also the U-Net's class label.
         if image_noise is None:
-            image_noise = seeded_noise(params.seed, NOISE_STREAM_IMAGE, frames, (3, h, w))
+            image_noise = seeded_noise(settings.seed, NOISE_STREAM_IMAGE, frames, (3, h, w))
         image_noise = _pad_frames(image_noise.float(), pad_h, pad_w).to(device)
-        image = m.low_res_scheduler.add_noise(video_p, image_noise, params.noise_level)
-        class_labels = torch.full((batch,), params.noise_level, dtype=torch.long, device=device)
+        image = m.low_res_scheduler.add_noise(video_p, image_noise, settings.noise_level)
+        class_labels = torch.full((batch,), settings.noise_level, dtype=torch.long, device=device)
 
         # 3. Timesteps and initial latents (each frame's draw from (seed, frame index)).
-        timesteps = m.scheduler.set_timesteps(params.num_inference_steps).tolist()
+        timesteps = m.scheduler.set_timesteps(settings.steps).tolist()
         c_lat = m.unet.config.in_channels - 3
         if latents is None:
-            latents = seeded_noise(params.seed, NOISE_STREAM_LATENTS, frames, (c_lat, h, w))
+            latents = seeded_noise(settings.seed, NOISE_STREAM_LATENTS, frames, (c_lat, h, w))
         latents = _pad_frames(latents.float(), pad_h, pad_w).to(device) * m.scheduler.init_noise_sigma
 
         # 4. Flows for propagation, at low resolution, padded like the frames.
-        propagating = bool(params.propagation_steps)
+        propagating = bool(settings.propagation_steps)
         carry_flows = None
         if propagating:
             if flows is None:
@@ -403,16 +388,16 @@ class UpscalePipeline:
         image_ext = torch.cat([ctx_image, image], dim=2) if ctx else image
         keep = min(CONTEXT, ctx + n)
         tail_latents, propagated = [], {}
-        tile = self.tile_for(ph, pw, params)
+        tile = self.tile_for(ph, pw, settings)
         for i, t in enumerate(timesteps):
             ext = torch.cat([state.latents[i].to(device), latents], dim=2) if ctx else latents
             tail_latents.append(ext[:, :, -keep:].cpu())
             noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile)[:, :, ctx:]
-            if params.guidance:
+            if settings.guidance:
                 uncond, text = noise_pred.chunk(2)
-                noise_pred = uncond + params.guidance_scale * (text - uncond)
+                noise_pred = uncond + settings.guidance_scale * (text - uncond)
             x0 = m.scheduler.step_v0(noise_pred, t, latents)
-            if propagating and i in params.propagation_steps:
+            if propagating and i in settings.propagation_steps:
                 carry = None
                 if carry_flows is not None and i in state.propagated:
                     carry = PropagationCarry(state.propagated[i].to(device), *carry_flows)
@@ -428,23 +413,23 @@ class UpscalePipeline:
         )
 
         # 6. Decode, crop the padding, correct colours against the upsampled input.
-        frames = self.decode(latents[..., :h, :w], clean, params) if decode else None
+        frames = self.decode(latents[..., :h, :w], clean, settings) if decode else None
         return UpscaleOutput(frames=frames, latents=latents[..., :h, :w].cpu()), new_state
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, video: torch.Tensor, params: UpscaleParams) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, video: torch.Tensor, settings: UpscaleSettings) -> torch.Tensor:
         """Frames (1, 3, T, 4H, 4W) in [-1, 1] from final latents (1, C, T, H, W) and the clean
         low-res ``video``: the VAE step alone, so a cache can keep latents (12x smaller)."""
         _, _, _, h, w = video.shape
         pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         video_p = _pad_frames(video.float(), pad_h, pad_w).to(self.device)
         latents_p = _pad_frames(latents.float(), pad_h, pad_w).to(self.device)
-        tile = self.tile_for(h + pad_h, w + pad_w, params)
-        decoded = self._decode(latents_p, video_p, params.w_lr, tile)[..., : 4 * h, : 4 * w]
-        if params.color_fix != "none":
+        tile = self.tile_for(h + pad_h, w + pad_w, settings)
+        decoded = self._decode(latents_p, video_p, settings.w_lr, tile)[..., : 4 * h, : 4 * w]
+        if settings.color_fix != "none":
             flat = decoded[0].transpose(0, 1)
             lr = video[0].float().transpose(0, 1).to(flat.device)
-            decoded = apply_color_fix(flat, lr, params.color_fix).clamp(-1, 1).transpose(0, 1)[None]
+            decoded = apply_color_fix(flat, lr, settings.color_fix).clamp(-1, 1).transpose(0, 1)[None]
         return decoded.cpu()
 
     # -- a whole clip --------------------------------------------------------------------------
@@ -452,82 +437,69 @@ class UpscalePipeline:
     def __call__(
         self,
         video: torch.Tensor,
-        prompt: str = "",
-        negative_prompt: str = NEGATIVE_PROMPT,
-        num_inference_steps: int = 30,
-        guidance_scale: float = 6.0,
-        noise_level: int = 120,
-        propagation_steps: Sequence[int] = (),
+        settings: Optional[UpscaleSettings] = None,
+        *,
         flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         latents: Optional[torch.Tensor] = None,
         image_noise: Optional[torch.Tensor] = None,
-        seed: int = 0,
-        w_lr: float = 1.0,
-        color_fix: str = "none",
-        chunk_size: Optional[int] = None,
-        tile_size: int = 0,
-        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        scene_cuts: Sequence[int] = (),
         callback: Optional[ProgressCallback] = None,
+        **changes,
     ) -> UpscaleOutput:
         """Upscale ``video`` (1, 3, T, H, W) in [-1, 1] by 4.
 
-        ``propagation_steps`` are step indices (not timesteps) at which the predicted
-        latents are propagated along ``flows=(forward, backward)``, each (1, 2, T-1, H, W)
-        at low resolution; flows are estimated when not given. ``latents`` and
-        ``image_noise`` replace the random draws, which otherwise come from ``seed`` and
-        the frame index. ``chunk_size`` (default: the whole clip in one chunk, the official
-        algorithm) bounds memory for long clips; ``tile_size`` (latent = low-res pixels,
-        0 = when the memory budget asks for it) bounds it for large frames.
+        ``settings`` (default: :class:`UpscaleSettings`'s defaults) with keyword ``changes``
+        applied, e.g. ``pipe(video, prompt="a koala", steps=20)``: the names and checks are
+        those of ``core.uav.Upscale``. ``flows=(forward, backward)``, each (1, 2, T-1, H, W) at
+        low resolution, replace the estimated flows for ``propagation_steps``; ``latents``
+        and ``image_noise`` replace the random draws, which otherwise come from the seed and
+        the frame index. ``scene_cuts``: frames that start a new scene.
         """
-        params = self.make_params(prompt, negative_prompt, num_inference_steps, guidance_scale, noise_level,
-                                  propagation_steps, seed, w_lr, color_fix, tile_size, tile_overlap)
-        self._check_video(video)
+        # 1. Settings: validated once, by the settings model.
+        settings = settings or UpscaleSettings()
+        if changes:
+            settings = settings.replace(**changes)
+        # 2. Input tensors.
+        self.check_video(video)
         self._check_extra(video, flows, latents, image_noise)
 
-        def source(a: int, b: int) -> torch.Tensor:
-            return video[:, :, a:b]
+        # 3. Injected draws and flows, cut to each piece the chunk driver asks for.
+        def inputs(s: int, e: int) -> dict:
+            extra = {}
+            if flows is not None:
+                extra["flows"] = (flows[0][:, :, s:e - 1], flows[1][:, :, s:e - 1])
+                if s > 0:
+                    extra["boundary_flows"] = (flows[0][:, :, s - 1], flows[1][:, :, s - 1])
+            if latents is not None:
+                extra["latents"] = latents[:, :, s:e]
+            if image_noise is not None:
+                extra["image_noise"] = image_noise[:, :, s:e]
+            return extra
 
-        outputs = [out for _, out in self.stream(source, video.shape[2], params, chunk_size, flows, latents,
-                                                 image_noise, callback)]
+        # 4. Chunk by chunk, then joined.
+        outputs = [out for _, out in self.stream(lambda a, b: video[:, :, a:b], video.shape[2], settings,
+                                                 scene_cuts=scene_cuts, callback=callback, inputs=inputs)]
         return UpscaleOutput(torch.cat([o.frames for o in outputs], 2), torch.cat([o.latents for o in outputs], 2))
 
     def stream(
         self,
         source: Callable[[int, int], torch.Tensor],
         num_frames: int,
-        params: UpscaleParams,
-        chunk_size: Optional[int] = None,
-        flows: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-        latents: Optional[torch.Tensor] = None,
-        image_noise: Optional[torch.Tensor] = None,
+        settings: UpscaleSettings,
+        *,
+        scene_cuts: Sequence[int] = (),
         callback: Optional[ProgressCallback] = None,
+        inputs: Optional[Callable[[int, int], dict]] = None,
     ) -> Iterator[tuple[int, UpscaleOutput]]:
         """Upscale a clip chunk by chunk, yielding ``(first frame, output)`` per chunk.
 
         ``source(a, b)`` returns frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1]; only one
-        chunk (and the small boundary state) is held at a time, so memory does not
-        grow with the clip's length. Flows are estimated per chunk when not given.
+        chunk (and the small boundary state) is held at a time, so memory does not grow
+        with the clip's length. The chunks are :class:`~vs_uav.streaming.ChunkDriver`'s.
         """
-        if chunk_size is None:
-            bounds = [(0, num_frames)]
-        elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < WINDOW:
-            raise ValueError(f"chunk_size={chunk_size!r}; accepted: an integer >= {WINDOW}")
-        else:
-            bounds = chunk_bounds(num_frames, chunk_size)
-        state = None
-        for index, (a, b) in enumerate(bounds):
-            video = source(a, b)
-            self._check_video(video)
-            step_cb = (lambda d, n, _i=index: callback(d, n, _i, len(bounds))) if callback else None
-            chunk_flows = boundary = None
-            if flows is not None:
-                chunk_flows = (flows[0][:, :, a:b - 1], flows[1][:, :, a:b - 1])
-                if a > 0:
-                    boundary = (flows[0][:, :, a - 1], flows[1][:, :, a - 1])
-            out, state = self.upscale_chunk(
-                video, a, params, state, chunk_flows, boundary,
-                latents[:, :, a:b] if latents is not None else None,
-                image_noise[:, :, a:b] if image_noise is not None else None, step_cb,
-            )
-            logger.info("chunk %d/%d (frames %d-%d) done", index + 1, len(bounds), a, b - 1)
-            yield a, out
+        cuts = sorted(set(scene_cuts))
+
+        def chunk_source(a: int, b: int) -> tuple[torch.Tensor, list[int]]:
+            return source(a, b), [c for c in cuts if a <= c < b]
+
+        yield from ChunkDriver(self, settings, num_frames, chunk_source, inputs=inputs, progress=callback)

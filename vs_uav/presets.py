@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
-from .settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, Setting, UpscaleSettings
+from .encoder import ENCODER_SETTINGS, EncoderSettings
+from .settings import SETTINGS, Setting, UpscaleSettings
 
 logger = logging.getLogger("vs_uav.presets")
 

@@ -1,6 +1,8 @@
 """Generated ``.vpy`` scripts and encoder commands, readable by a person.
 
-Used by ``uav upscale``, ``uav script`` and the preset editor; imports no torch.
+The one ``.vpy`` writer (:func:`make_script`) and the vspipe/ffmpeg command lines, used by
+``uav upscale``, ``uav demo``, ``uav script``, ``uav selftest`` and the preset editor;
+:mod:`vs_uav.render` runs them. Imports no torch and no VapourSynth.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .settings import CODECS, SETTINGS, EncoderSettings, UpscaleSettings
+from .encoder import EncoderSettings
+from .settings import SETTINGS, UpscaleSettings
 
 if TYPE_CHECKING:
     from .presets import Preset
@@ -38,22 +41,26 @@ def _commented(text: str) -> str:
     return "\n".join("# " + line for line in text.split("\n"))
 
 
-def make_script(source: Path, settings: UpscaleSettings, *, namespace: bool = True,
+def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace: bool = True,
                 command: Optional[str] = None, title: Sequence[str] = (), prepare: Sequence[str] = ()) -> str:
     """A ``.vpy`` that reads ``source`` and upscales it with only the non-default settings.
 
     ``namespace=False`` calls ``vs_uav.upscale`` (the same function) for hosts where the
     native ``uav`` plugin is not installed. ``title``: comment lines (e.g. the preset).
-    ``prepare``: script lines between reading the source and upscaling (trim, resize).
+    ``prepare``: script lines between reading the source and upscaling (trim, resize); with
+    ``source=None`` they make ``clip`` themselves (e.g. a synthetic clip of core filters).
     """
+    if source is None and not prepare:
+        raise ValueError("make_script: no source; give a source file or prepare lines that make clip")
     # The command stays on one line so that it can be copied as it is.
     head = "".join(_commented(t) + "\n" for t in title)
     lines = [_HEADER.format(title=head,
                             command=_commented(command or "vspipe -c y4m script.vpy - | ffmpeg -i - out.mkv"))]
     if not namespace:
         lines.append("import vs_uav\n")
-    lines.append("# The source video, decoded frame-accurately by BestSource.")
-    lines.append(f"clip = core.bs.VideoSource({str(Path(source))!r})\n")
+    if source is not None:
+        lines.append("# The source video, decoded frame-accurately by BestSource.")
+        lines.append(f"clip = core.bs.VideoSource({str(Path(source))!r})\n")
     if prepare:
         lines.extend([*prepare, ""])
     call = "core.uav.Upscale(" if namespace else "vs_uav.upscale("
@@ -72,7 +79,7 @@ def make_script(source: Path, settings: UpscaleSettings, *, namespace: bool = Tr
     return "\n".join(lines)
 
 
-def _arg(path: Path, ffmpeg: bool = False) -> str:
+def path_arg(path: Path, ffmpeg: bool = False) -> str:
     """A path as a program argument: never mistaken for an option or an ffmpeg protocol."""
     s = str(path)
     if s.startswith("-"):
@@ -82,15 +89,21 @@ def _arg(path: Path, ffmpeg: bool = False) -> str:
     return s
 
 
-def ffmpeg_args(source: Path, output: Path, encoder: EncoderSettings, ffmpeg: str = "ffmpeg") -> list[str]:
-    """ffmpeg reading y4m on stdin, the source's audio mapped in when asked for."""
-    args = [ffmpeg, "-hide_banner", "-y", "-i", "-"]
-    if encoder.audio == "copy":
+def ffmpeg_options(source: Optional[Path], encoder: EncoderSettings) -> list[str]:
+    """ffmpeg's inputs and encoding options, without the program and the output: y4m on stdin,
+    the source's audio mapped in when asked for (and a source is given), the video codec."""
+    args = ["-i", "-"]
+    if encoder.audio == "copy" and source is not None:
         # '1:a?': a source without audio is fine.
-        args += ["-i", _arg(source, True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+        args += ["-i", path_arg(source, True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
     else:
         args += ["-map", "0:v:0"]
-    return [*args, *encoder.ffmpeg_video_args(), _arg(output, True)]
+    return [*args, *encoder.ffmpeg_video_args()]
+
+
+def ffmpeg_args(source: Optional[Path], output: Path, encoder: EncoderSettings, ffmpeg: str = "ffmpeg") -> list[str]:
+    """The whole ffmpeg command line of :func:`ffmpeg_options`, writing ``output``."""
+    return [ffmpeg, "-hide_banner", "-y", *ffmpeg_options(source, encoder), path_arg(output, True)]
 
 
 def find_vspipe() -> Optional[str]:
@@ -99,11 +112,12 @@ def find_vspipe() -> Optional[str]:
     return shutil.which("vspipe", path=here + os.pathsep + os.environ.get("PATH", ""))
 
 
-def vspipe_args(script: Path, vspipe: str = "vspipe", progress: bool = False) -> list[str]:
-    return [vspipe, *(["-p"] if progress else []), "-c", "y4m", _arg(script), "-"]
+def vspipe_args(script: Path, vspipe: str = "vspipe", progress: bool = False, options: Sequence[str] = ()) -> list[str]:
+    """vspipe writing the script's frames as y4m to stdout; ``options`` e.g. ``--start N --end M``."""
+    return [vspipe, *(["-p"] if progress else []), "-c", "y4m", *options, path_arg(script), "-"]
 
 
-def shell_command(script: Path, source: Path, output: Path, encoder: EncoderSettings) -> str:
+def shell_command(script: Path, source: Optional[Path], output: Path, encoder: EncoderSettings) -> str:
     """The pipe as one POSIX shell line, every path quoted."""
     return f"{shlex.join(vspipe_args(script))} | {shlex.join(ffmpeg_args(source, output, encoder))}"
 
@@ -112,7 +126,7 @@ def shell_command(script: Path, source: Path, output: Path, encoder: EncoderSett
 
 def default_output(source: Path, encoder: EncoderSettings) -> Path:
     """Next to the source, in the codec's usual container: 'clip.mp4' -> 'clip.uav.mkv'."""
-    return Path(source).with_name(f"{Path(source).stem}.uav{CODECS[encoder.codec][1]}")
+    return Path(source).with_name(f"{Path(source).stem}.uav{encoder.container}")
 
 
 def default_script(source: Path) -> Path:

@@ -2,8 +2,10 @@
 
 A tiny model with random weights is written in the official folder layout, a synthetic
 clip made by VapourSynth alone goes through ``core.uav.Upscale`` under vspipe into
-ffmpeg, and the encoded file is checked with ffprobe and a full decode. The weights are
-random, so the pictures are meaningless: this tests the installation, not quality.
+ffmpeg (the script written by :func:`vs_uav.script.make_script` and rendered by
+:func:`vs_uav.render.render`, as for ``uav upscale``), and the encoded file is checked
+with ffprobe and a full decode. The weights are random, so the pictures are meaningless:
+this tests the installation, not quality.
 
 Library code here never writes to stdout: steps go to ``logging`` and to the ``log``
 callback (the CLI prints it on stderr).
@@ -17,11 +19,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from .encoder import EncoderSettings
+from .render import RenderError, RenderJob, render
+from .script import ffmpeg_options, make_script, shell_command
+from .settings import UpscaleSettings
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +114,14 @@ def _save(state: dict[str, Any], path: Path) -> None:
 def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
     """Write a complete tiny model with random weights in the official layout into ``folder``.
 
-    With ``verify`` the folder is then loaded with :func:`vs_uav.loading.load_model`, which
-    checks every key and shape strictly: this proves the layout. Returns ``folder``.
+    With ``verify`` the folder is then loaded with
+    :meth:`vs_uav.pipeline.UpscalePipeline.from_pretrained`, which checks every key and shape
+    strictly: this proves the layout. Returns ``folder``.
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .loading import LAYOUT, TOKENIZER_DIR
+    from .model_folder import LAYOUT, TOKENIZER_DIR
     from .models.unet_video import UNetVideoConfig, UNetVideoModel
     from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig
 
@@ -156,12 +165,11 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
         _save(state, official_bin("text_encoder"))
     logger.info("tiny random model written to %s (seed %d)", folder, seed)
     if verify:
-        from .loading import find_weights, load_model, load_weights
+        from .pipeline import UpscalePipeline
 
         # Strict: a ModelLoadError names the file on any missing, unexpected or misshapen key.
-        load_model(folder)
-        load_weights(AutoencoderKLVideo(vae_configs["vae_video"]), find_weights(folder, "vae_video"),
-                     LAYOUT["vae_video"].config)  # load_model reads one VAE; check the other too
+        for vae in ("3d", "video"):  # a pipeline reads one VAE: load both
+            UpscalePipeline.from_pretrained(folder, vae=vae, flow="dis")
     return folder
 
 
@@ -217,47 +225,33 @@ def _one_line(e: BaseException) -> str:
     return " | ".join(lines[-2:]) if lines else "no message"
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    """The telling last lines of a log, joined into one line: error lines when there are any."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    # vspipe's progress uses carriage returns (only a line's final state matters); tracebacks
-    # underline code with ^ and ~, which says nothing on one line.
-    rows = [r.rsplit("\r", 1)[-1].strip() for r in text.splitlines()]
-    rows = [r for r in rows if r.strip("^~ ")]
-    errors = [r for r in rows if "error" in r.lower() or "failed" in r.lower()]
-    return " | ".join((errors or rows)[-lines:])
-
-
-def make_script(model: Path, device: str = "cpu") -> str:
-    """The .vpy: a synthetic clip made by VapourSynth alone (a gradient that moves and brightens
-    from frame to frame, plain core filters only), through core.uav.Upscale."""
-    return f"""\
-# uav selftest: a synthetic clip through core.uav.Upscale with a tiny RANDOM model.
-# {RANDOM_WEIGHTS_NOTE}
-import vapoursynth as vs
-
-core = vs.core
-
-
+# Script lines that make the synthetic clip with VapourSynth alone (plain core filters, no source
+# file): the writer's prepare lines, in place of reading a source.
+SYNTHETIC_CLIP: tuple[str, ...] = tuple(f"""\
+# A synthetic clip: four coloured pixels stretched into a smooth gradient; each frame shifted and brighter.
 def tile(color):
     return core.std.BlankClip(width=1, height=1, length=1, format=vs.YUV444P8, color=color)
 
 
-# Four coloured pixels, stretched into a smooth gradient; each frame shifted and brighter.
 tiles = core.std.StackVertical([core.std.StackHorizontal([tile([30, 100, 160]), tile([200, 140, 90])]),
                                 core.std.StackHorizontal([tile([120, 60, 200]), tile([220, 160, 128])])])
 frames = [core.std.Expr(core.resize.Bilinear(tiles, {CLIP_WIDTH}, {CLIP_HEIGHT}, format=vs.YUV420P8,
                                              src_left=0.1 * i - 0.35), [f"x {{4 * i}} +", ""])
           for i in range({CLIP_FRAMES})]
 clip = core.std.AssumeFPS(core.std.Splice(frames), fpsnum=25, fpsden=1)
-clip = core.std.SetFrameProps(clip, _Matrix=1, _Primaries=1, _Transfer=1, _Range=1)
-clip = core.uav.Upscale(clip, model={str(model)!r}, prompt="selftest", steps=2, chunk_size={CLIP_FRAMES},
-                        device={device!r})
-clip.set_output()
-"""
+clip = core.std.SetFrameProps(clip, _Matrix=1, _Primaries=1, _Transfer=1, _Range=1)""".splitlines())
+
+# Lossless and without audio: the check compares what it decodes with what the filter made.
+ENCODER = EncoderSettings(codec="ffv1", audio="none")
+
+
+def selftest_script(model: Path, device: str, command: str) -> str:
+    """The .vpy: the synthetic clip through core.uav.Upscale with the tiny model, written by
+    the one .vpy writer (:func:`vs_uav.script.make_script`)."""
+    settings = UpscaleSettings(model=str(model), prompt="selftest", steps=2, chunk_size=CLIP_FRAMES, device=device)
+    title = textwrap.wrap("uav selftest: a synthetic clip through core.uav.Upscale with a tiny RANDOM model; "
+                          + RANDOM_WEIGHTS_NOTE, 86)
+    return make_script(None, settings, command=command, title=title, prepare=SYNTHETIC_CLIP)
 
 
 def _ffprobe(ffprobe: str, path: Path) -> dict[str, Any]:
@@ -333,12 +327,18 @@ def run_selftest(
                 raise SelftestError("model", f"{type(e).__name__}: {_one_line(e)}; {HINT}") from None
             step.detail = str(model)
         script, out = folder / "selftest.vpy", folder / "selftest.mkv"
-        vspipe_log, ffmpeg_log = folder / "vspipe.log", folder / "ffmpeg.log"
         with _Timed("render", f"{CLIP_FRAMES} frames {CLIP_WIDTH}x{CLIP_HEIGHT} through core.uav.Upscale "
                               "(vspipe -c y4m | ffmpeg -c:v ffv1)") as step:
-            script.write_text(make_script(model, device), encoding="utf-8")
-            out.unlink(missing_ok=True)
-            _render(vspipe_exe, ffmpeg_exe, script, out, vspipe_log, ffmpeg_log, env, timeout)
+            script.write_text(selftest_script(model, device, shell_command(script, None, out, ENCODER)),
+                              encoding="utf-8")
+            out.unlink(missing_ok=True)  # a kept folder's earlier output proves nothing
+            # Logs (selftest.vspipe.log, selftest.ffmpeg.log) stay next to the output.
+            job = RenderJob(script, out, ffmpeg_options(None, ENCODER), env=env, timeout=timeout, log_dir=folder,
+                            vspipe=vspipe_exe, ffmpeg=ffmpeg_exe)
+            try:
+                render(job)
+            except RenderError as e:
+                raise SelftestError("render", f"{e}; {HINT}") from None
             step.detail = f"{out.stat().st_size} bytes"
         with _Timed("check", "ffprobe and a full decode of the output") as step:
             step.detail = _check_output(ffmpeg_exe, ffprobe_exe, out)
@@ -367,41 +367,6 @@ def run_selftest(
     if result.error:  # the caller reports it; logged for those who only watch the log
         logger.info("selftest failed: %s", result.error)
     return result
-
-
-def _render(vspipe: str, ffmpeg: str, script: Path, out: Path, vspipe_log: Path, ffmpeg_log: Path,
-            env: dict[str, str], timeout: float) -> None:
-    """vspipe -c y4m into ffmpeg (FFV1); stderr of each to its log file (no pipe can fill up)."""
-    with open(vspipe_log, "wb") as vlog, open(ffmpeg_log, "wb") as flog:
-        pipe = subprocess.Popen([vspipe, "-c", "y4m", str(script), "-"], stdout=subprocess.PIPE, stderr=vlog,
-                                env=env)
-        try:
-            enc = subprocess.Popen([ffmpeg, "-nostdin", "-v", "error", "-y", "-f", "yuv4mpegpipe", "-i", "pipe:0",
-                                    "-c:v", "ffv1", str(out)], stdin=pipe.stdout, stderr=flog, env=env)
-        except OSError as e:
-            pipe.kill()
-            pipe.wait()
-            raise SelftestError("render", f"cannot start ffmpeg ({e}); {HINT}") from None
-        finally:
-            assert pipe.stdout is not None
-            pipe.stdout.close()  # ffmpeg owns the read end: vspipe sees a broken pipe if it dies
-        try:
-            rc_enc = enc.wait(timeout=timeout)
-            rc_pipe = pipe.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            for p in (pipe, enc):
-                p.kill()
-                p.wait()
-            raise SelftestError("render", f"no result after {timeout:.0f} s (vspipe: {_tail(vspipe_log) or '-'}); "
-                                          f"{HINT}") from None
-    if rc_pipe:
-        raise SelftestError("render", f"vspipe exited with status {rc_pipe}: {_tail(vspipe_log) or 'no message'}; "
-                                      f"{HINT}")
-    if rc_enc:
-        raise SelftestError("render", f"ffmpeg exited with status {rc_enc}: {_tail(ffmpeg_log) or 'no message'}; "
-                                      f"{HINT}")
-    if not out.is_file() or out.stat().st_size == 0:
-        raise SelftestError("render", f"ffmpeg wrote no output ({_tail(ffmpeg_log) or 'no message'}); {HINT}")
 
 
 def _check_output(ffmpeg: str, ffprobe: str, out: Path) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import replace as _replace_field
 from typing import Any, Iterator, Optional
 
 PROMPT_SUFFIX = "best quality, extremely detailed"
@@ -16,8 +17,13 @@ NEGATIVE_PROMPT = "blur, worst quality"
 
 
 def _opt(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
-         choices: Optional[tuple[str, ...]] = None, group: str = "diffusion") -> Any:
-    meta = {"help": help, "min": min, "max": max, "choices": choices, "group": group}
+         choices: Optional[tuple[str, ...]] = None, group: str = "diffusion", output: bool = True,
+         label: str = "") -> Any:
+    """A setting's field. ``output=False``: the setting never changes the frames (where to
+    cache, which device, seek policy), so cached chunks stay valid when it changes.
+    ``label``: what the preset editor calls it, in words (e.g. "Low-res weight (video VAE)")."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices, "group": group, "output": output,
+            "label": label}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -28,60 +34,71 @@ class UpscaleSettings:
     """Every parameter of ``core.uav.Upscale`` (and ``vs_uav.upscale``), with its default."""
 
     prompt: str = _opt("", "What the video shows, e.g. 'a koala in a tree'. Guides the generated texture.",
-                       group="prompt")
-    prompt_suffix: str = _opt(PROMPT_SUFFIX, "Appended to the prompt (the official quality tags).", group="prompt")
+                       group="prompt", label="Prompt")
+    prompt_suffix: str = _opt(PROMPT_SUFFIX, "Appended to the prompt (the official quality tags).", group="prompt",
+                              label="Quality tags")
     negative_prompt: str = _opt(NEGATIVE_PROMPT, "What to steer away from (used when guidance_scale > 1).",
-                                group="prompt")
+                                group="prompt", label="Negative prompt")
+    # The model's identity enters cache fingerprints by its resolved folder, not by this string.
     model: str = _opt("", "Model folder (official upscale_a_video layout). Empty: $UAV_MODEL_DIR, then the "
-                          "user data folder where `uav download` puts it.", group="model")
+                          "user data folder where `uav download` puts it.", group="model", output=False,
+                      label="Model folder")
     vae: str = _opt("3d", "Decoder: '3d' (default VAE) or 'video' (low-res conditioned, temporal; more "
-                          "faithful, slower).", choices=("3d", "video"), group="model")
-    steps: int = _opt(30, "Denoising steps. More adds detail and time (official: 20-30).", min=1, max=1000)
+                          "faithful, slower).", choices=("3d", "video"), group="model", label="Decoder (VAE)")
+    steps: int = _opt(30, "Denoising steps. More adds detail and time (official: 20-30).", min=1, max=1000,
+                      label="Denoising steps")
     guidance_scale: float = _opt(6.0, "Classifier-free guidance: how strongly the prompt steers (official: "
-                                      "5-9). <= 1 turns it off and halves the cost.", min=0.0, max=50.0)
+                                      "5-9). <= 1 turns it off and halves the cost.", min=0.0, max=50.0,
+                                 label="Prompt strength (guidance)")
     noise_level: int = _opt(120, "Noise added to the input: higher trades fidelity for generated detail "
-                                 "(official: 100-150).", min=0, max=350)
+                                 "(official: 100-150).", min=0, max=350, label="Input noise (fidelity vs. detail)")
     propagation_steps: list = _opt([], "Step indices (0-based) at which latents are propagated along optical "
-                                       "flow for long-range consistency, e.g. 24,26,28 of 30.", min=0, max=999)
+                                       "flow for long-range consistency, e.g. 24,26,28 of 30.", min=0, max=999,
+                                   label="Flow propagation at steps")
     flow: str = _opt("auto", "Optical flow for propagation: 'raft' (official weights), 'dis' (OpenCV, no "
                              "weights) or 'auto' (RAFT when present).", choices=("auto", "raft", "dis"),
-                     group="model")
+                     group="model", label="Optical flow")
     color_fix: str = _opt("none", "Colour correction against the input: 'none', 'adain' or 'wavelet'.",
-                          choices=("none", "adain", "wavelet"))
+                          choices=("none", "adain", "wavelet"), label="Colour correction")
     w_lr: float = _opt(1.0, "Weight of the low-res frames in the 'video' VAE (1.0 official; 0 ignores them).",
-                       min=0.0, max=2.0)
+                       min=0.0, max=2.0, label="Low-res weight (video VAE)")
     seed: int = _opt(0, "Random seed. Draws depend on (seed, frame), so results are reproducible and "
-                        "independent of chunking.", min=0, max=2**63 - 1)
+                        "independent of chunking.", min=0, max=2**63 - 1, label="Random seed")
     chunk_size: int = _opt(32, "Frames denoised together; memory grows with it, not with clip length.",
-                           min=8, max=4096, group="memory")
+                           min=8, max=4096, group="memory", label="Frames per chunk")
     tile_size: int = _opt(0, "Spatial tile in low-res pixels (multiple of 8); 0 tiles only when memory "
-                             "requires it.", min=0, max=4096, group="memory")
+                             "requires it.", min=0, max=4096, group="memory", label="Tile size (low-res pixels)")
     tile_overlap: int = _opt(16, "Overlap of neighbouring tiles in low-res pixels, blended smoothly.",
-                             min=0, max=2048, group="memory")
-    device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", group="device")
+                             min=0, max=2048, group="memory", label="Tile overlap (low-res pixels)")
+    device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", group="device",
+                       output=False, label="Device")
     dtype: str = _opt("auto", "U-Net precision: 'auto' (float16 on CUDA, float32 on CPU), 'float32', "
                               "'float16', 'bfloat16'. The VAE always decodes in float32.",
-                      choices=("auto", "float32", "float16", "bfloat16"), group="device")
+                      choices=("auto", "float32", "float16", "bfloat16"), group="device", label="U-Net precision")
     cache_dir: str = _opt("", "Folder for finished chunks and boundary states: a killed render resumes "
-                              "where it stopped. Empty: no disk cache.", group="memory")
+                              "where it stopped. Empty: no disk cache.", group="memory", output=False,
+                          label="Chunk cache folder")
     scene_change: bool = _opt(True, "Start fresh at frames with _SceneChangePrev set: nothing is carried "
-                                    "across a cut.", group="memory")
+                                    "across a cut.", group="memory", label="Start fresh at scene cuts")
     seek: str = _opt("exact", "'exact': a far request first computes the chunks before it (identical "
                               "frames); 'fast': cold start at the requested chunk.",
-                     choices=("exact", "fast"), group="memory")
+                     choices=("exact", "fast"), group="memory", output=False, label="Far seeks")
 
     def __post_init__(self) -> None:
         for spec in SETTINGS:
-            setattr(self, spec.name, spec.check(getattr(self, spec.name)))
+            value = getattr(self, spec.name)
+            if spec.name == "propagation_steps" and isinstance(self.steps, int):  # steps is checked by now
+                try:  # indices of this run's steps
+                    value = _replace_field(spec, max=min(spec.max, self.steps - 1)).check(value)
+                except ValueError:
+                    raise ValueError(f"propagation_steps={value!r}; accepted: distinct step indices in "
+                                     f"[0, {self.steps - 1}] (steps={self.steps})") from None
+            setattr(self, spec.name, spec.check(value))
         if self.tile_size and (self.tile_size < 32 or self.tile_size % 8):
             raise ValueError(f"tile_size={self.tile_size}; accepted: 0 (automatic) or a multiple of 8 >= 32")
         if self.tile_size and self.tile_overlap > self.tile_size // 2:
             raise ValueError(f"tile_overlap={self.tile_overlap}; accepted: 0..{self.tile_size // 2} "
                              f"(half of tile_size={self.tile_size})")
-        bad = [s for s in self.propagation_steps if s >= self.steps]
-        if bad:
-            raise ValueError(f"propagation_steps={self.propagation_steps}; accepted: step indices in "
-                             f"[0, {self.steps - 1}] (steps={self.steps})")
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r}; accepted: 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -98,12 +115,41 @@ class UpscaleSettings:
     def non_defaults(self) -> dict[str, Any]:
         return {s.name: getattr(self, s.name) for s in SETTINGS if getattr(self, s.name) != s.default}
 
+    def output_values(self) -> dict[str, Any]:
+        """The settings that shape the frames: what a cache fingerprint must cover."""
+        return {s.name: getattr(self, s.name) for s in SETTINGS if s.affects_output}
+
+    def replace(self, **changes: Any) -> "UpscaleSettings":
+        """A copy with ``changes`` applied and validated like any other settings."""
+        return UpscaleSettings.from_kwargs(**{**{s.name: getattr(self, s.name) for s in SETTINGS}, **changes})
+
+    def check_model(self, max_noise_level: int, num_train_timesteps: int = 1000) -> None:
+        """The limits a loaded model sets: ``max_noise_level`` (its ``model_index.json``) and
+        the scheduler's training timesteps (at most one denoising step each)."""
+        if self.noise_level > max_noise_level:
+            raise ValueError(f"noise_level={self.noise_level}; accepted: an integer in [0, {max_noise_level}] "
+                             "for this model")
+        if self.steps > num_train_timesteps:
+            raise ValueError(f"steps={self.steps}; accepted: an integer in [1, {num_train_timesteps}] "
+                             "for this model")
+
+    @property
+    def guidance(self) -> bool:
+        """Classifier-free guidance runs (a negative and a positive row) above 1."""
+        return self.guidance_scale > 1.0
+
     @property
     def full_prompt(self) -> str:
         """The official prompt: caption and suffix, plainly concatenated (with a separator)."""
-        if self.prompt and self.prompt_suffix and not self.prompt.rstrip().endswith(","):
-            return f"{self.prompt.rstrip()}, {self.prompt_suffix}"
-        return f"{self.prompt}{self.prompt_suffix}"
+        return self.join_prompt(self.prompt, self.prompt_suffix)
+
+    @staticmethod
+    def join_prompt(caption: str, suffix: str) -> str:
+        """The one joining rule: ``caption, suffix`` (no second comma when the caption ends
+        with one). The text encoder joins a shortened caption by it too."""
+        if caption and suffix and not caption.rstrip().endswith(","):
+            return f"{caption.rstrip()}, {suffix}"
+        return f"{caption}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -118,35 +164,98 @@ class Setting:
     max: Optional[float]
     choices: Optional[tuple[str, ...]]
     group: str
+    affects_output: bool = True
+    label: str = ""  # in words, for the preset editor's form
 
     @property
     def vs_type(self) -> str:
-        return {int: "int", float: "float", str: "data", bool: "int", list: "int[]"}[self.type]
+        """How the native plugin declares it. VapourSynth converts every argument to its
+        declared type before Python sees it: ``int`` would truncate ``steps=2.7`` to 2 and
+        fail on ``seed=2**63`` with a bare OverflowError. So integers (and booleans) travel
+        as ``float``, exact far beyond their ranges, and an integer whose range a float
+        cannot hold exactly (``seed``) as ``data``: VapourSynth passes ``str(value)``. Python
+        gets them back with :meth:`from_vs`, and :meth:`check` refuses what is not an integer."""
+        if self.type in (str, float):
+            return "data" if self.type is str else "float"
+        wide = self.max is not None and abs(self.max) > _EXACT_IN_FLOAT
+        return ("data" if wide else "float") + ("[]" if self.type is list else "")
+
+    def from_vs(self, value: Any) -> Any:
+        """A value as the plugin passes it (see :attr:`vs_type`) back in this setting's terms:
+        a whole float becomes an int, the decimal text of a ``data`` integer its number;
+        anything else is returned as it came, for :meth:`check` to refuse by its value."""
+        if self.type in (str, float):
+            return value
+        if isinstance(value, list):
+            return [self.from_vs(v) for v in value]
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str) and self.vs_type == "data":
+            text = value.strip()
+            if text in ("True", "False"):  # str(True): a bool is not an integer here
+                return text == "True"
+            try:
+                return int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)
+        return value
 
     def describe_accepted(self) -> str:
         if self.choices:
             return ", ".join(repr(c) for c in self.choices)
         kind = {int: "an integer", float: "a number", str: "a string", bool: "True or False",
-                list: "a list of integers"}[self.type]
+                list: "distinct integers"}[self.type]
         if self.min is not None and self.max is not None:
             return f"{kind} in [{_fmt(self.min)}, {_fmt(self.max)}]"
         return kind
 
+    def parse(self, text: str) -> Any:
+        """The value written in ``text`` (a command-line option, a form field), not yet range
+        checked (:meth:`check` does that); ValueError saying what is accepted. Integers
+        refuse ``2.5``; lists are integers separated by commas (empty: none)."""
+        try:
+            if self.type is list:
+                return [int(v) for v in text.replace(" ", "").split(",") if v]
+            if self.type is int:
+                return int(text)
+            if self.type is float:
+                return float(text)
+        except ValueError:
+            accepted = ("integers separated by commas, e.g. 24,26,28" if self.type is list
+                        else self.describe_accepted())
+            raise ValueError(f"accepted: {accepted}") from None
+        if self.type is bool:
+            if text.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+                return text.strip().lower() in ("true", "1", "yes")
+            raise ValueError(f"accepted: {self.describe_accepted()}")
+        return text
+
     def check(self, value: Any) -> Any:
-        """The value, normalised (e.g. bytes -> str, int -> float), or ValueError."""
+        """The value, normalised (e.g. bytes -> str, int -> float), or ValueError naming the
+        setting, the value as given and what is accepted."""
+        given = value
+
         def bad() -> ValueError:
-            return ValueError(f"{self.name}={value!r}; accepted: {self.describe_accepted()}")
+            return ValueError(f"{self.name}={given!r}; accepted: {self.describe_accepted()}")
 
         if self.type is str:
             if isinstance(value, bytes):
-                value = value.decode("utf-8")
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise bad() from None
             if not isinstance(value, str):
                 raise bad()
             if self.choices and value not in self.choices:
                 raise bad()
             return value
         if self.type is bool:
-            if isinstance(value, bool) or value in (0, 1):
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
                 return bool(value)
             raise bad()
         if self.type is list:
@@ -179,6 +288,7 @@ def _fmt(x: float) -> str:
 
 
 SETTINGS: tuple[Setting, ...] = ()  # filled below, once Setting exists
+_EXACT_IN_FLOAT = 2**53  # every integer up to this is a float exactly
 
 VS_RETURN = "clip:vnode;"
 
@@ -194,41 +304,6 @@ def iter_settings(group: Optional[str] = None) -> Iterator[Setting]:
     return (s for s in SETTINGS if group is None or s.group == group)
 
 
-# -- the encoder -----------------------------------------------------------------------------
-
-# ffmpeg arguments per codec: (video encoder arguments, container hint, uses crf)
-CODECS: dict[str, tuple[tuple[str, ...], str, bool]] = {
-    "x265": (("-c:v", "libx265", "-pix_fmt", "yuv420p10le"), ".mkv", True),
-    "x264": (("-c:v", "libx264", "-pix_fmt", "yuv420p"), ".mp4", True),
-    "ffv1": (("-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1"), ".mkv", False),
-    "prores": (("-c:v", "prores_ks", "-profile:v", "3", "-pix_fmt", "yuv422p10le"), ".mov", False),
-}
-
-
-@dataclass
-class EncoderSettings:
-    """How ``uav upscale`` and generated commands encode the 4x output with ffmpeg."""
-
-    codec: str = _opt("x265", "Video codec: 'x265' (HEVC 10-bit), 'x264', 'ffv1' (lossless) or 'prores' (422 HQ).",
-                      choices=tuple(CODECS), group="encoder")
-    crf: int = _opt(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
-                    group="encoder")
-    # Not called 'preset': that names a vs-uav preset (--preset); schema-0 preset files migrate.
-    speed: str = _opt("medium", "x265/x264 speed preset: slower is smaller at the same quality.", choices=("ultrafast", "superfast", "veryfast", "faster",
-                       "fast", "medium", "slow", "slower", "veryslow"), group="encoder")
-    audio: str = _opt("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
-                      group="encoder")
-
-    def __post_init__(self) -> None:
-        for spec in ENCODER_SETTINGS:
-            setattr(self, spec.name, spec.check(getattr(self, spec.name)))
-
-    def ffmpeg_video_args(self) -> list[str]:
-        args, _, uses_crf = CODECS[self.codec]
-        extra = ["-crf", str(self.crf), "-preset", self.speed] if uses_crf else []
-        return [*args, *extra]
-
-
 def _settings_of(cls) -> tuple[Setting, ...]:
     types = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
     out = []
@@ -236,10 +311,9 @@ def _settings_of(cls) -> tuple[Setting, ...]:
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         m = f.metadata
         out.append(Setting(f.name, types[f.type] if isinstance(f.type, str) else f.type, default, m["help"],
-                           m["min"], m["max"], m["choices"], m["group"]))
+                           m["min"], m["max"], m["choices"], m["group"], m.get("output", True), m.get("label", "")))
     return tuple(out)
 
 
-ENCODER_SETTINGS: tuple[Setting, ...] = _settings_of(EncoderSettings)
 SETTINGS = _settings_of(UpscaleSettings)
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

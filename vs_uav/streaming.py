@@ -1,22 +1,102 @@
-"""What crosses a chunk boundary, so long clips stream through bounded memory.
+"""Streaming: a clip of any length through bounded memory, chunk by chunk.
 
 A clip is denoised chunk by chunk, each chunk in lockstep over all diffusion steps.
 At every step the U-Net windows that straddle the boundary see the previous chunk's
 latents of that step as fixed context, and the forward propagation sweep continues
 from the previous chunk's propagated state. :class:`ChunkState` is that hand-over:
 small, explicit, and serialisable (safetensors) so a render can be resumed.
+
+:class:`ChunkDriver` is the one chunk loop of vs-uav: ``UpscalePipeline.stream``, the
+VapourSynth filter and the cluster's segment workers all drive chunks through it. It owns
+the chunk bounds, the scene-cut pieces, the state hand-over, the fingerprint, the seek
+policy and the disk cache; callers bring frames in and take frames out.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
+import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
-STATE_VERSION = 1
+from .tiling import chunk_bounds
+
+if TYPE_CHECKING:
+    from .pipeline import UpscalePipeline
+    from .settings import UpscaleSettings
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 2  # 2: every cache file carries a checksum of its tensors
+LATENTS_FILE = "latents.safetensors"
+STATE_FILE = "state.safetensors"
+# Decoded chunks kept in memory: the one being served and its neighbour.
+MEMORY_CHUNKS = 2
+# Boundary states kept in memory (each is steps x 2 frames of latents); older ones live on disk.
+MEMORY_STATES = 4
+
+# source(a, b): frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1], and the frames in [a, b) that
+# start a new scene (nothing is carried into them).
+Source = Callable[[int, int], tuple[torch.Tensor, Sequence[int]]]
+# (steps done, steps total) within the current piece, then (chunk index, chunk count).
+ProgressCallback = Callable[[int, int, int, int], None]
+
+
+class CacheError(ValueError):
+    """A cache file that cannot be used: damaged, truncated, or made by something else."""
+
+
+@dataclass
+class UpscaleOutput:
+    frames: Optional[torch.Tensor]  # (1, 3, T, 4H, 4W) in [-1, 1], float32 on the CPU; None when not decoded
+    latents: torch.Tensor  # (1, 4, T, H, W) final latents, float32 on the CPU
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write atomically (temporary name, then rename) with a checksum: a cache file is either
+    complete and verifiable or absent."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={**meta, "version": str(STATE_VERSION), "sha256": _checksum(tensors)})
+    tmp.replace(path)
+
+
+def load_tensors(path: Path, fingerprint: Optional[str] = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read what :func:`save_tensors` wrote; CacheError (naming the file) unless it is intact
+    and, with ``fingerprint``, made by the same settings and model."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own types for truncated headers and data
+        raise CacheError(f"{path}: unreadable ({type(e).__name__}: {str(e).strip() or 'no detail'})") from None
+    if meta.get("version") != str(STATE_VERSION):
+        raise CacheError(f"{path}: cache version {meta.get('version')!r}; accepted: {STATE_VERSION}")
+    if meta.get("sha256") != _checksum(tensors):
+        raise CacheError(f"{path}: checksum mismatch (damaged file)")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise CacheError(f"{path}: made with other settings or another model")
+    return tensors, meta
 
 
 @dataclass
@@ -39,36 +119,247 @@ class ChunkState:
 
     def save(self, path: Union[str, Path]) -> None:
         """Write atomically: a state file is either complete or absent."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         tensors = {"latents": self.latents, "image": self.image, "last_frame": self.last_frame}
         tensors.update({f"propagated.{k}": v for k, v in self.propagated.items()})
-        meta = {"version": str(STATE_VERSION), "end": str(self.end), "fingerprint": self.fingerprint}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        save_tensors(Path(path), tensors, {"end": str(self.end), "fingerprint": self.fingerprint})
 
     @classmethod
     def load(cls, path: Union[str, Path], fingerprint: Optional[str] = None) -> "ChunkState":
-        from safetensors import safe_open
-
-        path = Path(path)
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("version") != str(STATE_VERSION):
-                raise ValueError(f"{path}: chunk state version {meta.get('version')!r}; accepted: {STATE_VERSION}")
-            if fingerprint is not None and meta.get("fingerprint") != fingerprint:
-                raise ValueError(f"{path}: chunk state was made with other parameters or another model")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        propagated = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("propagated.")}
-        return cls(int(meta["end"]), tensors["latents"], tensors["image"], tensors["last_frame"],
-                   propagated, meta.get("fingerprint", ""))
+        """The state saved at ``path``; CacheError naming the file when it cannot be used."""
+        tensors, meta = load_tensors(Path(path), fingerprint)
+        try:
+            propagated = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("propagated.")}
+            return cls(int(meta["end"]), tensors["latents"], tensors["image"], tensors["last_frame"],
+                       propagated, meta.get("fingerprint", ""))
+        except (KeyError, ValueError) as e:
+            raise CacheError(f"{path}: not a chunk state ({type(e).__name__}: {e})") from None
 
 
-def fingerprint(params: dict) -> str:
-    """A stable hash of the parameters that shape the numbers."""
-    import hashlib
-
-    blob = json.dumps(params, sort_keys=True, default=str).encode()
+def fingerprint(settings: "UpscaleSettings", model_id: str, dtype: Any) -> str:
+    """What produced a chunk: the settings that shape the numbers, the model, the dtype."""
+    blob = json.dumps({"settings": settings.output_values(), "model": model_id, "dtype": str(dtype),
+                       "version": STATE_VERSION}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def source_digest(video: torch.Tensor) -> str:
+    """A chunk's source frames, hashed: cached latents are only used for the same frames."""
+    return hashlib.sha256(video.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def check_writable(folder: Path, name: str = "cache_dir") -> None:
+    """Fail before any work when ``folder`` cannot be created or written."""
+    probe = folder / f".uav-write-test-{threading.get_ident()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{name}={str(folder)!r} is not writable ({e.strerror or e}); "
+                         "accepted: a folder this user can create and write") from None
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What the driver remembers of a chunk's source without keeping its frames."""
+
+    digest: str
+    cuts: tuple[int, ...]
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+class ChunkDriver:
+    """Renders frames ``start .. stop`` of a clip chunk by chunk; thread-safe.
+
+    Chunks are computed on demand, once each, in dependency order. With ``seek='exact'``
+    a request far ahead first computes the chunks before it (identical frames in any
+    request order); with ``'fast'`` it starts cold. Scene cuts split a chunk into pieces
+    that carry nothing across the cut. With ``settings.cache_dir`` the final latents and
+    boundary state of every finished chunk go to disk under the render's fingerprint;
+    a damaged file is moved aside and the chunk recomputed.
+
+    ``run(fn, *args)`` runs model calls (e.g. on a device's worker thread); ``start`` is
+    always a cold start, so a segment starting at a scene cut renders exactly the frames
+    a whole-clip render gives there.
+    """
+
+    def __init__(self, pipeline: "UpscalePipeline", settings: "UpscaleSettings", num_frames: int,
+                 source: Source, *, start: int = 0, stop: Optional[int] = None,
+                 run: Callable[..., Any] = _direct, inputs: Optional[Callable[[int, int], dict[str, Any]]] = None,
+                 progress: Optional[ProgressCallback] = None, log: Optional[Callable[[str], None]] = None):
+        settings.check_model(pipeline.model.max_noise_level, pipeline.model.scheduler.config.num_train_timesteps)
+        stop = num_frames if stop is None else stop
+        if not 0 <= start < stop <= num_frames:
+            raise ValueError(f"frames {start}..{stop}; accepted: 0 <= start < stop <= {num_frames}")
+        self.pipeline, self.settings, self.source = pipeline, settings, source
+        self.run, self.inputs, self.progress = run, inputs, progress
+        self.log = log or logger.info
+        # Bounds come from the whole clip, so a segment's chunks are the whole render's chunks.
+        self.bounds = [(max(a, start), min(b, stop)) for a, b in chunk_bounds(num_frames, settings.chunk_size)
+                       if a < stop and b > start]
+        self._starts = [a for a, _ in self.bounds]
+        self.fingerprint = fingerprint(settings, pipeline.model_id, pipeline.dtype)
+        self.cache: Optional[Path] = None
+        if settings.cache_dir:
+            check_writable(Path(settings.cache_dir).expanduser())
+            self.cache = Path(settings.cache_dir).expanduser() / self.fingerprint
+        self.lock = threading.RLock()  # one chunk computation at a time per clip
+        self._seen: dict[int, _Seen] = {}
+        self._last: Optional[tuple[int, torch.Tensor]] = None  # the last chunk read
+        self._states: OrderedDict[int, ChunkState] = OrderedDict()
+        self._outputs: OrderedDict[int, UpscaleOutput] = OrderedDict()
+        self.started = time.monotonic()
+
+    def chunk_of(self, n: int) -> int:
+        """The index of the chunk holding frame n."""
+        k = bisect.bisect_right(self._starts, n) - 1
+        if k < 0 or n >= self.bounds[k][1]:
+            raise IndexError(f"frame {n} is outside frames {self.bounds[0][0]}..{self.bounds[-1][1]}")
+        return k
+
+    def output(self, k: int) -> UpscaleOutput:
+        """Chunk k's decoded frames and final latents (kept for the last few chunks asked for)."""
+        with self.lock:  # other threads wait here: a chunk is never computed twice
+            if k not in self._outputs:
+                self._outputs[k] = self._render(k)
+                while len(self._outputs) > MEMORY_CHUNKS:
+                    self._outputs.popitem(last=False)
+            self._outputs.move_to_end(k)
+            return self._outputs[k]
+
+    def __iter__(self) -> Iterator[tuple[int, UpscaleOutput]]:
+        """``(first frame, output)`` of every chunk, in order."""
+        for k, (a, _) in enumerate(self.bounds):
+            yield a, self.output(k)
+
+    # -- dependencies ------------------------------------------------------------------------
+
+    def _render(self, k: int) -> UpscaleOutput:
+        first = k
+        if self.settings.seek == "exact":  # walk back to the nearest known state or cold start
+            while first > 0 and self._needs_state(first) and self._state_before(first) is None:
+                first -= 1
+        for j in range(first, k):
+            self._latents(j)
+        video, pieces, latents = self._latents(k)
+        a = self.bounds[k][0]
+        # The VAE sees each piece alone: nothing crosses a scene cut, not even a decode group.
+        frames = torch.cat([self.run(self.pipeline.decode, latents[:, :, s - a:e - a], video[:, :, s - a:e - a],
+                                     self.settings) for s, e in pieces], dim=2)
+        return UpscaleOutput(frames, latents)
+
+    def _read(self, k: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+        if self._last is not None and self._last[0] == k:  # read for its cuts, now computed
+            return self._last[1], self._seen[k].cuts
+        a, b = self.bounds[k]
+        video, cuts = self.source(a, b)
+        self.pipeline.check_video(video)
+        seen = _Seen(source_digest(video) if self.cache is not None else "",
+                     tuple(c for c in cuts if a <= c < b) if self.settings.scene_change else ())
+        self._seen[k] = seen
+        self._last = (k, video)
+        return video, seen.cuts
+
+    def _needs_state(self, k: int) -> bool:
+        """Whether chunk k continues the one before it (not the first, not at a scene cut)."""
+        if k == 0:
+            return False
+        if k not in self._seen:
+            self._read(k)
+        return self.bounds[k][0] not in self._seen[k].cuts
+
+    def _state_before(self, k: int) -> Optional[ChunkState]:
+        """The state leaving chunk k-1, from memory or the disk cache; None if not known."""
+        if k - 1 in self._states:
+            return self._states[k - 1]
+        if self.cache is None:
+            return None
+        if k - 1 not in self._seen:  # its folder is named by its frames: read them once
+            self._read(k - 1)
+        found = self._load(k - 1, latents=False)
+        return found[1] if found else None
+
+    def _remember(self, k: int, state: ChunkState) -> None:
+        self._states[k] = state
+        self._states.move_to_end(k)
+        while len(self._states) > MEMORY_STATES:
+            self._states.popitem(last=False)
+
+    # -- one chunk ---------------------------------------------------------------------------
+
+    def _latents(self, k: int) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
+        """Chunk k's source frames, scene pieces and final latents: from the cache or computed."""
+        a, b = self.bounds[k]
+        video, cuts = self._read(k)
+        pieces = list(zip([a, *[c for c in cuts if c > a]], [*[c for c in cuts if c > a], b]))
+        label = f"chunk {k + 1}/{len(self.bounds)} (frames {a}-{b - 1})"
+        found = self._load(k) if self.cache is not None else None
+        if found is not None:
+            latents, state = found
+            self.log(f"{label} read from {self._folder(k)}")
+        else:
+            state = self._state_before(k) if self._needs_state(k) else None
+            parts = []
+            for s, e in pieces:
+                extra = self.inputs(s, e) if self.inputs else {}
+                callback = (lambda d, n, _k=k: self.progress(d, n, _k, len(self.bounds))) if self.progress else None
+                out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - a:e - a], s, self.settings,
+                                      state if s == a else None, decode=False, callback=callback, **extra)
+                parts.append(out.latents)
+            latents = torch.cat(parts, dim=2)
+            state.fingerprint = self.fingerprint
+            if self.cache is not None:
+                self._save(k, latents, state)
+            self.log(f"{label} done, {time.monotonic() - self.started:.0f} s elapsed")
+        self._remember(k, state)
+        self._last = None
+        return video, pieces, latents
+
+    # -- the disk cache ----------------------------------------------------------------------
+
+    def _folder(self, k: int) -> Path:
+        assert self.cache is not None
+        a, b = self.bounds[k]
+        return self.cache / f"chunk{a:07d}-{b:07d}-{self._seen[k].digest}"
+
+    def _save(self, k: int, latents: torch.Tensor, state: ChunkState) -> None:
+        folder = self._folder(k)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Latents first, state last: a state file means a finished chunk.
+        save_tensors(folder / LATENTS_FILE, {"latents": latents}, {"fingerprint": self.fingerprint})
+        state.save(folder / STATE_FILE)
+
+    def _load(self, k: int, latents: bool = True) -> Optional[tuple[Optional[torch.Tensor], ChunkState]]:
+        """Chunk k's cached (latents, state), or None when absent; a damaged one is moved aside."""
+        folder = self._folder(k)
+        if not (folder / STATE_FILE).is_file():
+            return None
+        a, b = self.bounds[k]
+        try:
+            state = ChunkState.load(folder / STATE_FILE, self.fingerprint)
+            if state.end != b:
+                raise CacheError(f"{folder / STATE_FILE}: ends at frame {state.end}, not {b}")
+            lat = None
+            if latents:
+                lat = load_tensors(folder / LATENTS_FILE, self.fingerprint)[0].get("latents")
+                if lat is None or lat.ndim != 5 or lat.shape[2] != b - a:
+                    raise CacheError(f"{folder / LATENTS_FILE}: not the latents of frames {a}-{b - 1}")
+        except CacheError as e:
+            self._discard(folder, e)
+            return None
+        return lat, state
+
+    def _discard(self, folder: Path, reason: Exception) -> None:
+        aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            folder.replace(aside)
+            where = f"moved aside to {aside}"
+        except OSError:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            where = "removed"
+        logger.warning("%s; %s, the chunk is computed again", reason, where)

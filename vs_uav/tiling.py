@@ -42,9 +42,8 @@ CONTEXT = WINDOW - WINDOW_STRIDE
 
 def chunk_bounds(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:
     """Consecutive chunks of ``chunk_size`` frames; a remainder shorter than one U-Net
-    window is merged into the chunk before it so that every chunk fills a window."""
-    if chunk_size < WINDOW:
-        raise ValueError(f"chunk_size={chunk_size}; accepted: an integer >= {WINDOW}")
+    window is merged into the chunk before it so that every chunk fills a window.
+    ``chunk_size`` >= WINDOW (the settings model checks it)."""
     bounds = [(s, min(num_frames, s + chunk_size)) for s in range(0, num_frames, chunk_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < WINDOW:
         last = bounds.pop()

@@ -12,7 +12,10 @@ freed.
 
 VapourSynth type-checks the arguments against the signature generated from
 ``vs_uav.settings`` before they arrive here; they come as keyword arguments (``clip`` a
-``vs.VideoNode``, arrays as lists, data as ``str`` or ``bytes``).
+``vs.VideoNode``, arrays as lists, data as ``str`` or ``bytes``). Integer settings are
+declared ``float`` or ``data`` so that VapourSynth neither truncates ``2.7`` nor overflows
+on ``2**63`` (``Setting.vs_type``); :func:`_upscale` turns them back into what the caller
+wrote (``Setting.from_vs``) for the settings model to check.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 from typing import Any, Callable
 
 import vapoursynth as vs
+
+from .settings import SETTINGS_BY_NAME
 
 NAME = "uav.Upscale"
 IMPL_ENV = "UAV_BRIDGE_IMPL"
@@ -64,6 +69,8 @@ def _upscale(**kwargs: Any) -> dict[str, Any]:
     try:
         impl = implementation()
         clip = kwargs.pop("clip")
+        # Integers travel as float or data (Setting.vs_type): back to what the caller wrote.
+        kwargs = {k: SETTINGS_BY_NAME[k].from_vs(v) if k in SETTINGS_BY_NAME else v for k, v in kwargs.items()}
         out = impl(clip, **kwargs)
         if not isinstance(out, vs.VideoNode):
             raise vs.Error(f"the implementation returned {type(out).__name__}, not a video clip")

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Optional, Union
 
-from .loading import LAYOUT, MODEL_INDEX, TOKENIZER_DIR, TOKENIZER_FILES, ModelLoadError
+from .model_folder import LAYOUT, MODEL_INDEX, TOKENIZER_DIR, TOKENIZER_FILES, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -646,7 +646,7 @@ def convert(folder: PathLike, fp16: bool = False, *, manifests: Optional[Mapping
     import torch
     from safetensors.torch import load_file, save_file
 
-    from .loading import read_state_dict
+    from .model_folder import read_state_dict
 
     folder = Path(folder).expanduser()
     parts = tuple(p for p in (parts or parts_wanted()) if LAYOUT[p].weights)

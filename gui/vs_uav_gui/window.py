@@ -16,12 +16,15 @@ from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, 
 from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                                QGroupBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget,
                                QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton,
-                               QScrollArea, QSpinBox, QSplitter, QVBoxLayout, QWidget)
+                               QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from vs_uav import presets
 from vs_uav.presets import Preset, PresetError
 from vs_uav.script import RenderPlan, default_output, default_script, plan
-from vs_uav.settings import ENCODER_SETTINGS, SETTINGS, EncoderSettings, Setting, UpscaleSettings
+from vs_uav.encoder import ENCODER_SETTINGS, EncoderSettings
+from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
+
+from .preview import PreviewPanel
 
 logger = logging.getLogger("vs_uav_gui")
 
@@ -98,8 +101,9 @@ class Field(QWidget):
         self.spec = spec
         self.editor = self._make_editor(spec)
         self.editor.setObjectName(f"field_{spec.name}")
-        self.editor.setToolTip(f"{spec.help}\nAccepted: {spec.describe_accepted()}. Default: {spec.default!r}.")
-        self.editor.setAccessibleName(spec.name.replace("_", " "))
+        self.editor.setToolTip(f"{spec.name}: {spec.help}\nAccepted: {spec.describe_accepted()}. "
+                               f"Default: {spec.default!r}.")
+        self.editor.setAccessibleName(spec.label or spec.name)
         self.error = QLabel()
         self.error.setObjectName(f"error_{spec.name}")
         self.error.setWordWrap(True)
@@ -304,17 +308,18 @@ class PresetEditor(QMainWindow):
             for spec in specs:
                 f = Field(spec)
                 f.changed.connect(self.revalidate)
-                label = QLabel(spec.name.replace("_", " "))
+                label = QLabel(spec.label or spec.name)  # words; the parameter name is in the tooltip
+                label.setObjectName(f"label_{spec.name}")
                 label.setBuddy(f.editor)
-                label.setToolTip(spec.help)
+                label.setToolTip(f"{spec.name}: {spec.help}")
                 form.addRow(label, f)
                 self.fields[spec.name] = f
             fv.addWidget(box)
         fv.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(form_host)
-        self.splitter.addWidget(scroll)
+        self.form_scroll = QScrollArea()  # the form scrolls: the window fits a 1280x720 screen
+        self.form_scroll.setWidgetResizable(True)
+        self.form_scroll.setWidget(form_host)
+        self.splitter.addWidget(self.form_scroll)
 
         # The preview: script and command, read-only, with where they go
         right = QWidget()
@@ -359,7 +364,12 @@ class PresetEditor(QMainWindow):
         out_buttons.addWidget(self.save_script_button)
         out_buttons.addWidget(self.copy_button)
         rv.addLayout(out_buttons)
-        self.splitter.addWidget(right)
+        # Beside the script: one frame before and after, rendered with the form's settings.
+        self.tabs = QTabWidget()
+        self.tabs.addTab(right, "Script and command")
+        self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text)
+        self.tabs.addTab(self.preview, "Before/&after preview")
+        self.splitter.addWidget(self.tabs)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 4)
         self.splitter.setStretchFactor(2, 5)
@@ -392,6 +402,8 @@ class PresetEditor(QMainWindow):
         action(file_menu, "&Open source video\u2026", self.browse_source, QKeySequence.StandardKey.Open)
         self.save_script_action = action(file_menu, "&Save script", self.save_script, "Ctrl+E")
         self.copy_action = action(file_menu, "&Copy command", self.copy_command, "Ctrl+Shift+C")
+        file_menu.addSeparator()
+        action(file_menu, "Run &preview", self.run_preview, "Ctrl+R")
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         preset_menu = bar.addMenu("&Preset")
@@ -641,6 +653,13 @@ class PresetEditor(QMainWindow):
             except ValueError as e:
                 self.video, text = None, str(e)
         self.video_label.setText(text)
+        if self.video is not None:
+            self.preview.set_video(self.video.width, self.video.height, self.video.frames)
+
+    def run_preview(self) -> None:
+        """Show the preview tab and render the chosen crop with the form's settings."""
+        self.tabs.setCurrentWidget(self.preview)
+        self.preview.start()
 
     def save_script(self, path: Optional[os.PathLike] = None) -> Optional[Path]:
         """Write the previewed script (to the script path field, or ``path``)."""
@@ -679,7 +698,8 @@ class PresetEditor(QMainWindow):
         if geometry is not None:
             self.restoreGeometry(geometry)
         else:
-            self.resize(1440, 900)
+            screen = self.screen().availableGeometry()  # fits a 1280x720 screen, title bar included
+            self.resize(min(1440, screen.width() - 20), min(900, screen.height() - 60))
         if state is not None:
             self.restoreState(state)
         splitter = self.store.value("splitter")
@@ -703,6 +723,7 @@ class PresetEditor(QMainWindow):
         self.store.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.preview.shutdown()
         self.save_state()
         super().closeEvent(event)
 
