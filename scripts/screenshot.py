@@ -1,4 +1,4 @@
-"""Take docs/gui.png: the preset editor as a real window, with a preset and a real source.
+"""Take docs/gui.png: the preset editor as a real window on a 1280x720 screen, with a preset and a real source.
 
     .venv/bin/python scripts/screenshot.py [--preset old-film] [--source ../shared/videos/old_movie_1.mp4]
 
@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--preset", default="old-film")
     parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "videos" / "old_movie_1.mp4")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "gui.png")
-    parser.add_argument("--size", default="1500x900")
+    parser.add_argument("--size", default="1280x720", help="the screen and window size (default: a 1280x720 screen)")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     if os.environ.get(CHILD):
@@ -66,7 +66,7 @@ def main() -> int:
         xvfb = shutil.which("Xvfb")
         if xvfb and not os.environ.get("DISPLAY"):
             display = f":{90 + os.getpid() % 9}"
-            server = subprocess.Popen([xvfb, display, "-screen", "0", f"{size[0] + 100}x{size[1] + 100}x24",
+            server = subprocess.Popen([xvfb, display, "-screen", "0", f"{size[0]}x{size[1]}x24",
                                        "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 time.sleep(1.0)

@@ -130,3 +130,23 @@ def test_model_limits_are_checked_once_at_creation(pipe, video):
             _driver(pipe, video, UpscaleSettings(**{**KW, "noise_level": 120}))
     finally:
         pipe.model.max_noise_level = saved
+
+
+def test_steps_past_the_schedulers_range_are_refused_up_front(pipe, video):
+    # 1000 steps of a 1000-timestep schedule with steps_offset 1 would index timestep 1000.
+    with pytest.raises(ValueError, match=r"steps=1000; accepted: an integer in \[1, 999\] for this model"):
+        _driver(pipe, video, UpscaleSettings(**{**KW, "steps": 1000, "propagation_steps": []}))
+
+
+def test_chunking_is_exact_with_enough_lookahead(pipe, video):
+    """The README's guarantee: without propagation, a look-ahead of 7 x steps + 3 frames makes
+    a chunked render identical to one chunk (the official algorithm), scene cuts included;
+    without look-ahead the frames near a boundary change."""
+    settings = UpscaleSettings(**{**KW, "propagation_steps": []})
+    for cuts in ((), (11,)):
+        whole = pipe(video, settings.replace(chunk_size=32), scene_cuts=cuts)
+        exact = pipe(video, settings.replace(lookahead=7 * settings.steps + 3), scene_cuts=cuts)
+        assert torch.equal(whole.frames, exact.frames) and torch.equal(whole.latents, exact.latents)
+    none = pipe(video, settings.replace(lookahead=0))
+    whole = pipe(video, settings.replace(chunk_size=32))
+    assert not torch.equal(whole.frames, none.frames)

@@ -221,3 +221,15 @@ def test_qt_check_is_skipped_without_pyside6():
     r = subprocess.run([sys.executable, "-c", _NO_PYSIDE], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stdout.strip() == "[skip] qt: not checked: PySide6 is not installed (the preset editor is optional)", \
         r.stdout + r.stderr
+
+
+def test_the_readme_lists_the_qt_packages():
+    """The Preset editor section's apt-get line installs every package of the qt check's table."""
+    import re
+
+    from vs_uav.doctor import QT_APT_GET
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Preset editor"):readme.index("## Parameters")]
+    block = re.search(r"```sh\n\s*(apt-get install [^`]*)```", section).group(1)
+    assert block.replace("\\\n", " ").split() == QT_APT_GET.split()

@@ -86,7 +86,7 @@ def write(tmp_path: Path, text: str, name: str = "bad.toml") -> Path:
     ('schema_version = 1\n[encoder]\ncodec = "av1"\n',
      "encoder.codec='av1'; accepted: 'x265', 'x264', 'ffv1', 'prores'"),
     ("schema_version = 1\n[upscale]\nsteps = 20\npropagation_steps = [24]\n",
-     "upscale.propagation_steps=[24]; accepted: step indices in [0, 19] (steps=20)"),
+     "upscale.propagation_steps=[24]; accepted: distinct step indices in [0, 19] (steps=20)"),
     ("schema_version = 1\n[upscale]\nstepz = 3\n",
      "unknown key upscale.stepz=3; accepted: prompt, prompt_suffix, "),
     ("schema_version = 1\ncolour = 3\n", "unknown key colour=3; accepted: schema_version, description"),

@@ -112,13 +112,14 @@ clip.set_output()
 
 
 def test_a_failure_during_the_render_stops_vspipe_cleanly(tmp_path):
-    # Frame 12's source fails while chunk 2 is being computed: vspipe reports it and exits; no hang.
+    # Frame 17's source fails while chunk 2 ([8, 20)) is being computed (chunk 1 reads up to
+    # frame 15 with its look-ahead): vspipe reports it and exits; no hang.
     script = vpy(tmp_path, f"""
 clip = core.std.BlankClip(width=32, height=24, length=20, format=vs.YUV420P8, color=[90, 120, 140])
 
 def broken(n, f):
-    if n == 12:
-        raise RuntimeError("source frame 12 is unreadable")
+    if n == 17:
+        raise RuntimeError("source frame 17 is unreadable")
     return f
 
 clip = core.std.ModifyFrame(clip, clip, broken)
@@ -129,9 +130,9 @@ clip.set_output()
     assert run.returncode != 0
     err = run.stderr.decode(errors="replace")
     # One line naming the frame and the cause; no Python traceback. vspipe requests several
-    # frames at once, so the one it reports is any frame of the failing chunk [8, 16).
-    m = re.search(r"uav\.Upscale: frame (\d+) failed: RuntimeError: source frame 12 is unreadable", err)
-    assert m and 8 <= int(m[1]) < 16, err
+    # frames at once, so the one it reports is any frame of the failing chunk [8, 20).
+    m = re.search(r"uav\.Upscale: frame (\d+) failed: RuntimeError: source frame 17 is unreadable", err)
+    assert m and 8 <= int(m[1]) < 20, err
     assert "Traceback" not in err, err
     assert b"FRAME" in run.stdout  # frames of the first chunk were delivered before the failure
 

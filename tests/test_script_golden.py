@@ -10,12 +10,16 @@ from __future__ import annotations
 import ast
 import os
 import shlex
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from vs_uav import presets
-from vs_uav.script import plan
+from vs_uav.encoder import EncoderSettings
+from vs_uav.media import MediaInfo, VideoFormat
+from vs_uav.presets import Preset
+from vs_uav.script import path_arg, plan
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("UAV_UPDATE_GOLDEN") == "1"
@@ -65,6 +69,7 @@ def test_script_and_command_of_every_shipped_preset(name, monkeypatch, tmp_path)
 
 def test_paths_that_quoting_alone_does_not_protect(tmp_path, monkeypatch):
     monkeypatch.setenv("UAV_CONFIG_DIR", str(tmp_path))
+    monkeypatch.chdir("/")  # relative paths become absolute against it: the goldens stay the same
     result = plan(presets.load("fast-preview"), NASTY["source"], NASTY["script"], NASTY["output"])
     check("nasty-paths.vpy", result.script)
     check("nasty-paths.sh", result.command + "\n")
@@ -72,14 +77,62 @@ def test_paths_that_quoting_alone_does_not_protect(tmp_path, monkeypatch):
     assert source_literal(result.script) == str(NASTY["source"])
     assert all(line.startswith("#") for line in result.script.split("import vapoursynth")[0].splitlines())
     vspipe, ffmpeg = pipe_sides(result.command)
-    assert vspipe[3] == "./-script.vpy"  # not an option
-    assert ffmpeg[-1] == "file:http:out.mkv"  # not a protocol
+    assert vspipe[3] == "/-script.vpy"  # absolute: not an option
+    assert ffmpeg[-1] == "/http:out.mkv"  # absolute: not a protocol
     assert ffmpeg[ffmpeg.index("-i", 4) + 1] == str(NASTY["source"])
 
 
-def test_defaults_give_a_plain_call(tmp_path, monkeypatch):
-    from vs_uav.presets import Preset
+def test_path_arguments_are_never_options_or_protocols():
+    # What the runner passes as it is (a caller's relative output, its partial file).
+    assert path_arg(Path("-script.vpy")) == "./-script.vpy"
+    assert path_arg(Path("http:out.mkv"), ffmpeg=True) == "file:http:out.mkv"
+    assert path_arg(Path("/media/http:out.mkv"), ffmpeg=True) == "/media/http:out.mkv"
 
+
+def test_relative_paths_become_absolute_against_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = plan(Preset("defaults"), Path("in.mp4"), Path("sub/s.vpy"), Path("../o.mkv"))
+    assert (result.script_path, result.output) == (tmp_path / "sub" / "s.vpy", tmp_path.parent / "o.mkv")
+    assert source_literal(result.script) == str(tmp_path / "in.mp4")
+    vspipe, ffmpeg = pipe_sides(result.command)
+    assert vspipe[3] == str(tmp_path / "sub" / "s.vpy") and ffmpeg[-1] == str(tmp_path.parent / "o.mkv")
+    assert ffmpeg[ffmpeg.index("-i", 4) + 1] == str(tmp_path / "in.mp4")
+    assert plan(Preset("defaults"), Path("in.mp4")).script_path == tmp_path / "in.uav.vpy"
+
+
+def test_defaults_give_a_plain_call(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
     result = plan(Preset("defaults"), Path("in.mp4"))
     check("defaults.vpy", result.script)
     assert "clip = core.uav.Upscale(clip)  # all settings at their defaults" in result.script
+
+
+# A probed source as vs_uav.media.probe describes it (no file: the goldens stay the same).
+TAGGED = MediaInfo(width=48, height=32, frames=6, format=VideoFormat("YUV", 10), fps=Fraction(24000, 1001),
+                   matrix=1, primaries=1, transfer=1, range="pc", sar=Fraction(32, 27), time_base=Fraction(1, 1000),
+                   times=(0, 42, 83, 125, 208, 292))  # a variable frame rate
+
+
+def test_the_command_carries_the_sources_format_tags_and_timestamps():
+    result = plan(Preset("tagged", encoder=EncoderSettings(codec="ffv1")), AWKWARD, media=TAGGED)
+    check("tagged-ffv1.vpy", result.script)
+    check("tagged-ffv1.sh", result.command + "\n")
+    _, ffmpeg = pipe_sides(result.command)
+    options = {word: ffmpeg[i + 1] for i, word in enumerate(ffmpeg[:-1]) if word.startswith("-")}
+    assert {k: options[k] for k in ("-colorspace", "-color_primaries", "-color_trc", "-color_range", "-pix_fmt")} \
+        == {"-colorspace": "bt709", "-color_primaries": "bt709", "-color_trc": "bt709", "-color_range": "pc",
+            "-pix_fmt": "yuv444p10le"}
+    assert "setsar=32/27" in options["-vf"] and "settb=1/1000" in options["-vf"]
+    assert options["-fps_mode:v"] == "passthrough" and result.note == ""
+    assert "core.resize" not in result.script  # ffv1 takes 10-bit 4:4:4 as it is
+
+
+def test_rgb_for_a_codec_without_rgb_is_converted_in_the_script_and_said():
+    rgb = MediaInfo(width=48, height=32, frames=6, format=VideoFormat("RGB", 8), fps=Fraction(25), matrix=0,
+                    range="pc", sar=Fraction(1))
+    result = plan(Preset("rgb", encoder=EncoderSettings(codec="x264")), AWKWARD, media=rgb)
+    check("rgb-x264.vpy", result.script)
+    check("rgb-x264.sh", result.command + "\n")
+    assert result.note == "x264: 8-bit RGB source encoded as 8-bit 4:4:4 (libx264 has no RGB)"
+    assert "-colorspace bt709 " in result.command and "-pix_fmt yuv444p " in result.command
+    compile(result.script, "rgb-x264.vpy", "exec")

@@ -20,7 +20,7 @@ import pytest
 import vapoursynth as vs
 
 import bridge_impl
-from vs_uav.settings import SETTINGS, VS_RETURN, vs_signature
+from vs_uav.settings import SETTINGS, SETTINGS_BY_NAME, VS_RETURN, vs_signature
 
 TESTS = Path(__file__).resolve().parent
 IMPL = "bridge_impl:upscale"
@@ -64,8 +64,12 @@ def test_signature_is_the_settings_model():
     for s in SETTINGS:
         annotation = str(params[s.name].annotation)
         assert params[s.name].default is None, s.name
-        expected = {"int": "int", "float": "float", "data": "str", "int[]": "Sequence[int]"}[s.vs_type]
+        expected = {"float": "float", "data": "str", "float[]": "Sequence[float]"}[s.vs_type]
         assert expected in annotation, (s.name, annotation)
+    # Integers are never declared int: VapourSynth would truncate 2.7 and overflow at 2**63
+    # before Python sees the value (see Setting.vs_type).
+    assert not any(s.vs_type.startswith("int") for s in SETTINGS)
+    assert SETTINGS_BY_NAME["seed"].vs_type == "data" and SETTINGS_BY_NAME["steps"].vs_type == "float"
 
 
 @pytest.mark.parametrize("kwargs", [dict(steps="many"), dict(guidance_scale="high"), dict(prompt=["a", "b"]),
@@ -99,11 +103,49 @@ def test_arguments_reach_python_and_the_clip_comes_back(impl):
     assert out.get_frame(2).props["UAVTestPrompt"] == "a koala"
 
 
+def test_integers_arrive_as_written_whole_and_exact(impl):
+    """Floats for integer parameters are not truncated on the way (the settings model refuses
+    them), bools stay bools, and a 64-bit seed arrives exactly, whatever its size."""
+    core.uav.Upscale(blank(), steps=2.7, seed=2**63 - 1, chunk_size=16, propagation_steps=[1.5, 2],
+                     scene_change=True)
+    core.uav.Upscale(blank(), seed=2**63, noise_level=1e300)
+    core.uav.Upscale(blank(), seed=1.9)
+    core.uav.Upscale(blank(), seed=True)
+    calls = [{k: v for k, v in c.items() if k != "clip"} for c in impl]
+    assert calls == [dict(steps=2.7, seed=2**63 - 1, chunk_size=16, propagation_steps=[1.5, 2], scene_change=1),
+                     dict(seed=2**63, noise_level=1e300), dict(seed=1.9), dict(seed=True)]
+    assert type(calls[0]["chunk_size"]) is int and type(calls[0]["seed"]) is int and type(calls[3]["seed"]) is bool
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=2.7), "steps=2.7; accepted: an integer in [1, 1000]"),
+    (dict(seed=1.9), "seed=1.9; accepted: an integer in [0, 9223372036854775807]"),
+    (dict(seed=2**63), "seed=9223372036854775808; accepted: an integer in [0, 9223372036854775807]"),
+    (dict(seed=-1), "seed=-1; accepted: an integer in [0, 9223372036854775807]"),
+    (dict(seed="many"), "seed='many'; accepted: an integer in [0, 9223372036854775807]"),
+    (dict(chunk_size=8.5), "chunk_size=8.5; accepted: an integer in [8, 4096]"),
+    (dict(noise_level=-3), "noise_level=-3; accepted: an integer in [0, 350]"),
+    (dict(scene_change=0.5), "scene_change=0.5; accepted: True or False"),
+    (dict(propagation_steps=[3, 3]), "propagation_steps=[3, 3]; accepted: distinct step indices in [0, 29]"),
+    (dict(propagation_steps=[2.5]), "propagation_steps=[2.5]; accepted: distinct step indices in [0, 29]"),
+    (dict(steps=4, propagation_steps=[4]), "propagation_steps=[4]; accepted: distinct step indices in [0, 3]"),
+])
+def test_the_filter_refuses_bad_numbers_in_one_line(monkeypatch, kwargs, message):
+    """Through the real plugin and filter: one line with the prefix, the value as written
+    and what is accepted, before any model is loaded (the folder does not exist)."""
+    monkeypatch.delenv("UAV_BRIDGE_IMPL", raising=False)
+    with pytest.raises(vs.Error) as e:
+        core.uav.Upscale(blank(16, 16), model="/nonexistent/uav", **kwargs)
+    assert str(e.value).startswith(f"uav.Upscale: {message}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_method_call_bytes_and_single_values(impl):
     out = blank().uav.Upscale(prompt=b"bytes", propagation_steps=4)
     assert out.width == 32
     call = impl[-1]
-    assert call["prompt"] == b"bytes" and call["propagation_steps"] == 4  # a lone array value arrives bare
+    # VapourSynth passes a one-value array bare; the bridge hands it on as the list it is.
+    assert call["prompt"] == b"bytes" and call["propagation_steps"] == [4]
 
 
 def test_repeated_calls_are_independent(impl):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,34 +98,116 @@ def _add_preset_option(parser: argparse.ArgumentParser) -> None:
                         "file); options given explicitly override its values")
 
 
-def _progress_bar(done: int, total: int, started: float) -> str:
+def _clock_text(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m, sec = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def _progress_line(clock) -> str:
+    """The bar: frames written, the chunk and denoising step being computed, elapsed, ETA
+    (a :class:`vs_uav.render.ProgressClock`'s)."""
     width = 30
-    frac = done / total if total else 0.0
-    elapsed = time.monotonic() - started
-    eta = elapsed / done * (total - done) if done else float("nan")
-    eta_s = "--:--" if eta != eta else f"{int(eta) // 60:02d}:{int(eta) % 60:02d}"
-    bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-    return f"\r[{bar}] {done}/{total} frames, {elapsed:.0f} s elapsed, ETA {eta_s}"
+    done, total = clock.done, clock.total
+    filled = int(width * done / total) if total else 0
+    where = ""
+    if clock.step is not None:
+        step, steps, chunk, chunks = clock.step
+        where = f", chunk {chunk}/{chunks} step {step}/{steps}"
+    eta = clock.eta()
+    return (f"\r[{'#' * filled}{'-' * (width - filled)}] {done}/{total or '?'} frames{where}, "
+            f"{clock.elapsed:.0f} s elapsed, ETA {'--:--' if eta is None else _clock_text(eta)}")
+
+
+class _ProgressBar:
+    """One updating stderr line fed by :func:`vs_uav.render.render`'s callbacks."""
+
+    def __init__(self, prog: str):
+        from .render import ProgressClock
+
+        self.prog, self.clock, self.drawn = prog, ProgressClock(), False
+
+    def frames(self, done: int, total: int) -> None:
+        self.clock.frames(done, total)
+        self._draw()
+
+    def step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
+        self.clock.on_step(step, steps, chunk, chunks)
+        self._draw()
+
+    def warning(self, text: str) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: warning: {text}\n")
+
+    def _draw(self) -> None:
+        self.drawn = True
+        sys.stderr.write(_progress_line(self.clock))
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        """Ends the bar's line (before any other message)."""
+        if self.drawn:
+            sys.stderr.write("\n")
+            self.drawn = False
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class _StopSignals:
+    """While rendering, SIGINT (Ctrl+C), SIGTERM and SIGHUP set ``event`` (the render's cancel)
+    instead of ending this process on the spot: the render then kills vspipe's and ffmpeg's
+    process groups and removes the partial output, and the temporary folder goes too."""
+
+    def __enter__(self) -> "_StopSignals":
+        self.event, self.received = threading.Event(), 0
+        self._previous = {s: signal.signal(s, self._stop) for s in _STOP_SIGNALS}
+        return self
+
+    def _stop(self, signum: int, frame) -> None:
+        self.received = self.received or signum
+        self.event.set()
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class _Interrupted(Exception):
+    pass
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
-    from .script import default_output
+    from .script import absolute, default_output
 
     source = Path(args.input)
     if not source.is_file():
         raise SystemExit(f"uav upscale: input {source} not found")
     preset = _resolve(args, "uav upscale")
     settings, encoder = preset.settings, preset.encoder
-    output = Path(args.output) if args.output else default_output(source, encoder)
+    # Absolute before anything is written: the script runs in a temporary folder.
+    source = absolute(source)
+    output = absolute(args.output) if args.output else default_output(source, encoder)
     if output.resolve() == source.resolve():
         raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
-    return _render(source, output, settings, encoder, "uav upscale")
+    return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace)
 
 
-def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = ()) -> int:
+def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = (),
+            check: bool = False, deinterlace: str = "none") -> int:
     """Write the .vpy and render it (:mod:`vs_uav.render`) with a progress bar on stderr; only
-    a complete file gets the output's name."""
+    a complete file gets the output's name. ``check``: first everything that can fail
+    cheaply (:mod:`vs_uav.preflight`), before vspipe loads the model.
+
+    SIGINT, SIGTERM and SIGHUP stop vspipe and ffmpeg, remove the partial output and the
+    temporary folder, and say in one line what was kept and how to resume; the exit status
+    is then 128 + the signal's number (130, 143, 129).
+
+    The output keeps the source's format, colour tags, sample aspect ratio and timestamps
+    where the codec can (:func:`_probe_for_encoder`); an interlaced source is refused unless
+    ``deinterlace`` names a deinterlacer.
+    """
     import tempfile
 
     from .render import RenderError, RenderJob, render
@@ -132,26 +216,78 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
     namespace = _has_namespace()
     # vspipe evaluates the script in the script's folder (a temporary one): the source by its absolute path.
     source = Path(os.path.abspath(source))
-    started, drawn = time.monotonic(), False
-
-    def bar(done: int, total: int) -> None:
-        nonlocal drawn
-        drawn = True
-        print(_progress_bar(done, total, started), end="", file=sys.stderr, flush=True)
-
-    with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
-        script = Path(tmp) / "upscale.vpy"
-        script.write_text(make_script(source, settings, namespace=namespace, prepare=prepare,
-                                      command=shell_command(script, source, output, encoder)), encoding="utf-8")
+    bar = _ProgressBar(prog)
+    with _StopSignals() as stop:
         try:
-            result = render(RenderJob(script, output, ffmpeg_options(source, encoder)), progress=bar)
-        except RenderError as e:
-            raise SystemExit(f"{prog}: {e}")
-        finally:
-            if drawn:
-                print(file=sys.stderr)  # the bar's line ends
+            with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
+                script = Path(tmp) / "upscale.vpy"
+                video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, Path(tmp), prog, deinterlace)
+                if stop.received:
+                    raise _Interrupted
+                job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
+                if check:
+                    from .preflight import PreflightError, preflight
+
+                    try:
+                        preflight(job, source, settings, encoder, Path(tmp))
+                    except (PreflightError, ValueError) as e:
+                        if stop.received:  # Ctrl+C reaches ffprobe and the test encode too
+                            raise _Interrupted from None
+                        raise SystemExit(f"{prog}: {e}")
+                script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
+                                              command=shell_command(script, source, output, encoder, spec,
+                                                                    filter_file)), encoding="utf-8")
+                if stop.received:
+                    raise _Interrupted
+                try:
+                    result = render(job, progress=bar.frames, cancel=stop.event, step_progress=bar.step,
+                                    warning=bar.warning)
+                except RenderError as e:
+                    if stop.received:
+                        raise _Interrupted from None
+                    raise SystemExit(f"{prog}: {e}")
+                finally:
+                    bar.end()
+        except _Interrupted:
+            name = signal.Signals(stop.received).name
+            kept = (f"the finished chunks stay in --cache-dir {settings.cache_dir}: run the same command to resume"
+                    if settings.cache_dir else "nothing was kept: run the same command to start again (with "
+                    "--cache-dir DIR a render resumes where it stopped)")
+            sys.stderr.write(f"{prog}: stopped by {name}: vspipe and ffmpeg ended, no partial {output} or "
+                             f"temporary files left; {kept}\n")
+            return 128 + stop.received
     print(f"{prog}: wrote {output} in {result.seconds:.0f} s", file=sys.stderr)
     return 0
+
+
+def _probe_for_encoder(source: Path, encoder, prepare: tuple[str, ...], folder: Path, prog: str,
+                       deinterlace: str):
+    """(the file the script reads, the output's :class:`vs_uav.script.OutputSpec`, the filter
+    file or None): the clip the script hands the filter, probed; an interlaced one refused, or
+    deinterlaced into ``folder`` first; what the codec cannot keep said in one line."""
+    from .media import deinterlace as run_deinterlacer
+    from .media import interlaced_message, probe
+    from .script import needs_filter_file, output_spec, reading_script, video_filter
+
+    video = source
+    try:
+        media = probe(source, reading_script(source, prepare))
+        if media.interlaced:
+            if deinterlace == "none":
+                raise ValueError(interlaced_message(source, media))
+            video = folder / "progressive.mkv"
+            run_deinterlacer(source, video)
+            media = probe(video, reading_script(video, prepare), start_of=source)
+    except ValueError as e:
+        raise SystemExit(f"{prog}: {e}")
+    spec = output_spec(media, encoder)
+    if spec.note:
+        sys.stderr.write(f"{prog}: warning: {spec.note}\n")
+    filter_file = None
+    if needs_filter_file(spec):
+        filter_file = folder / "video.filter"
+        filter_file.write_text(video_filter(spec), encoding="utf-8")
+    return video, spec, filter_file
 
 
 def _has_namespace() -> bool:
@@ -166,15 +302,29 @@ def _has_namespace() -> bool:
 
 def cmd_script(args: argparse.Namespace) -> int:
     """Write the .vpy (and print the matching command) without running it."""
-    from .script import default_output, default_script, plan
+    from .media import interlaced_message, probe
+    from .script import absolute, default_output, default_script, plan, reading_script
 
     preset = _resolve(args, "uav script")
-    # The .vpy may be run from anywhere: it names the source by its absolute path.
-    source = Path(os.path.abspath(args.input))
-    script = Path(args.script) if args.script else default_script(source)
-    output = Path(args.output) if args.output else default_output(source, preset.encoder)
-    result = plan(preset, source, script, output, namespace=not args.import_style)
-    result.script_path.write_text(result.script, encoding="utf-8")
+    # The .vpy may be run from anywhere: every path in it and its command is absolute.
+    source = absolute(args.input)
+    script = absolute(args.script) if args.script else default_script(source)
+    output = absolute(args.output) if args.output else default_output(source, preset.encoder)
+    media = None
+    if source.is_file():
+        try:
+            media = probe(source, reading_script(source))
+        except ValueError as e:
+            raise SystemExit(f"uav script: {e}")
+        if media.interlaced:
+            raise SystemExit(f"uav script: {interlaced_message(source, media, option=False)}")
+    else:
+        sys.stderr.write(f"uav script: warning: input {source} not found: the command keeps none of its format, "
+                         "colour tags, aspect ratio or timing\n")
+    result = plan(preset, source, script, output, namespace=not args.import_style, media=media, probe=False)
+    if result.note:
+        sys.stderr.write(f"uav script: warning: {result.note}\n")
+    result.write()
     print(result.command)
     return 0
 
@@ -300,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     from .encoder import ENCODER_SETTINGS
+    from .media import DEINTERLACERS
     from .settings import SETTINGS
 
     up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
@@ -309,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preset_option(up)
     _add_setting_options(up, SETTINGS)
     _add_setting_options(up, ENCODER_SETTINGS)
+    up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
+                    help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
+                         "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
     up.set_defaults(func=cmd_upscale)
 
     sc = sub.add_parser("script", help="write a .vpy for a source and print the encoder command")

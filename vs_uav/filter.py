@@ -150,7 +150,20 @@ def _check_clip(clip: Any) -> vs.VideoNode:
         raise _fail(f"clip is {clip.width}x{clip.height}; accepted: at least {MIN_SIZE}x{MIN_SIZE}")
     if clip.format.color_family not in (vs.YUV, vs.RGB, vs.GRAY):
         raise _fail(f"clip format {clip.format.name} is not supported; accepted: YUV, RGB or GRAY")
+    if clip.num_frames:
+        _check_progressive(clip.get_frame(0).props)
     return clip
+
+
+def _check_progressive(props: Any) -> None:
+    """An interlaced frame (``_FieldBased`` 1 or 2) is refused: the model sees whole frames,
+    and two fields woven together are not one."""
+    field = int(props.get("_FieldBased", 0))
+    if field in (1, 2):
+        order = "top field first" if field == 2 else "bottom field first"
+        raise _fail(f"clip is interlaced (_FieldBased={field}, {order}); accepted: progressive frames — "
+                    f"deinterlace first, e.g. clip = core.resize.Bob(clip, tff={field == 2}) (one frame per "
+                    "field), or ffmpeg's bwdif filter (uav upscale --deinterlace bwdif)")
 
 
 def _to_rgb(clip: vs.VideoNode) -> tuple[vs.VideoNode, dict[str, Any]]:
@@ -163,13 +176,15 @@ def _to_rgb(clip: vs.VideoNode) -> tuple[vs.VideoNode, dict[str, Any]]:
     matrix = props.get("_Matrix", vs.MATRIX_UNSPECIFIED)
     if matrix in (vs.MATRIX_UNSPECIFIED, vs.MATRIX_RGB) and fmt.color_family == vs.YUV:
         matrix = vs.MATRIX_BT709 if hd else vs.MATRIX_ST170_M
-    # _Range in R7x+; _ColorRange (same values) from older sources. Transfer and primaries
-    # need no conversion: the model works on the gamma-encoded RGB the matrix gives.
+    # _Range in R7x+ (0 limited, 1 full, as resize takes it); _ColorRange (0 full, 1 limited)
+    # from older sources. Transfer and primaries need no conversion: the model works on the
+    # gamma-encoded RGB the matrix gives.
     rng = props.get(RANGE_PROP)
     if rng is None:
         with warnings.catch_warnings():  # reading the legacy name is what we want here
             warnings.simplefilter("ignore", DeprecationWarning)
-            rng = props.get("_ColorRange")
+            legacy = props.get("_ColorRange")
+        rng = None if legacy is None else 1 - int(legacy)
     if rng is None:
         rng = vs.RANGE_FULL if fmt.color_family == vs.RGB else vs.RANGE_LIMITED
     info = {"matrix": int(matrix), "range": int(rng), "format": fmt}
@@ -208,11 +223,27 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
 
     rgb, info = _to_rgb(clip)
     core = vs.core
+    from .render import STEP_PROGRESS
     from .streaming import ChunkDriver
 
+    env = vs.get_current_environment()
+
+    def run(fn, *args: Any, **kwargs: Any) -> Any:
+        # The worker thread has no VapourSynth environment of its own: in this one, what the
+        # model code logs (step progress, a too long prompt) reaches VapourSynth's log.
+        def call() -> Any:
+            with env.use():
+                return fn(*args, **kwargs)
+
+        return worker.run(call)
+
+    def progress(step: int, steps: int, k: int, chunks: int) -> None:
+        # One log line per denoising step: `uav upscale` (vs_uav.render) parses it for its bar.
+        _log(core, STEP_PROGRESS.format(chunk=k + 1, chunks=chunks, step=step, steps=steps))
+
     try:  # the model's limits and a writable cache_dir are checked here, before any frame
-        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), run=worker.run,
-                             log=lambda message: _log(core, message))
+        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), run=run,
+                             progress=progress, log=lambda message: _log(core, message))
     except ValueError as e:
         raise _fail(str(e)) from None
     blank = core.std.BlankClip(rgb, width=clip.width * SCALE, height=clip.height * SCALE, keep=True)
@@ -223,6 +254,7 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
 
     def render(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         try:
+            _check_progressive(f[1].props)  # a clip may turn interlaced after its first frame
             k = driver.chunk_of(n)
             chunk = driver.output(k).frames
             data = ((chunk[0, :, n - driver.bounds[k][0]] + 1) * 0.5).clamp(0, 1).numpy()

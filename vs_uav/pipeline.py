@@ -32,7 +32,7 @@ from .propagation import PropagationCarry, propagate
 from .scheduling import DDIMScheduler, LowResScheduler, SchedulerConfig
 from .settings import SETTINGS_BY_NAME, UpscaleSettings
 from .streaming import ChunkDriver, ChunkState, ProgressCallback, UpscaleOutput
-from .tiling import CONTEXT, WINDOW, decode_groups, ramp, spatial_tiles, temporal_windows
+from .tiling import CONTEXT, DECODE_GROUP, WINDOW, decode_groups, ramp, scene_windows, spatial_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,15 @@ def _pad_frames(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     b, c, n, h, w = x.shape
     x = F.pad(x.reshape(b, c * n, h, w), (0, pad_w, 0, pad_h), mode="reflect")
     return x.reshape(b, c, n, h + pad_h, w + pad_w)
+
+
+def _tail(frames: torch.Tensor, before: Optional[torch.Tensor], cut: int, count: int) -> torch.Tensor:
+    """The ``count`` frames before index ``cut`` of (..., T, H, W) ``frames`` on the CPU, reaching
+    into ``before`` (the frames preceding them, e.g. a state's) when ``cut < count``."""
+    part = frames[:, :, max(0, cut - count):cut].cpu()
+    if part.shape[2] < count and before is not None:
+        part = torch.cat([before[:, :, before.shape[2] - (count - part.shape[2]):].cpu(), part], dim=2)
+    return part
 
 
 def _memory_budget(device: torch.device) -> int:
@@ -269,9 +278,11 @@ class UpscalePipeline:
         return out / weight
 
     def _model_output(self, latents: torch.Tensor, image: torch.Tensor, t: int, embeds: torch.Tensor,
-                      class_labels: torch.Tensor, tile: tuple[int, int]) -> torch.Tensor:
-        """Model output for every frame: the U-Net over 8-frame windows, overlaps averaged in
-        window order (``old * 0.5 + new * 0.5``) exactly as the official loop does."""
+                      class_labels: torch.Tensor, tile: tuple[int, int],
+                      windows: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Model output for every frame: the U-Net over 8-frame ``windows`` (indices into
+        ``latents``), overlaps averaged in window order (``old * 0.5 + new * 0.5``) exactly as
+        the official loop does."""
         unet = self.model.unet
         batch = embeds.shape[0]
 
@@ -283,7 +294,7 @@ class UpscalePipeline:
         out = torch.empty((batch, *latents.shape[1:]), dtype=torch.float32, device=latents.device)
         seen = torch.zeros(latents.shape[2], dtype=torch.bool)
         prev_window, pred = None, None
-        for window in temporal_windows(latents.shape[2]):
+        for window in windows:
             s, e = window
             if window != prev_window:  # a repeated window gives the same prediction
                 pred = self._tiled(call, (latents[:, :, s:e], image[:, :, s:e]), *tile, scale=1)
@@ -319,21 +330,27 @@ class UpscalePipeline:
         image_noise: Optional[torch.Tensor] = None,
         callback: Optional[Callable[[int, int], None]] = None,
         decode: bool = True,
+        end: Optional[int] = None,
     ) -> tuple[UpscaleOutput, ChunkState]:
         """Denoise and decode frames ``start .. start + T`` of a clip.
 
-        ``decode=False`` skips the VAE (``frames`` is None): for callers that cache the
-        latents and decode with :meth:`decode` later.
-
-        ``state`` is the previous chunk's :class:`ChunkState` (None at the clip's start or
-        after a scene cut); the returned state continues into the next chunk.
-        ``flows`` are the chunk's own flows (computed when propagation needs them and
-        none are given); ``boundary_flows`` link the previous chunk's last frame to this
-        chunk's first ((1, 2, H, W) each, computed from the state when needed).
+        ``state`` is the previous chunk's :class:`ChunkState` (None at a scene's first frame);
+        the returned state continues from frame ``end`` (default: after the last frame). Frames
+        from ``end`` on are look-ahead: denoised like the others, so that the windows and the
+        backward propagation sweep of the frames before ``end`` see what follows them.
+        U-Net windows are laid from the scene's first frame (the state's ``anchor``), where
+        one long chunk lays them. ``decode=False`` skips the VAE (``frames`` is None): for
+        callers that cache the latents and decode with :meth:`decode` later.
+        ``flows`` are the given frames' own flows (estimated when propagation needs them);
+        ``boundary_flows`` link the previous chunk's last frame to this chunk's first
+        ((1, 2, H, W) each, estimated from the state when needed).
         """
         m = self.model
         device = self.device
         _, _, n, h, w = video.shape
+        end = start + n if end is None else end
+        if not start < end <= start + n:
+            raise ValueError(f"end={end}; accepted: a frame in [{start + 1}, {start + n}]")
         pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
         ph, pw = h + pad_h, w + pad_w
         if state is not None and (state.end != start or tuple(state.image.shape[-2:]) != (ph, pw)
@@ -346,9 +363,9 @@ class UpscalePipeline:
         frames = range(start, start + n)
 
         # 1. Prompt embeddings: rows [negative, positive] with guidance.
-        # The caption and its suffix apart: a prompt too long for CLIP loses caption, not suffix.
+        # Caption and suffix apart: a prompt too long for CLIP loses caption, not suffix.
         embeds = m.prompt_encoder.encode(settings.prompt, settings.negative_prompt, guidance=settings.guidance,
-                                         suffix=settings.prompt_suffix)
+                                         suffix=settings.prompt_suffix, join=UpscaleSettings.join_prompt)
         embeds = embeds.to(device, self.dtype)
         batch = embeds.shape[0]
 
@@ -382,17 +399,28 @@ class UpscalePipeline:
                     _pad_frames(f.float()[:, :, None], pad_h, pad_w)[:, :, 0].to(device) for f in boundary_flows
                 )
 
-        # 5. Denoising loop, with the previous chunk's tail as fixed context.
-        ctx = state.context if state is not None else 0
-        ctx_image = state.image.to(device) if state is not None else None
-        image_ext = torch.cat([ctx_image, image], dim=2) if ctx else image
-        keep = min(CONTEXT, ctx + n)
+        # 5. Windows from the scene's first frame; the ones reaching back before `start` see
+        #    the previous chunk's latents of each step as fixed context.
+        anchor = state.anchor if state is not None else start
+        windows = scene_windows(anchor, start, start + n)
+        ctx = start - min(s for s, _ in windows)
+        if ctx > (state.context if state is not None else 0):
+            raise ValueError(f"state holds {state.context if state else 0} context frames; accepted: {ctx} or more")
+        windows = [(s - start + ctx, e - start + ctx) for s, e in windows]
+        image_ext = torch.cat([state.image[:, :, state.context - ctx:].to(device), image], dim=2) if ctx else image
+        cut = ctx + end - start  # index of frame `end` in the extended frames
+        keep = min(CONTEXT, end - anchor)  # context the next chunk may need
+        # What precedes the extended frames, for a chunk shorter than the context it hands on.
+        before = slice(0, state.context - ctx) if state is not None else None
+
+        # 6. Denoising loop.
         tail_latents, propagated = [], {}
         tile = self.tile_for(ph, pw, settings)
         for i, t in enumerate(timesteps):
-            ext = torch.cat([state.latents[i].to(device), latents], dim=2) if ctx else latents
-            tail_latents.append(ext[:, :, -keep:].cpu())
-            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile)[:, :, ctx:]
+            ext = torch.cat([state.latents[i, :, :, state.context - ctx:].to(device), latents], dim=2) \
+                if ctx else latents
+            tail_latents.append(_tail(ext, state.latents[i][:, :, before] if before else None, cut, keep))
+            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile, windows)[:, :, ctx:]
             if settings.guidance:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + settings.guidance_scale * (text - uncond)
@@ -402,19 +430,23 @@ class UpscalePipeline:
                 if carry_flows is not None and i in state.propagated:
                     carry = PropagationCarry(state.propagated[i].to(device), *carry_flows)
                 x0 = propagate(x0, flows[0], flows[1], carry=carry)
-                propagated[i] = x0[:, :, -1].cpu()
+                propagated[i] = x0[:, :, end - start - 1].cpu()
             latents = m.scheduler.step_vt(x0, noise_pred, t, latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
 
+        final = latents[..., :h, :w].cpu()
+        prev_final = state.final if state is not None else None
         new_state = ChunkState(
-            end=start + n, latents=torch.stack(tail_latents), image=image_ext[:, :, -keep:].cpu(),
-            last_frame=clean[:, :, -1].cpu(), propagated=propagated,
+            end=end, latents=torch.stack(tail_latents),
+            image=_tail(image_ext, state.image[:, :, before] if before else None, cut, keep),
+            last_frame=clean[:, :, end - start - 1].cpu(), propagated=propagated, anchor=anchor,
+            final=_tail(final, prev_final, end - start, min(DECODE_GROUP - 1, end - anchor)),
         )
 
-        # 6. Decode, crop the padding, correct colours against the upsampled input.
-        frames = self.decode(latents[..., :h, :w], clean, settings) if decode else None
-        return UpscaleOutput(frames=frames, latents=latents[..., :h, :w].cpu()), new_state
+        # 7. Decode, crop the padding, correct colours against the upsampled input.
+        frames = self.decode(final, clean, settings) if decode else None
+        return UpscaleOutput(frames=frames, latents=final), new_state
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, video: torch.Tensor, settings: UpscaleSettings) -> torch.Tensor:

@@ -9,7 +9,10 @@ that encodes a script (a cluster worker encoding a segment, a GUI)::
 What it guarantees:
 
 - vspipe's progress (``Frame: N/M``, ``Output N frames in``) goes to the ``progress``
-  callback, in the caller's thread; nothing is printed (library code never writes to stdout).
+  callback, ``uav.Upscale``'s step progress (:data:`STEP_PROGRESS`, one line per denoising
+  step) to ``step_progress`` and vspipe's warnings to ``warning``, all in the caller's
+  thread; nothing is printed (library code never writes to stdout). :class:`ProgressClock`
+  turns them into an ETA.
 - Both programs' stderr are collected (files in ``log_dir``, else memory and a temporary
   file), so no pipe fills up and blocks a process.
 - ffmpeg writes ``<name>.partial<ext>``, renamed to the output only when both programs
@@ -45,8 +48,18 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: frames written so far and the clip's length."""
+StepProgress = Callable[[int, int, int, int], None]
+"""``step_progress(step, steps, chunk, chunks)``: denoising step ``step`` of ``steps`` of chunk
+``chunk`` of ``chunks`` (both counted from 1) is done; the chunk driver's progress."""
 
+# What uav.Upscale writes to VapourSynth's log after every denoising step (vspipe prints it
+# on stderr as "Information: uav.Upscale: progress chunk 1/4 step 3/30"); parsed below.
+STEP_PROGRESS = "progress chunk {chunk}/{chunks} step {step}/{steps}"
+_STEP = re.compile(rb"uav\.Upscale: progress chunk (\d+)/(\d+) step (\d+)/(\d+)")
+_WARNING = re.compile(rb"^Warning: (.*)")
 _FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
+_ENCODER_CHATTER = re.compile(r"^(\w+ \[(info|warning)\]|encoded \d+ frames)")
+_MUXER_TAG = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\] ")  # "[mp4 @ 0x55...] " before a muxer's message
 _DONE = re.compile(rb"Output (\d+) frames in")  # vspipe's last line; its progress lines are rate-limited
 _KEEP_LINES = 200  # vspipe log lines kept in memory: a traceback's end is what tells
 _POLL_S = 0.2  # how often timeout, cancel and an early ffmpeg exit are checked
@@ -107,15 +120,71 @@ class RenderResult:
     ffmpeg_log: str
 
 
+def steps_left(step: int, steps: int, chunk: int, chunks: int) -> int:
+    """Denoising steps still to run after step ``step`` of chunk ``chunk`` (both from 1)."""
+    return (steps - step) + (chunks - chunk) * steps
+
+
+class ProgressClock:
+    """Elapsed time and ETA of a render from the callbacks of :func:`render`.
+
+    With step progress, the ETA is the measured seconds per denoising step (from the first
+    step seen to the latest, so model loading and chunks read from a cache do not count)
+    times the steps left in all chunks; a chunk's decoding falls between its last step and
+    the next chunk's first, so it is averaged in. Without it (no step seen yet, or a render
+    of cached chunks), seconds per frame times frames left.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.started = clock()
+        self.done = self.total = 0  # frames
+        self.step: Optional[tuple[int, int, int, int]] = None  # (step, steps, chunk, chunks), the latest
+        self._first_step = self._last_step = 0.0
+        self._steps_seen = 0
+
+    def frames(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def on_step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
+        now = self.clock()
+        if not self._steps_seen:
+            self._first_step = now
+        self._steps_seen += 1
+        self._last_step = now
+        self.step = (step, steps, chunk, chunks)
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def seconds_per_step(self) -> Optional[float]:
+        if self._steps_seen < 2:
+            return None
+        return (self._last_step - self._first_step) / (self._steps_seen - 1)
+
+    def eta(self) -> Optional[float]:
+        """Seconds left, or None while nothing has been measured."""
+        rate = self.seconds_per_step()
+        if rate is not None and self.step is not None:  # counting down since the latest step
+            return max(0.0, rate * steps_left(*self.step) - (self.clock() - self._last_step))
+        if self.done and self.total:
+            return self.elapsed / self.done * (self.total - self.done)
+        return None
+
+
 def render(job: RenderJob, progress: Optional[Progress] = None,
-           cancel: Optional[threading.Event] = None) -> RenderResult:
+           cancel: Optional[threading.Event] = None, step_progress: Optional[StepProgress] = None,
+           warning: Optional[Callable[[str], None]] = None) -> RenderResult:
     """Run ``job``: vspipe -c y4m into ffmpeg, the output renamed into place only on success.
 
     ``progress(done, total)`` is called in this thread as vspipe reports frames, last with
-    the final count; an exception it raises stops the render (and propagates). Setting
-    ``cancel`` stops it too, with a :class:`RenderError`. Raises :class:`RenderError` (one
-    line) when a program is missing, fails or the timeout passes; the output is then untouched
-    and no partial file is left.
+    the final count; ``step_progress(step, steps, chunk, chunks)`` after every denoising
+    step ``uav.Upscale`` reports; ``warning(text)`` with each warning vspipe prints. An
+    exception a callback raises stops the render (and propagates). Setting ``cancel`` stops
+    it too (within a fraction of a second: both programs' process groups are killed), with
+    a :class:`RenderError`. Raises :class:`RenderError` (one line) when a program is missing,
+    fails or the timeout passes; the output is then untouched and no partial file is left.
     """
     vspipe = job.vspipe or find_vspipe()
     ffmpeg = job.ffmpeg or shutil.which("ffmpeg")
@@ -126,9 +195,7 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     output, partial = Path(job.output), job.partial
     output.parent.mkdir(parents=True, exist_ok=True)
     vspipe_cmd = vspipe_args(Path(job.script), vspipe, progress=True, options=job.vspipe_args)
-    # -nostdin: stdin is the y4m stream, never keyboard commands; -y: a stale partial is replaced.
-    ffmpeg_cmd = [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *job.ffmpeg_args,
-                  path_arg(partial, ffmpeg=True)]
+    ffmpeg_cmd = _ffmpeg_command(ffmpeg, job.ffmpeg_args, partial)
     env = dict(job.env) if job.env is not None else None
     logger.debug("render: %s | %s", shlex.join(vspipe_cmd), shlex.join(ffmpeg_cmd))
 
@@ -169,8 +236,10 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
                     event = ()
                 if event is None:
                     break
-                if event and progress is not None:
-                    progress(*event)
+                callback = {"frames": progress, "step": step_progress, "warning": warning}.get(event[0]) \
+                    if event else None
+                if callback is not None:
+                    callback(*event[1:])
                 check_limits()
                 if enc.poll() and pipe.poll() is None:
                     _kill(pipe)  # ffmpeg failed: vspipe might compute a slow frame before it notices
@@ -197,6 +266,43 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     frames = reader.frames if reader.frames is not None else reader.last_done
     logger.info("render: %d frames into %s in %.1f s", frames, output, seconds)
     return RenderResult(output, frames, seconds, "\n".join(reader.lines), ffmpeg_text)
+
+
+def _ffmpeg_command(ffmpeg: str, ffmpeg_args: Sequence[str], target: Path) -> list[str]:
+    # -nostdin: stdin is the y4m stream, never keyboard commands; -y: a stale partial is replaced.
+    return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *ffmpeg_args, path_arg(target, ffmpeg=True)]
+
+
+def check_encoder(job: RenderJob, folder: Path, size: tuple[int, int] = (64, 48), timeout: float = 60) -> str:
+    """Whether ffmpeg can write ``job``'s output: "" or ffmpeg's error, on one line.
+
+    ffmpeg runs as :func:`render` runs it (the same inputs, stream mapping, codec options and
+    container, the source's audio copied in), on one small grey y4m frame instead of the
+    script's, into a file of the output's extension in ``folder`` (deleted after). A codec
+    the container cannot hold, or an audio track it cannot, fails here in a fraction of a
+    second instead of after the first chunk.
+    """
+    ffmpeg = job.ffmpeg or shutil.which("ffmpeg")
+    if not ffmpeg:
+        return "ffmpeg not found; install it or run `uav doctor`"
+    w, h = size
+    frame = f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + bytes([128]) * (w * h * 3 // 2)
+    target = Path(folder) / f"encoder-check{Path(job.output).suffix}"
+    # One frame, and no more than a moment of the source's audio.
+    cmd = _ffmpeg_command(ffmpeg, [*job.ffmpeg_args, "-frames:v", "1", "-t", "0.2"], target)
+    try:
+        run = subprocess.run(cmd, input=frame, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             env=dict(job.env) if job.env is not None else None, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"ffmpeg did not run ({e})"
+    finally:
+        target.unlink(missing_ok=True)
+    if run.returncode == 0:
+        return ""
+    # The first error is the cause (the rest follow from it); libx265 logs its settings regardless of -v.
+    rows = [r for r in _meaningful(run.stderr.decode(errors="replace").splitlines())
+            if not _ENCODER_CHATTER.match(r)]
+    return _MUXER_TAG.sub("", rows[0]) if rows else f"exit status {run.returncode}"
 
 
 def _start(name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
@@ -240,7 +346,7 @@ class _VspipeReader(threading.Thread):
     def __init__(self, stream: IO[bytes], log_file: Optional[IO[bytes]]):
         super().__init__(name="vspipe-stderr", daemon=True)
         self.stream, self.log_file = stream, log_file
-        self.events: queue.Queue[Optional[tuple[int, int]]] = queue.Queue()
+        self.events: queue.Queue[Optional[tuple]] = queue.Queue()  # (kind, *values); None at the end
         self.lines: collections.deque[str] = collections.deque(maxlen=_KEEP_LINES)
         self.frames: Optional[int] = None  # from "Output N frames in"
         self.last_done, self.total = 0, 0
@@ -266,15 +372,21 @@ class _VspipeReader(threading.Thread):
             self.events.put(None)
 
     def _line(self, part: bytes) -> None:
-        frame, done = _FRAME.search(part), _DONE.search(part)
+        frame, done, step = _FRAME.search(part), _DONE.search(part), _STEP.search(part)
         if frame:
             self.last_done, self.total = int(frame[1]), int(frame[2])
-            self.events.put((self.last_done, self.total))
+            self.events.put(("frames", self.last_done, self.total))
         elif done:
             self.frames = self.last_done = int(done[1])
-            self.events.put((self.frames, self.total or self.frames))
+            self.events.put(("frames", self.frames, self.total or self.frames))
+        elif step:  # not kept: thousands of them would push the lines that explain a failure out
+            chunk, chunks, n, steps = (int(x) for x in step.groups())
+            self.events.put(("step", n, steps, chunk, chunks))
         elif part.strip():
             self.lines.append(part.decode(errors="replace").rstrip())
+            warned = _WARNING.match(part.strip())
+            if warned:
+                self.events.put(("warning", warned[1].decode(errors="replace")))
 
     def last_line(self) -> str:
         lines = list(self.lines)

@@ -62,10 +62,14 @@ class UpscaleSettings:
                           choices=("none", "adain", "wavelet"), label="Colour correction")
     w_lr: float = _opt(1.0, "Weight of the low-res frames in the 'video' VAE (1.0 official; 0 ignores them).",
                        min=0.0, max=2.0, label="Low-res weight (video VAE)")
-    seed: int = _opt(0, "Random seed. Draws depend on (seed, frame), so results are reproducible and "
-                        "independent of chunking.", min=0, max=2**63 - 1, label="Random seed")
+    seed: int = _opt(0, "Random seed. Each frame's draws depend on (seed, frame index) only, so results are "
+                        "reproducible in any order, on any machine.", min=0, max=2**63 - 1, label="Random seed")
     chunk_size: int = _opt(32, "Frames denoised together; memory grows with it, not with clip length.",
                            min=8, max=4096, group="memory", label="Frames per chunk")
+    lookahead: int = _opt(8, "Frames past each chunk's end denoised and discarded, so the frames before "
+                             "a chunk boundary see what follows, as in one long chunk. 0: none (faster); "
+                             "chunking is exact when >= 7 x steps + 3 and propagation_steps is empty.",
+                          min=0, max=1024, group="memory", label="Look-ahead frames")
     tile_size: int = _opt(0, "Spatial tile in low-res pixels (multiple of 8); 0 tiles only when memory "
                              "requires it.", min=0, max=4096, group="memory", label="Tile size (low-res pixels)")
     tile_overlap: int = _opt(16, "Overlap of neighbouring tiles in low-res pixels, blended smoothly.",
@@ -123,15 +127,14 @@ class UpscaleSettings:
         """A copy with ``changes`` applied and validated like any other settings."""
         return UpscaleSettings.from_kwargs(**{**{s.name: getattr(self, s.name) for s in SETTINGS}, **changes})
 
-    def check_model(self, max_noise_level: int, num_train_timesteps: int = 1000) -> None:
+    def check_model(self, max_noise_level: int, max_steps: int = 999) -> None:
         """The limits a loaded model sets: ``max_noise_level`` (its ``model_index.json``) and
-        the scheduler's training timesteps (at most one denoising step each)."""
+        ``max_steps`` (its scheduler's training timesteps less its ``steps_offset``)."""
         if self.noise_level > max_noise_level:
             raise ValueError(f"noise_level={self.noise_level}; accepted: an integer in [0, {max_noise_level}] "
                              "for this model")
-        if self.steps > num_train_timesteps:
-            raise ValueError(f"steps={self.steps}; accepted: an integer in [1, {num_train_timesteps}] "
-                             "for this model")
+        if self.steps > max_steps:
+            raise ValueError(f"steps={self.steps}; accepted: an integer in [1, {max_steps}] for this model")
 
     @property
     def guidance(self) -> bool:
@@ -186,11 +189,14 @@ class Setting:
         anything else is returned as it came, for :meth:`check` to refuse by its value."""
         if self.type in (str, float):
             return value
-        if isinstance(value, list):
-            return [self.from_vs(v) for v in value]
+        if self.type is list or isinstance(value, list):  # VapourSynth passes a one-value array bare
+            return [self._from_vs_item(v) for v in (value if isinstance(value, list) else [value])]
+        return self._from_vs_item(value)
+
+    def _from_vs_item(self, value: Any) -> Any:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and self.vs_type == "data":
+        if isinstance(value, str) and self.vs_type.startswith("data"):
             text = value.strip()
             if text in ("True", "False"):  # str(True): a bool is not an integer here
                 return text == "True"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 
 import torch
 
-from .tiling import chunk_bounds
+from .tiling import DECODE_GROUP, chunk_bounds
 
 if TYPE_CHECKING:
     from .pipeline import UpscalePipeline
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2  # 2: every cache file carries a checksum of its tensors
+STATE_VERSION = 3  # 2: every cache file carries a checksum; 3: scene anchor, final latents, look-ahead
 LATENTS_FILE = "latents.safetensors"
 STATE_FILE = "state.safetensors"
 # Decoded chunks kept in memory: the one being served and its neighbour.
@@ -111,6 +111,8 @@ class ChunkState:
     image: torch.Tensor  # (1, 3, L, H, W): their noise-augmented low-res frames (U-Net input)
     last_frame: torch.Tensor  # (1, 3, H, W): the clean low-res last frame, for the boundary flow
     propagated: dict[int, torch.Tensor]  # step -> (1, C, H, W) forward-sweep x0 of the last frame
+    anchor: int = 0  # the scene's first frame: where U-Net windows and decode groups are laid from
+    final: Optional[torch.Tensor] = None  # (1, C, F, h, w): final latents of the last F <= 2 frames (decode)
     fingerprint: str = ""  # what produced it (parameters, model); checked before use
 
     @property
@@ -121,7 +123,10 @@ class ChunkState:
         """Write atomically: a state file is either complete or absent."""
         tensors = {"latents": self.latents, "image": self.image, "last_frame": self.last_frame}
         tensors.update({f"propagated.{k}": v for k, v in self.propagated.items()})
-        save_tensors(Path(path), tensors, {"end": str(self.end), "fingerprint": self.fingerprint})
+        if self.final is not None:
+            tensors["final"] = self.final
+        save_tensors(Path(path), tensors, {"end": str(self.end), "anchor": str(self.anchor),
+                                           "fingerprint": self.fingerprint})
 
     @classmethod
     def load(cls, path: Union[str, Path], fingerprint: Optional[str] = None) -> "ChunkState":
@@ -130,7 +135,7 @@ class ChunkState:
         try:
             propagated = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("propagated.")}
             return cls(int(meta["end"]), tensors["latents"], tensors["image"], tensors["last_frame"],
-                       propagated, meta.get("fingerprint", ""))
+                       propagated, int(meta["anchor"]), tensors.get("final"), meta.get("fingerprint", ""))
         except (KeyError, ValueError) as e:
             raise CacheError(f"{path}: not a chunk state ({type(e).__name__}: {e})") from None
 
@@ -157,6 +162,19 @@ def check_writable(folder: Path, name: str = "cache_dir") -> None:
     except OSError as e:
         raise ValueError(f"{name}={str(folder)!r} is not writable ({e.strerror or e}); "
                          "accepted: a folder this user can create and write") from None
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk ready to decode: its source from frame ``lo`` (decode context and look-ahead
+    included), its final latents from its first frame on (look-ahead included), the previous
+    chunk's last final latents (``prefix``) and its scene pieces."""
+
+    video: torch.Tensor
+    lo: int
+    latents: torch.Tensor
+    prefix: Optional[torch.Tensor]
+    pieces: list[tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -190,7 +208,8 @@ class ChunkDriver:
                  source: Source, *, start: int = 0, stop: Optional[int] = None,
                  run: Callable[..., Any] = _direct, inputs: Optional[Callable[[int, int], dict[str, Any]]] = None,
                  progress: Optional[ProgressCallback] = None, log: Optional[Callable[[str], None]] = None):
-        settings.check_model(pipeline.model.max_noise_level, pipeline.model.scheduler.config.num_train_timesteps)
+        scheduler = pipeline.model.scheduler.config  # its last timestep must stay below the trained ones
+        settings.check_model(pipeline.model.max_noise_level, scheduler.num_train_timesteps - scheduler.steps_offset)
         stop = num_frames if stop is None else stop
         if not 0 <= start < stop <= num_frames:
             raise ValueError(f"frames {start}..{stop}; accepted: 0 <= start < stop <= {num_frames}")
@@ -198,6 +217,7 @@ class ChunkDriver:
         self.run, self.inputs, self.progress = run, inputs, progress
         self.log = log or logger.info
         # Bounds come from the whole clip, so a segment's chunks are the whole render's chunks.
+        self.first, self.stop = start, stop
         self.bounds = [(max(a, start), min(b, stop)) for a, b in chunk_bounds(num_frames, settings.chunk_size)
                        if a < stop and b > start]
         self._starts = [a for a, _ in self.bounds]
@@ -244,24 +264,37 @@ class ChunkDriver:
                 first -= 1
         for j in range(first, k):
             self._latents(j)
-        video, pieces, latents = self._latents(k)
-        a = self.bounds[k][0]
-        # The VAE sees each piece alone: nothing crosses a scene cut, not even a decode group.
-        frames = torch.cat([self.run(self.pipeline.decode, latents[:, :, s - a:e - a], video[:, :, s - a:e - a],
-                                     self.settings) for s, e in pieces], dim=2)
-        return UpscaleOutput(frames, latents)
-
-    def _read(self, k: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-        if self._last is not None and self._last[0] == k:  # read for its cuts, now computed
-            return self._last[1], self._seen[k].cuts
+        chunk = self._latents(k)
         a, b = self.bounds[k]
-        video, cuts = self.source(a, b)
+        parts = []
+        for s, e, stop, anchor in chunk.pieces:
+            # Decode groups are laid from the scene's first frame, as in one long chunk: a group
+            # reaching back before the chunk takes the previous chunk's final latents, one
+            # reaching past it the look-ahead's; only the chunk's own frames are kept.
+            g0 = s - (s - anchor) % DECODE_GROUP
+            g1 = min(e - 1 - (e - 1 - anchor) % DECODE_GROUP + DECODE_GROUP, stop)
+            latents = chunk.latents[:, :, s - a:g1 - a]
+            if g0 < s:
+                latents = torch.cat([chunk.prefix[:, :, chunk.prefix.shape[2] - (s - g0):], latents], dim=2)
+            video = chunk.video[:, :, g0 - chunk.lo:g1 - chunk.lo]
+            parts.append(self.run(self.pipeline.decode, latents, video, self.settings)[:, :, s - g0:e - g0])
+        return UpscaleOutput(torch.cat(parts, dim=2), chunk.latents[:, :, :b - a])
+
+    def _read(self, k: int) -> tuple[torch.Tensor, int, tuple[int, ...]]:
+        """Chunk k's source frames with what its decode reaches back to and its look-ahead:
+        (frames, first frame's index, scene cuts among frames from the chunk's first on)."""
+        a, b = self.bounds[k]
+        lo = max(self.first, a - (DECODE_GROUP - 1))
+        if self._last is not None and self._last[0] == k:  # read for its cuts, now computed
+            return self._last[1], lo, self._seen[k].cuts
+        hi = min(self.stop, b + self.settings.lookahead)
+        video, cuts = self.source(lo, hi)
         self.pipeline.check_video(video)
         seen = _Seen(source_digest(video) if self.cache is not None else "",
-                     tuple(c for c in cuts if a <= c < b) if self.settings.scene_change else ())
+                     tuple(c for c in cuts if a <= c < hi) if self.settings.scene_change else ())
         self._seen[k] = seen
         self._last = (k, video)
-        return video, seen.cuts
+        return video, lo, seen.cuts
 
     def _needs_state(self, k: int) -> bool:
         """Whether chunk k continues the one before it (not the first, not at a scene cut)."""
@@ -290,33 +323,47 @@ class ChunkDriver:
 
     # -- one chunk ---------------------------------------------------------------------------
 
-    def _latents(self, k: int) -> tuple[torch.Tensor, list[tuple[int, int]], torch.Tensor]:
-        """Chunk k's source frames, scene pieces and final latents: from the cache or computed."""
+    def _latents(self, k: int) -> "_Chunk":
+        """Chunk k's final latents (with look-ahead) and what decoding them needs: from the
+        cache or computed."""
         a, b = self.bounds[k]
-        video, cuts = self._read(k)
-        pieces = list(zip([a, *[c for c in cuts if c > a]], [*[c for c in cuts if c > a], b]))
+        video, lo, cuts = self._read(k)
         label = f"chunk {k + 1}/{len(self.bounds)} (frames {a}-{b - 1})"
         found = self._load(k) if self.cache is not None else None
         if found is not None:
-            latents, state = found
+            latents, state, prefix, anchor = found
             self.log(f"{label} read from {self._folder(k)}")
         else:
             state = self._state_before(k) if self._needs_state(k) else None
+            anchor = state.anchor if state is not None else a
+            prefix = state.final if state is not None else None
             parts = []
-            for s, e in pieces:
-                extra = self.inputs(s, e) if self.inputs else {}
+            for s, e, stop, _ in self._pieces(k, cuts, anchor):
+                extra = self.inputs(s, stop) if self.inputs else {}
                 callback = (lambda d, n, _k=k: self.progress(d, n, _k, len(self.bounds))) if self.progress else None
-                out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - a:e - a], s, self.settings,
-                                      state if s == a else None, decode=False, callback=callback, **extra)
+                out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - lo:stop - lo], s, self.settings,
+                                      state if s == a else None, decode=False, callback=callback, end=e, **extra)
                 parts.append(out.latents)
             latents = torch.cat(parts, dim=2)
             state.fingerprint = self.fingerprint
             if self.cache is not None:
-                self._save(k, latents, state)
+                self._save(k, latents, state, prefix, anchor)
             self.log(f"{label} done, {time.monotonic() - self.started:.0f} s elapsed")
         self._remember(k, state)
         self._last = None
-        return video, pieces, latents
+        return _Chunk(video, lo, latents, prefix, self._pieces(k, cuts, anchor))
+
+    def _pieces(self, k: int, cuts: Sequence[int], anchor: int) -> list[tuple[int, int, int, int]]:
+        """(first, end, look-ahead end, scene anchor) of each piece of chunk k between scene
+        cuts: nothing is carried into a piece that starts at a cut, and only the last piece
+        looks ahead, up to the next cut or the end."""
+        a, b = self.bounds[k]
+        starts = [a, *[c for c in cuts if a < c < b]]
+        ends = [*starts[1:], b]
+        ahead = min([self.stop, b + self.settings.lookahead, *[c for c in cuts if c >= b]])
+        stops = [*ends[:-1], ahead]
+        anchors = [anchor, *starts[1:]]
+        return list(zip(starts, ends, stops, anchors))
 
     # -- the disk cache ----------------------------------------------------------------------
 
@@ -325,15 +372,18 @@ class ChunkDriver:
         a, b = self.bounds[k]
         return self.cache / f"chunk{a:07d}-{b:07d}-{self._seen[k].digest}"
 
-    def _save(self, k: int, latents: torch.Tensor, state: ChunkState) -> None:
+    def _save(self, k: int, latents: torch.Tensor, state: ChunkState, prefix: Optional[torch.Tensor],
+              anchor: int) -> None:
         folder = self._folder(k)
         folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"latents": latents, **({"prefix": prefix} if prefix is not None else {})}
         # Latents first, state last: a state file means a finished chunk.
-        save_tensors(folder / LATENTS_FILE, {"latents": latents}, {"fingerprint": self.fingerprint})
+        save_tensors(folder / LATENTS_FILE, tensors, {"fingerprint": self.fingerprint, "anchor": str(anchor)})
         state.save(folder / STATE_FILE)
 
-    def _load(self, k: int, latents: bool = True) -> Optional[tuple[Optional[torch.Tensor], ChunkState]]:
-        """Chunk k's cached (latents, state), or None when absent; a damaged one is moved aside."""
+    def _load(self, k: int, latents: bool = True):
+        """Chunk k's cached (latents, state, prefix, anchor), or None when absent; a damaged one
+        is moved aside. With ``latents=False`` only the state is read."""
         folder = self._folder(k)
         if not (folder / STATE_FILE).is_file():
             return None
@@ -342,15 +392,17 @@ class ChunkDriver:
             state = ChunkState.load(folder / STATE_FILE, self.fingerprint)
             if state.end != b:
                 raise CacheError(f"{folder / STATE_FILE}: ends at frame {state.end}, not {b}")
-            lat = None
-            if latents:
-                lat = load_tensors(folder / LATENTS_FILE, self.fingerprint)[0].get("latents")
-                if lat is None or lat.ndim != 5 or lat.shape[2] != b - a:
-                    raise CacheError(f"{folder / LATENTS_FILE}: not the latents of frames {a}-{b - 1}")
+            if not latents:
+                return None, state, None, None
+            tensors, meta = load_tensors(folder / LATENTS_FILE, self.fingerprint)
+            lat, anchor = tensors.get("latents"), int(meta.get("anchor", -1))
+            stop = self._pieces(k, self._seen[k].cuts, anchor)[-1][2]
+            if lat is None or lat.ndim != 5 or lat.shape[2] != stop - a or not 0 <= anchor <= a:
+                raise CacheError(f"{folder / LATENTS_FILE}: not the latents of frames {a}-{stop - 1}")
         except CacheError as e:
             self._discard(folder, e)
             return None
-        return lat, state
+        return lat, state, tensors.get("prefix"), anchor
 
     def _discard(self, folder: Path, reason: Exception) -> None:
         aside = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")

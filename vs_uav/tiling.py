@@ -28,6 +28,19 @@ def temporal_windows(num_frames: int, size: int = WINDOW, stride: int = WINDOW_S
     return windows
 
 
+def scene_windows(anchor: int, first: int, stop: int, size: int = WINDOW,
+                  stride: int = WINDOW_STRIDE) -> list[tuple[int, int]]:
+    """The U-Net windows that cover frames ``first .. stop`` of a scene starting at frame
+    ``anchor``, in absolute frame numbers and call order.
+
+    They are the official windows of the frames ``anchor .. stop`` (:func:`temporal_windows`),
+    less those that end before ``first``: a chunk continuing a scene lays its windows exactly
+    where one long chunk would, taking the frames before ``first`` as context. When ``stop``
+    is not the scene's end, the last window is shifted back to end there, as at a scene's end.
+    """
+    return [(anchor + s, anchor + e) for s, e in temporal_windows(stop - anchor, size, stride) if anchor + e > first]
+
+
 def decode_groups(num_frames: int, size: int = DECODE_GROUP) -> list[tuple[int, int]]:
     """Consecutive frame groups of ``size`` for the VAE decode (the last may be shorter)."""
     if num_frames <= size:
@@ -35,9 +48,9 @@ def decode_groups(num_frames: int, size: int = DECODE_GROUP) -> list[tuple[int, 
     return [(s, min(num_frames, s + size)) for s in range(0, num_frames, size)]
 
 
-# Frames of the previous chunk a boundary-straddling window sees as fixed context: the
-# overlap the official windows have with each other.
-CONTEXT = WINDOW - WINDOW_STRIDE
+# Frames before a chunk a boundary-straddling window can reach back to (it starts at most
+# this many frames before the chunk's first frame).
+CONTEXT = WINDOW - 1
 
 
 def chunk_bounds(num_frames: int, chunk_size: int) -> list[tuple[int, int]]:

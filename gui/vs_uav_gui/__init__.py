@@ -1,6 +1,7 @@
 """The vs-uav preset editor (``uav-gui``): settings to a ready .vpy script and encoder command.
 
-Imports no torch: the editor only writes scripts, vspipe runs them.
+Imports no torch until a before/after preview runs (:mod:`vs_uav_gui.preview`): the editor
+writes scripts, vspipe runs them.
 """
 
 from __future__ import annotations

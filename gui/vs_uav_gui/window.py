@@ -1,5 +1,6 @@
 """The preset editor window: a form generated from the settings model, live validation,
-and a live preview of the generated .vpy and its vspipe | ffmpeg command.
+a live preview of the generated .vpy and its vspipe | ffmpeg command, and a before/after
+preview of one frame (:mod:`vs_uav_gui.preview`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBo
 
 from vs_uav import presets
 from vs_uav.presets import Preset, PresetError
-from vs_uav.script import RenderPlan, default_output, default_script, plan
+from vs_uav.script import RenderPlan, absolute, default_output, default_script, plan
 from vs_uav.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
@@ -593,7 +594,8 @@ class PresetEditor(QMainWindow):
             self.script_view.setPlainText(f"# Not generated: the settings have errors.\n# {first}")
             self.command_view.setPlainText("")
         else:
-            src = Path(source) if source else Path("input.mp4")
+            # Absolute, like everything the script and its command name: they run from anywhere.
+            src = absolute(source or "input.mp4")
             if self._auto_paths:
                 self._set_paths(default_script(src), default_output(src, self.current.encoder))
             script = Path(self.script_edit.text() or default_script(src))
@@ -671,8 +673,7 @@ class PresetEditor(QMainWindow):
             self.script_edit.setText(str(path))
         target = self.plan_.script_path
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(self.plan_.script, encoding="utf-8")
+            self.plan_.write()  # the script and any file its command reads
         except OSError as e:
             self._report(f"{target}: cannot be written: {e}")
             return None

@@ -89,29 +89,29 @@ class PromptEncoder:
         """CLIP tokens of ``text``, without the start and end tokens, never truncated."""
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
-    def fit(self, caption: str, suffix: str) -> tuple[str, int]:
-        """The prompt ``caption, suffix`` (joined by ``UpscaleSettings.join_prompt``) cut to
-        what the text model reads, and how many tokens were dropped.
+    def fit(self, caption: str, suffix: str, join: Callable[[str, str], str]) -> tuple[str, int]:
+        """The prompt ``join(caption, suffix)`` (the settings model's one joining rule, passed in:
+        model code does not import the front end) cut to what the text model reads, and how
+        many tokens were dropped.
 
         The tokenizer alone would cut the end, i.e. the quality suffix; here the caption's
-        last tokens go instead, as many as needed for the suffix to fit whole. CLIP's
-        tokenization ignores case and whitespace between its word pieces, so the kept
-        tokens' text encodes to those same tokens.
+        last tokens go instead, as many as needed for the suffix to fit whole, cut after a
+        whole word when the kept part has one. CLIP's tokenization ignores case and
+        whitespace between its word pieces, so the kept tokens' text encodes to those same
+        tokens.
         """
-        from ..settings import UpscaleSettings
-
         key = (caption, suffix)
         if key in self._fitted:
             return self._fitted[key]
         room = self.tokenizer.model_max_length - 2  # the start and end tokens
-        full = UpscaleSettings.join_prompt(caption, suffix)
+        full = join(caption, suffix)
         total = self._count(full)
         fitted = full
         if total > room:
             ids = self.tokenizer(caption, add_special_tokens=False, verbose=False).input_ids
 
             def prompt(k: int) -> str:
-                return UpscaleSettings.join_prompt(self.tokenizer.decode(ids[:k], clean_up_tokenization_spaces=False).strip(), suffix)
+                return join(self.tokenizer.decode(ids[:k], clean_up_tokenization_spaces=False).strip(), suffix)
 
             lo, hi = 0, len(ids)  # the most caption tokens that fit: prompt(lo) fits or lo == 0
             while lo < hi:
@@ -120,7 +120,9 @@ class PromptEncoder:
                     lo = mid
                 else:
                     hi = mid - 1
-            fitted = prompt(lo)
+            # Whole words where the caption has any: a word's last piece ends with "</w>".
+            ends = [k for k in range(lo, 0, -1) if self.tokenizer.convert_ids_to_tokens(ids[k - 1]).endswith("</w>")]
+            fitted = prompt(ends[0] if ends else lo)
         self._fitted[key] = fitted, max(0, total - min(self._count(fitted), room))
         return self._fitted[key]
 
@@ -138,7 +140,8 @@ class PromptEncoder:
                            "s" if dropped > 1 else "", self.tokenizer.model_max_length, how)
 
     @torch.no_grad()
-    def encode(self, prompt: str, negative_prompt: str, guidance: bool = True, suffix: str = "") -> torch.Tensor:
+    def encode(self, prompt: str, negative_prompt: str, guidance: bool = True, suffix: str = "",
+               join: Optional[Callable[[str, str], str]] = None) -> torch.Tensor:
         """Embeddings of ``[negative_prompt, prompt]`` with guidance, else of ``[prompt]``.
 
         With ``suffix``, ``prompt`` is the caption and the text encoded is :meth:`fit`'s: a
@@ -146,7 +149,9 @@ class PromptEncoder:
         dropped is said once per prompt, in one short warning.
         """
         if suffix:
-            prompt, dropped = self.fit(prompt, suffix)
+            if join is None:
+                raise ValueError("encode(suffix=...) needs join=, the rule joining caption and suffix")
+            prompt, dropped = self.fit(prompt, suffix, join)
             self._warn_once("prompt", dropped, "from the end of the caption; the quality suffix is kept")
         else:
             dropped = max(0, self._count(prompt) - (self.tokenizer.model_max_length - 2))

@@ -1,0 +1,132 @@
+"""Progress inside a chunk: uav.Upscale logs every denoising step, the runner parses the lines,
+and `uav upscale` shows frames, chunk and step, elapsed and an ETA from measured seconds per step."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import MODEL_DIR
+from test_render import UAV, env
+from vs_uav.render import STEP_PROGRESS, ProgressClock, RenderJob, render, steps_left
+
+
+class Clock:
+    """Time that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("step, steps, chunk, chunks, left", [
+    (1, 30, 1, 4, 29 + 3 * 30), (30, 30, 1, 4, 3 * 30), (3, 3, 2, 2, 0), (1, 1, 1, 5, 4), (0, 8, 1, 1, 8),
+])
+def test_steps_left_counts_this_chunk_and_the_chunks_after_it(step, steps, chunk, chunks, left):
+    assert steps_left(step, steps, chunk, chunks) == left
+
+
+def test_the_eta_is_seconds_per_measured_step_times_the_steps_left():
+    clock = Clock()
+    eta = ProgressClock(clock)
+    assert eta.eta() is None  # nothing measured
+    clock.now += 60  # loading the model: not a step
+    eta.on_step(1, 10, 1, 3)
+    assert eta.eta() is None  # one step is no rate yet
+    clock.now += 4
+    eta.on_step(2, 10, 1, 3)
+    clock.now += 2
+    eta.on_step(3, 10, 1, 3)
+    assert eta.seconds_per_step() == pytest.approx(3.0)  # (4 + 2) s over 2 steps; the 60 s of loading excluded
+    assert eta.eta() == pytest.approx(3.0 * (7 + 2 * 10))
+    clock.now += 5  # counts down between steps
+    assert eta.eta() == pytest.approx(3.0 * 27 - 5)
+    eta.frames(10, 30)  # frames arriving do not override the step estimate
+    assert eta.eta() == pytest.approx(3.0 * 27 - 5)
+    assert eta.elapsed == pytest.approx(71)
+
+
+def test_chunks_read_from_a_cache_cost_nothing_and_cached_renders_fall_back_to_frames():
+    clock = Clock()
+    resumed = ProgressClock(clock)
+    resumed.frames(16, 32)  # chunks 1-2 came from the cache, in no time
+    clock.now += 10
+    resumed.on_step(1, 2, 3, 4)  # the first step computed: chunk 3 of 4
+    clock.now += 1
+    resumed.on_step(2, 2, 3, 4)
+    assert resumed.eta() == pytest.approx(1.0 * 2)  # chunk 4's two steps; nothing for chunks 1-2
+    cached = ProgressClock(clock)
+    clock.now += 8
+    cached.frames(8, 32)  # no step at all: every chunk is in the cache
+    assert cached.eta() == pytest.approx(8 / 8 * 24)
+
+
+def test_the_runner_parses_step_lines_and_warnings_in_order(tmp_path):
+    # A script that logs the filter's step lines (and a warning) as frames are made: no model.
+    lines = [STEP_PROGRESS.format(chunk=c, chunks=2, step=s, steps=3) for c in (1, 2) for s in (1, 2, 3)]
+    script = tmp_path / "steps.vpy"
+    script.write_text(f"""
+import vapoursynth as vs
+core = vs.core
+LINES = {lines!r}
+
+def log(n, f):
+    if n == 0:
+        core.log_message(vs.MESSAGE_TYPE_WARNING, "prompt: 3 CLIP tokens dropped")
+    for line in LINES[3 * n:3 * n + 3]:
+        core.log_message(vs.MESSAGE_TYPE_INFORMATION, "uav.Upscale: " + line)
+    return f
+
+clip = core.std.BlankClip(width=32, height=24, length=4, format=vs.YUV420P8)
+core.std.ModifyFrame(clip, clip, log).set_output()
+""")
+    steps, warnings, frames = [], [], []
+    result = render(RenderJob(script, tmp_path / "out.mkv", ("-i", "-", "-c:v", "ffv1")),
+                    progress=lambda done, total: frames.append((done, total)),
+                    step_progress=lambda *event: steps.append(event), warning=warnings.append)
+    assert steps == [(s, 3, c, 2) for c in (1, 2) for s in (1, 2, 3)]
+    assert warnings == ["prompt: 3 CLIP tokens dropped"]
+    assert frames[-1] == (4, 4)
+    assert "progress chunk" not in result.vspipe_log  # not kept: they would push failures out of the log
+
+
+@pytest.mark.slow
+def test_uav_upscale_shows_every_denoising_step_with_an_eta_from_steps(tmp_path):
+    source = tmp_path / "in.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=32x24:rate=10", "-frames:v", "16",
+                    str(source)], check=True)
+    out = tmp_path / "out.mkv"
+    run = subprocess.run([UAV, "upscale", str(source), "-o", str(out), "--model", str(MODEL_DIR), "--steps", "3",
+                          "--chunk-size", "8", "--codec", "ffv1"], capture_output=True, text=True, env=env(),
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    bars = re.split(r"[\r\n]", run.stderr)
+    seen = [m.groups() for m in (re.search(r"chunk (\d+)/(\d+) step (\d+)/(\d+)", b) for b in bars) if m]
+    # Each step in order (a frame arriving redraws the bar with the same step: counted once).
+    assert list(dict.fromkeys(seen)) == [(c, "2", s, "3") for c in "12" for s in "123"], run.stderr
+    # Before any frame is written there is an ETA: it can only come from the measured steps.
+    early = [b for b in bars if re.search(r"\] 0/\S+ frames, chunk 1/2 step [23]/3, \d+ s elapsed, ETA \d\d:\d\d", b)]
+    assert early, run.stderr
+    assert "16/16 frames" in run.stderr and Path(out).is_file()
+
+
+@pytest.mark.slow
+def test_the_filter_logs_each_denoising_step_for_any_vspipe_user(tmp_path):
+    script = tmp_path / "up.vpy"
+    script.write_text(f"""
+import vapoursynth as vs
+core = vs.core
+clip = core.std.BlankClip(width=32, height=24, length=16, format=vs.YUV420P8)
+core.uav.Upscale(clip, model={str(MODEL_DIR)!r}, steps=2, chunk_size=8).set_output()
+""")
+    run = subprocess.run([str(Path(UAV).with_name("vspipe")), "-c", "y4m", str(script), "-"], capture_output=True,
+                         env=env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    logged = re.findall(r"Information: uav\.Upscale: progress chunk (\d)/(\d) step (\d)/(\d)\n",
+                        run.stderr.decode(errors="replace"))
+    assert logged == [(c, "2", s, "2") for c in "12" for s in "12"], run.stderr

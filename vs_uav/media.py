@@ -1,0 +1,280 @@
+"""What the output keeps of its source: pixel format, colour, geometry, field order and timing.
+
+:func:`probe` reads the clip a script hands the filter (the script's first lines, evaluated
+with VapourSynth: its format and the first frame's props, as BestSource sets them) and the
+container (ffprobe: the field order and every frame's timestamp). :mod:`vs_uav.script`
+turns the :class:`MediaInfo` and the chosen codec into the script's last lines and the
+ffmpeg options that tag the output (y4m carries none of it: only size, rate and format).
+
+VapourSynth is imported only by :func:`probe`; no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+UNSPECIFIED = 2  # H.273's "unspecified" matrix, primaries and transfer; VapourSynth and ffmpeg use H.273's codes
+
+# VapourSynth's (ssw, ssh) as ffmpeg and y4m name them.
+_SUBSAMPLING = {(1, 1): "420", (1, 0): "422", (0, 0): "444", (0, 1): "440", (2, 0): "411", (2, 2): "410"}
+_BY_NAME = {name: ss for ss, name in _SUBSAMPLING.items()}
+# What vspipe writes as y4m and ffmpeg's y4m demuxer reads back.
+_PIPE_BITS = {"420": (8, 9, 10, 12, 14, 16), "422": (8, 9, 10, 12, 14, 16), "444": (8, 9, 10, 12, 14, 16),
+              "411": (8,), "GRAY": (8, 9, 10, 12, 16)}
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """A planar pixel format, as VapourSynth describes it: family, bits, chroma subsampling."""
+
+    family: str  # "YUV", "RGB" or "GRAY"
+    bits: int
+    ssw: int = 0  # log2 of the chroma subsampling, horizontal and vertical (YUV only)
+    ssh: int = 0
+    float: bool = False
+
+    @property
+    def subsampling(self) -> str:
+        """'420', '422', '444', ... (YUV), else ''."""
+        return _SUBSAMPLING.get((self.ssw, self.ssh), "?") if self.family == "YUV" else ""
+
+    @property
+    def pix_fmt(self) -> str:
+        """ffmpeg's name of the planar format: yuv420p10le, gray, gbrp12le, ..."""
+        base = {"YUV": f"yuv{self.subsampling}p", "GRAY": "gray", "RGB": "gbrp"}[self.family]
+        if self.float:
+            return {"YUV": f"yuv{self.subsampling}pf32le", "GRAY": "grayf32le", "RGB": "gbrpf32le"}[self.family]
+        return base if self.bits == 8 else f"{base}{self.bits}le"
+
+    @property
+    def vs_name(self) -> str:
+        """VapourSynth's constant, e.g. ``YUV420P10``, ``GRAY8``, ``RGB30``."""
+        if self.family == "YUV":
+            return f"YUV{self.subsampling}P{'S' if self.float else self.bits}"
+        if self.family == "GRAY":
+            return "GRAYS" if self.float else f"GRAY{self.bits}"
+        return "RGBS" if self.float else f"RGB{3 * self.bits}"
+
+    def describe(self) -> str:
+        """'10-bit 4:4:4', '8-bit RGB', '16-bit gray', '32-bit float 4:2:0'."""
+        depth = f"{self.bits}-bit{' float' if self.float else ''}"
+        kind = {"RGB": "RGB", "GRAY": "gray"}.get(self.family) or ":".join(self.subsampling)
+        return f"{depth} {kind}"
+
+    @property
+    def pipeable(self) -> bool:
+        """Whether vspipe's y4m carries it to ffmpeg (RGB: as its planes in YUV 4:4:4)."""
+        if self.float:
+            return False
+        key = "GRAY" if self.family == "GRAY" else "444" if self.family == "RGB" else self.subsampling
+        return self.bits in _PIPE_BITS.get(key, ())
+
+    @classmethod
+    def from_pix_fmt(cls, name: str) -> Optional["VideoFormat"]:
+        """The planar formats vs-uav encodes from ffmpeg's names (and ``bgr0``, packed 8-bit RGB);
+        None for the others (alpha, packed, semi-planar, full-range 'yuvj' aliases)."""
+        if name == "bgr0":
+            return cls("RGB", 8)
+        m = re.fullmatch(r"(yuv(\d{3})p|gray|gbrp)(\d+)?(le)?", name)
+        if m is None or (m[3] is None) != (m[4] is None):
+            return None
+        bits = int(m[3] or 8)
+        if m[1] == "gray":
+            return cls("GRAY", bits)
+        if m[1] == "gbrp":
+            return cls("RGB", bits)
+        ss = _BY_NAME.get(m[2])
+        return cls("YUV", bits, *ss) if ss else None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """The clip a script hands the filter, and its source file's field order and timing."""
+
+    width: int
+    height: int
+    frames: int
+    format: VideoFormat
+    fps: Fraction  # the clip's rate (what y4m carries); 0 when VapourSynth says variable
+    matrix: int = UNSPECIFIED  # H.273 codes: VapourSynth's _Matrix, _Primaries, _Transfer
+    primaries: int = UNSPECIFIED
+    transfer: int = UNSPECIFIED
+    range: Optional[str] = None  # "tv" (limited) or "pc" (full); None: not said
+    chroma_location: Optional[int] = None  # VapourSynth's _ChromaLocation (0 left, 1 center, 2 top left, ...)
+    sar: Optional[Fraction] = None  # sample (pixel) aspect ratio
+    field_based: int = 0  # the first frame's _FieldBased: 0 progressive, 1 bottom field first, 2 top field first
+    field_order: str = "progressive"  # the container's (ffprobe): progressive, tt, bb, tb, bt or unknown
+    time_base: Fraction = Fraction(0)  # of the source's video stream
+    # Every frame's time in time_base ticks from the start of the file the audio is copied from
+    # (ffmpeg counts an input's streams from there), when it is not simply N / fps: a variable
+    # frame rate, or video that starts after the file does. None: N / fps.
+    times: Optional[tuple[int, ...]] = None
+
+    @property
+    def interlaced(self) -> bool:
+        return self.field_based in (1, 2) or self.field_order in ("tt", "bb", "tb", "bt")
+
+    def describe_fields(self) -> str:
+        """'top field first', 'bottom field first' (or what the container says)."""
+        if self.field_based in (1, 2):
+            return "top field first" if self.field_based == 2 else "bottom field first"
+        return {"tt": "top field first", "tb": "top field first, coded bottom first",
+                "bb": "bottom field first", "bt": "bottom field first, coded top first"}.get(self.field_order,
+                                                                                          self.field_order)
+
+    @property
+    def tff(self) -> bool:
+        return self.field_based == 2 or self.field_order in ("tt", "tb")
+
+
+def interlaced_message(source: Path, info: MediaInfo, option: bool = True) -> str:
+    """The one-line refusal of an interlaced source, with the ways to deinterlace it
+    (``option``: mention ``--deinterlace bwdif``)."""
+    progressive = Path(source).with_name(f"{Path(source).stem}.progressive.mkv")
+    first = (f"ffmpeg -i {_quote(source)} -vf bwdif=mode=send_field -c:v ffv1 -c:a copy {_quote(progressive)}")
+    how = (f"with --deinterlace bwdif (ffmpeg's bwdif, one frame per field), or first, e.g. {first}" if option
+           else f"first, e.g. {first}, and use that file")
+    return f"input {source} is interlaced ({info.describe_fields()}); accepted: progressive video \u2014 deinterlace it {how}"
+
+
+DEINTERLACERS = ("none", "bwdif")
+
+
+def deinterlace(source: Path, target: Path, ffmpeg: str = "ffmpeg") -> None:
+    """``source``'s video deinterlaced by ffmpeg's bwdif, one frame per field (twice the frame
+    rate), into ``target``, a lossless FFV1 .mkv with the source's timestamps, colour tags and
+    sample aspect ratio. Raises ValueError with ffmpeg's error in one line."""
+    exe = shutil.which(ffmpeg)
+    if not exe:
+        raise ValueError("ffmpeg not found; install it or run `uav doctor`")
+    run = subprocess.run([exe, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts", "-i",
+                          "file:" + os.path.abspath(source), "-map", "0:v:0", "-vf", "bwdif=mode=send_field",
+                          "-fps_mode", "passthrough", "-c:v", "ffv1", "-level", "3", "file:" + os.path.abspath(target)],
+                         capture_output=True, text=True)
+    if run.returncode:
+        Path(target).unlink(missing_ok=True)
+        raise ValueError(f"input {source}: ffmpeg's bwdif could not deinterlace it "
+                         f"({_one_line(run.stderr)[-300:] or f'exit status {run.returncode}'})")
+
+
+def _quote(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+# -- probing ---------------------------------------------------------------------------------------
+
+def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaInfo:
+    """What the script whose first lines are ``reading`` (Python defining ``clip``, e.g.
+    :func:`vs_uav.script.reading_script`) hands the filter, and ``source``'s field order and
+    timestamps. ``start_of``: the file the audio is copied from, when it is not ``source``
+    (its start is time 0). Raises ValueError with one line (no VapourSynth, an unreadable
+    file, a script error)."""
+    source = Path(source)
+    try:
+        import vapoursynth as vs
+    except ImportError as e:
+        raise ValueError(f"VapourSynth is not installed ({e})") from None
+    namespace: dict = {"__name__": "__vapoursynth__"}
+    try:
+        exec(compile(reading, f"<reading {source}>", "exec"), namespace)
+        clip = namespace["clip"]
+        fmt = clip.format
+        if fmt is None or fmt.id == vs.NONE or not clip.width or not clip.num_frames:
+            raise vs.Error("the clip has a variable format or size, or no frames")
+        props = dict(clip.get_frame(0).props)
+    except vs.Error as e:
+        raise ValueError(f"input {source}: not a video VapourSynth can read ({_one_line(str(e))})") from None
+    family = {vs.YUV: "YUV", vs.RGB: "RGB", vs.GRAY: "GRAY"}.get(fmt.color_family)
+    if family is None:
+        raise ValueError(f"input {source}: format {fmt.name} is not supported; accepted: YUV, RGB or GRAY")
+    video_format = VideoFormat(family, fmt.bits_per_sample, fmt.subsampling_w, fmt.subsampling_h,
+                               fmt.sample_type == vs.FLOAT)
+    rng = props.get("_Range")
+    sar = Fraction(props["_SARNum"], props["_SARDen"]) if props.get("_SARNum", 0) > 0 and \
+        props.get("_SARDen", 0) > 0 else None
+    fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
+    container = _probe_container(source, start_of)
+    times = _timing(container, clip.num_frames, fps)
+    chroma = props.get("_ChromaLocation") if family == "YUV" and (fmt.subsampling_w or fmt.subsampling_h) else None
+    info = MediaInfo(
+        width=clip.width, height=clip.height, frames=clip.num_frames, format=video_format, fps=fps,
+        matrix=int(props.get("_Matrix", UNSPECIFIED)), primaries=int(props.get("_Primaries", UNSPECIFIED)),
+        transfer=int(props.get("_Transfer", UNSPECIFIED)),
+        range=None if rng is None else ("pc" if int(rng) == 1 else "tv"),
+        chroma_location=None if chroma is None else int(chroma), sar=sar,
+        field_based=int(props.get("_FieldBased", 0)), field_order=container.get("field_order", "unknown"),
+        time_base=container.get("time_base", Fraction(0)), times=times)
+    logger.debug("probe %s: %s", source, info)
+    return info
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _ffprobe(args: Sequence[str], path: Path) -> dict:
+    ffprobe = shutil.which("ffprobe")
+    if not ffprobe:
+        return {}
+    try:
+        run = subprocess.run([ffprobe, "-v", "error", *args, "-of", "json", "-i",
+                              "file:" + os.path.abspath(path)],
+                             capture_output=True, text=True, timeout=600)
+        return json.loads(run.stdout or "{}") if run.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+
+
+def _probe_container(source: Path, start_of: Optional[Path]) -> dict:
+    """The first video stream's field order, time base and packet timestamps (sorted, i.e.
+    in display order), and the start of the file the audio comes from; {} without ffprobe."""
+    data = _ffprobe(["-select_streams", "v:0", "-show_entries",
+                     "stream=field_order,time_base:packet=pts:format=start_time"], source)
+    streams = data.get("streams") or [{}]
+    out: dict = {"field_order": streams[0].get("field_order", "unknown")}
+    try:
+        out["time_base"] = Fraction(streams[0]["time_base"])
+    except (KeyError, ValueError, ZeroDivisionError):
+        return out
+    pts = [p.get("pts") for p in data.get("packets", [])]
+    if pts and all(isinstance(p, int) for p in pts):
+        out["pts"] = sorted(pts)
+    start = (data if start_of is None else _ffprobe(["-show_entries", "format=start_time"], start_of))
+    try:
+        out["start"] = Fraction(start.get("format", {}).get("start_time", "0"))
+    except ValueError:
+        out["start"] = Fraction(0)
+    return out
+
+
+def _timing(container: dict, frames: int, fps: Fraction) -> Optional[tuple[int, ...]]:
+    """Every frame's time in ticks from the file's start, or None when frame N is at N / fps."""
+    pts, tb = container.get("pts"), container.get("time_base")
+    if not pts or not tb:
+        return None
+    start = round(container.get("start", Fraction(0)) / tb)  # in ticks
+    first = pts[0]
+    constant = bool(fps) and all(abs((p - first) * tb - i / fps) <= tb for i, p in enumerate(pts))
+    if len(pts) == frames and not (constant and first == start):
+        return tuple(p - start for p in pts)
+    if not constant:
+        logger.warning("the source's frame rate varies, but the script changes its frame count (%d frames, "
+                       "%d timestamps): the output gets the constant rate %s", frames, len(pts), fps)
+        return None
+    if first == start:
+        return None
+    # A constant rate starting after the file's start, some frames of it (e.g. a trimmed excerpt).
+    return tuple(first - start + round(i / fps / tb) for i in range(frames))
