@@ -34,7 +34,8 @@ BITS_PER_PIXEL: dict[str, float] = {"x265": 0.2, "x264": 0.3, "ffv1": 6.0, "pror
 
 @dataclass
 class EncoderSettings:
-    """How ``uav upscale`` and generated commands encode the 4x output with ffmpeg."""
+    """How ``uav upscale`` and generated commands encode the 4x output with ffmpeg, and where
+    the generated script marks scene cuts."""
 
     codec: str = _opt("x265", "Video codec: 'x265' (HEVC, 10-bit or more), 'x264', 'ffv1' (lossless) or 'prores' "
                               "(422 HQ; 4444 for 4:4:4). Each keeps the source's format where it can.",
@@ -47,10 +48,21 @@ class EncoderSettings:
                                "veryslow"), group="encoder", label="Encoder speed")
     audio: str = _opt("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
                       group="encoder", label="Audio")
+    # Not filter parameters: the generated script marks cuts before uav.Upscale (vs_uav.scenes).
+    scene_cuts: str = _opt("auto", "Scene cuts, where uav.Upscale carries nothing across: 'auto' detects them "
+                                   "(scene_threshold), 'none' marks none, or a text file listing the first frame "
+                                   "of each scene (one frame number per line, # comments).",
+                           group="encoder", label="Scene cuts")
+    scene_threshold: float = _opt(0.1, "Scene-cut detection: a frame whose mean luma difference to the previous "
+                                       "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene.",
+                                  min=0.001, max=1.0, group="encoder", label="Scene-cut threshold")
 
     def __post_init__(self) -> None:
         for spec in ENCODER_SETTINGS:
             setattr(self, spec.name, spec.check(getattr(self, spec.name)))
+        if not self.scene_cuts.strip():
+            raise ValueError(f"scene_cuts={self.scene_cuts!r}; accepted: 'auto', 'none' or a cut file "
+                             "(one frame number per line)")
 
     def ffmpeg_video_args(self, pix_fmt: str = "") -> list[str]:
         """The video codec's ffmpeg options, e.g. ``-c:v libx265 -pix_fmt yuv420p10le -crf 18 ...``;

@@ -10,11 +10,13 @@ stdout: under vspipe it is the video.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import vapoursynth as vs
@@ -209,9 +211,28 @@ def _from_rgb(rgb: vs.VideoNode, info: dict[str, Any]) -> vs.VideoNode:
     return core.resize.Bicubic(rgb, format=fmt.id, range_in=vs.RANGE_FULL, range=info["range"])
 
 
-def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
+# The frames a cluster worker renders (vs_uav.cluster): set around the evaluation of a
+# generated script, so that its uav.Upscale call (native or not) renders only them.
+_SEGMENT: contextvars.ContextVar[Optional[tuple[int, int]]] = contextvars.ContextVar("uav_segment", default=None)
+
+
+@contextlib.contextmanager
+def segment(start: int, stop: int) -> Iterator[None]:
+    """Filters made inside this block render only frames ``start .. stop - 1`` (``_segment``)."""
+    token = _SEGMENT.set((start, stop))
+    try:
+        yield
+    finally:
+        _SEGMENT.reset(token)
+
+
+def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kwargs: Any) -> vs.VideoNode:
     """Upscale-A-Video 4x super-resolution; see ``vs_uav.settings.UpscaleSettings`` for every
-    parameter. Returns the input's format at 4x width and height, same frame count, rate and props."""
+    parameter. Returns the input's format at 4x width and height, same frame count, rate and props.
+
+    ``_segment=(start, stop)`` (private, for the cluster's workers; default: the enclosing
+    :func:`segment` block's): only those frames can be requested, and ``start`` is a cold
+    start, so a segment starting at a scene cut gives exactly the whole render's frames."""
     clip = _check_clip(clip)
     try:
         settings = UpscaleSettings.from_kwargs(**kwargs)
@@ -242,7 +263,8 @@ def upscale(clip: vs.VideoNode, **kwargs: Any) -> vs.VideoNode:
         _log(core, STEP_PROGRESS.format(chunk=k + 1, chunks=chunks, step=step, steps=steps))
 
     try:  # the model's limits and a writable cache_dir are checked here, before any frame
-        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), run=run,
+        start, stop = _segment if _segment is not None else _SEGMENT.get() or (0, None)
+        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), start=start, stop=stop, run=run,
                              progress=progress, log=lambda message: _log(core, message))
     except ValueError as e:
         raise _fail(str(e)) from None

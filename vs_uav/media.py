@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -133,10 +134,6 @@ class MediaInfo:
                 "bb": "bottom field first", "bt": "bottom field first, coded top first"}.get(self.field_order,
                                                                                           self.field_order)
 
-    @property
-    def tff(self) -> bool:
-        return self.field_based == 2 or self.field_order in ("tt", "tb")
-
 
 def interlaced_message(source: Path, info: MediaInfo, option: bool = True) -> str:
     """The one-line refusal of an interlaced source, with the ways to deinterlace it
@@ -169,8 +166,6 @@ def deinterlace(source: Path, target: Path, ffmpeg: str = "ffmpeg") -> None:
 
 
 def _quote(path: Path) -> str:
-    import shlex
-
     return shlex.quote(str(path))
 
 

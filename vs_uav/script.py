@@ -79,7 +79,7 @@ def reading_script(source: Optional[Path], prepare: Sequence[str] = ()) -> str:
 
 def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace: bool = True,
                 command: Optional[str] = None, title: Sequence[str] = (), prepare: Sequence[str] = (),
-                spec: Optional["OutputSpec"] = None) -> str:
+                spec: Optional["OutputSpec"] = None, encoder: Optional[EncoderSettings] = None) -> str:
     """A ``.vpy`` that reads ``source`` and upscales it with only the non-default settings.
 
     ``namespace=False`` calls ``vs_uav.upscale`` (the same function) for hosts where the
@@ -87,6 +87,8 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     ``prepare``: script lines between reading the source and upscaling (trim, resize); with
     ``source=None`` they make ``clip`` themselves (e.g. a synthetic clip of core filters).
     ``spec``: the encoded format (:func:`output_spec`); the script ends converting to it.
+    ``encoder``: its scene-cut options; the script marks cuts before upscaling
+    (:func:`vs_uav.scenes.script_lines`: by default it detects them).
     """
     if source is None and not prepare:
         raise ValueError("make_script: no source; give a source file or prepare lines that make clip")
@@ -97,6 +99,10 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     if not namespace:
         lines.append("import vs_uav\n")
     lines.extend(_reading_lines(source, prepare))
+    if encoder is not None:
+        from .scenes import script_lines
+
+        lines.extend(script_lines(encoder))
     call = "core.uav.Upscale(" if namespace else "vs_uav.upscale("
     changed = settings.non_defaults()
     if not changed:
@@ -426,5 +432,6 @@ def plan(preset: "Preset", source: Path, script_path: Optional[Path] = None, out
     if media is not None and media.interlaced:  # the filter refuses it; say so where it is read first
         title.append("Warning: " + interlaced_message(source, media, option=False))
     title = [line for t in title for line in textwrap.wrap(t, 86, break_on_hyphens=False)]
-    text = make_script(source, preset.settings, namespace=namespace, command=command, title=title, spec=spec)
+    text = make_script(source, preset.settings, namespace=namespace, command=command, title=title, spec=spec,
+                       encoder=preset.encoder)
     return RenderPlan(script_path, output, text, command, spec, files)
