@@ -191,11 +191,39 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     output = absolute(args.output) if args.output else default_output(source, encoder)
     if output.resolve() == source.resolve():
         raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
-    return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace)
+    return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace,
+                   cluster=_cluster_options(args))
+
+
+def _cluster_options(args: argparse.Namespace):
+    """--cluster and its options (vs_uav.cluster.ClusterOptions), or None without --cluster."""
+    from .cluster import ClusterOptions
+
+    given = [flag for flag, value in (("--workers", args.workers), ("--segment-seconds", args.segment_seconds),
+                                      ("--split-long", args.split_long), ("--keep-work", args.keep_work or None))
+             if value is not None]
+    if args.cluster is None:
+        if given:
+            raise SystemExit(f"uav upscale: {given[0]} needs --cluster; accepted: --cluster local or HOST:PORT")
+        return None
+    values = {}
+    for name, flag, kind in (("workers", "--workers", int), ("segment_seconds", "--segment-seconds", float),
+                             ("split_long", "--split-long", float)):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise SystemExit(f"uav upscale: {flag} {text!r}: accepted: "
+                                 f"{'an integer >= 1' if kind is int else 'a number of seconds'}") from None
+    try:
+        return ClusterOptions(args.cluster, keep_work=args.keep_work, **values)
+    except ValueError as e:
+        raise SystemExit(f"uav upscale: {e}")
 
 
 def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = (),
-            check: bool = False, deinterlace: str = "none") -> int:
+            check: bool = False, deinterlace: str = "none", cluster=None) -> int:
     """Write the .vpy and render it (:mod:`vs_uav.render`) with a progress bar on stderr; only
     a complete file gets the output's name. ``check``: first everything that can fail
     cheaply (:mod:`vs_uav.preflight`), before vspipe loads the model.
@@ -206,7 +234,9 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
 
     The output keeps the source's format, colour tags, sample aspect ratio and timestamps
     where the codec can (:func:`_probe_for_encoder`); an interlaced source is refused unless
-    ``deinterlace`` names a deinterlacer.
+    ``deinterlace`` names a deinterlacer. ``cluster`` (:class:`vs_uav.cluster.ClusterOptions`):
+    the same script rendered in segments on a Ray cluster, its files in the work folder next
+    to the output (every node reads them) instead of a temporary folder.
     """
     import tempfile
 
@@ -219,9 +249,13 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
     bar = _ProgressBar(prog)
     with _StopSignals() as stop:
         try:
-            with tempfile.TemporaryDirectory(prefix="uav-") as tmp:
+            from .cluster import job_folder
+
+            folder = job_folder(output) if cluster else tempfile.TemporaryDirectory(prefix="uav-")
+            with folder as tmp:
                 script = Path(tmp) / "upscale.vpy"
                 video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, Path(tmp), prog, deinterlace)
+                _check_scene_cuts(encoder, spec.media.frames, prog)
                 if stop.received:
                     raise _Interrupted
                 job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
@@ -236,9 +270,14 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
                         raise SystemExit(f"{prog}: {e}")
                 script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
                                               command=shell_command(script, source, output, encoder, spec,
-                                                                    filter_file)), encoding="utf-8")
+                                                                    filter_file), encoder=encoder), encoding="utf-8")
                 if stop.received:
                     raise _Interrupted
+                if cluster is not None:
+                    from .cluster import ClusterJob
+
+                    return _render_cluster(ClusterJob(script, source, video, output, settings, encoder, spec,
+                                                      filter_file, prepare), cluster, prog, stop)
                 try:
                     result = render(job, progress=bar.frames, cancel=stop.event, step_progress=bar.step,
                                     warning=bar.warning)
@@ -253,10 +292,51 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
             kept = (f"the finished chunks stay in --cache-dir {settings.cache_dir}: run the same command to resume"
                     if settings.cache_dir else "nothing was kept: run the same command to start again (with "
                     "--cache-dir DIR a render resumes where it stopped)")
+            if cluster is not None:
+                from .cluster import work_folder
+
+                kept = (f"the finished segments stay in {work_folder(output)}: run the same command to resume"
+                        if work_folder(output).is_dir() else "nothing was kept")
             sys.stderr.write(f"{prog}: stopped by {name}: vspipe and ffmpeg ended, no partial {output} or "
                              f"temporary files left; {kept}\n")
             return 128 + stop.received
     print(f"{prog}: wrote {output} in {result.seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _check_scene_cuts(encoder, frames: int, prog: str) -> None:
+    """A --scene-cuts file is read now (cheap): a bad line fails here, not inside vspipe."""
+    from .scenes import AUTO, NONE, SceneError, read_cuts
+
+    if encoder.scene_cuts not in (AUTO, NONE):
+        try:
+            read_cuts(encoder.scene_cuts, frames)
+        except SceneError as e:
+            raise SystemExit(f"{prog}: {e}")
+
+
+def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
+    """:func:`vs_uav.cluster.render_cluster` with one updating progress line and a summary."""
+    from .cluster import ClusterError, render_cluster
+
+    drawn = False
+
+    def show(state) -> None:
+        nonlocal drawn
+        drawn = True
+        sys.stderr.write(f"\r{prog}: {state.line()}\033[K")
+        sys.stderr.flush()
+
+    try:
+        result = render_cluster(job, options, progress=show, cancel=stop.event)
+    except ClusterError as e:
+        if stop.received:
+            raise _Interrupted from None
+        raise SystemExit(f"{prog}: {e}")  # after the progress line ends (finally)
+    finally:
+        if drawn:
+            sys.stderr.write("\n")
+    print(f"{prog}: wrote {result.output}: {result.summary()}", file=sys.stderr)
     return 0
 
 
@@ -463,6 +543,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
                     help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
                          "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
+    cl = up.add_argument_group("cluster", "render scene-cut segments on a Ray cluster (pip install "
+                               "'vs-uav[cluster]'); the frames are a one-machine render's")
+    cl.add_argument("--cluster", metavar="local|HOST:PORT", help="'local': a Ray instance on this machine; "
+                    "HOST:PORT: a running Ray cluster this machine is a node of (ray start --address=...), or "
+                    "ray://HOST:PORT; the output's folder and the input must be on storage every node sees")
+    cl.add_argument("--workers", metavar="N", help="N CPU workers (default: one per GPU of the cluster, else one)")
+    cl.add_argument("--segment-seconds", metavar="S", help="consecutive scenes are merged into segments of up "
+                    "to S seconds of video (default: 60); a longer scene is a segment of its own")
+    cl.add_argument("--split-long", metavar="S", help="split scenes longer than S seconds too; the price: each "
+                    "later piece starts cold (nothing carried across the split), so its frames differ from a "
+                    "one-machine render's (default: never split)")
+    cl.add_argument("--keep-work", action="store_true", default=False, help="keep the work folder (script, "
+                    "segments) next to the output after a successful render")
     up.set_defaults(func=cmd_upscale)
 
     sc = sub.add_parser("script", help="write a .vpy for a source and print the encoder command")

@@ -67,6 +67,8 @@ FIXES: dict[str, str] = {
             "point --dir / cache_dir elsewhere",
     "qt": "the preset editor (uav-gui) cannot open a window on X11: install the system libraries that Qt's xcb "
           f"platform plugin needs, e.g. on Debian/Ubuntu `{QT_APT_GET}` (rendering does not need them)",
+    "cluster": "to render on a Ray cluster (`uav upscale --cluster`), install Ray: `pip install 'vs-uav[cluster]'` "
+               "(`make setup` does it); one-machine renders do not need it",
 }
 
 
@@ -310,6 +312,22 @@ def check_qt(plugin: Optional[Path] = None, packages: Mapping[str, str] = QT_XCB
     return Check("qt", "warn", detail)
 
 
+def check_cluster() -> Check:
+    """Whether Ray (the optional ``cluster`` extra) can be imported, without importing it."""
+    import importlib.util
+
+    from .cluster import ray_available
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    version = ray_available()
+    if not found or version is None:
+        return Check("cluster", "warn", "Ray is not installed: uav upscale --cluster is unavailable")
+    return Check("cluster", "ok", f"Ray {version} (uav upscale --cluster)")
+
+
 def _guarded(names: Sequence[str], check: Callable[[], Union[Check, tuple[Check, ...]]]) -> list[Check]:
     """The lines of ``check``; a check that crashes is a failing line, and the others still run."""
     try:
@@ -331,4 +349,5 @@ def run_checks(model_dir: Optional[Path] = None, manifests: Optional[Mapping] = 
     checks += _guarded(["model"], lambda: check_model(model_dir, manifests, log))
     checks += _guarded(["disk"], lambda: check_disk(model_dir))
     checks += _guarded(["qt"], check_qt)
+    checks += _guarded(["cluster"], check_cluster)
     return checks

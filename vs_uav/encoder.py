@@ -54,7 +54,8 @@ class EncoderSettings:
                                    "of each scene (one frame number per line, # comments).",
                            group="encoder", label="Scene cuts")
     scene_threshold: float = _opt(0.1, "Scene-cut detection: a frame whose mean luma difference to the previous "
-                                       "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene.",
+                                       "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene; "
+                                       "so does one above a quarter of it that is 4x the motion around it.",
                                   min=0.001, max=1.0, group="encoder", label="Scene-cut threshold")
 
     def __post_init__(self) -> None:

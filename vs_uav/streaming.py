@@ -290,8 +290,11 @@ class ChunkDriver:
         hi = min(self.stop, b + self.settings.lookahead)
         video, cuts = self.source(lo, hi)
         self.pipeline.check_video(video)
-        seen = _Seen(source_digest(video) if self.cache is not None else "",
-                     tuple(c for c in cuts if a <= c < hi) if self.settings.scene_change else ())
+        cuts = tuple(c for c in cuts if a <= c < hi) if self.settings.scene_change else ()
+        # The cache folder is named by the frames and the cuts among them: other cuts (another
+        # scene threshold, a cut list) make other chunks.
+        digest = source_digest(video) + "".join(f"-{c}" for c in cuts) if self.cache is not None else ""
+        seen = _Seen(hashlib.sha256(digest.encode()).hexdigest()[:16] if digest else "", cuts)
         self._seen[k] = seen
         self._last = (k, video)
         return video, lo, seen.cuts

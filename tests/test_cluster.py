@@ -1,0 +1,365 @@
+"""`uav upscale --cluster`: scene-cut segments rendered by Ray actors on 127.0.0.1, with the real
+vspipe, ffmpeg and tiny model. The frames equal a one-machine render's (framemd5 of both); a
+worker killed with SIGKILL is replaced and its segment rendered again; a killed driver's
+finished segments are not rendered again; a node that cannot see the work folder stops the
+job in one line before anything is rendered."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from clips import AIGC, ANIMATION, MOVIE, framemd5, splice
+from conftest import MODEL_DIR
+from vs_uav.cluster import ClusterOptions, count_frames, work_folder
+
+# Ray on this machine binds to the loopback interface only and reports nothing (read when Ray is imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+UAV = str(Path(sys.executable).parent / "uav")
+WORKERS = 2
+# A CPU worker's torch threads: the machine's cores shared by the local workers. Float sums depend
+# on the thread count, so the one-machine reference renders with as many.
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+RENDER = ["--model", str(MODEL_DIR), "--steps", "1", "--flow", "dis", "--codec", "ffv1"]
+CLUSTER = ["--cluster", "local", "--workers", str(WORKERS), "--segment-seconds", "0.2"]  # 5 frames: one scene each
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """30 frames of 48x32 in 4 shots (cuts at 9, 17, 24), the animation's audio."""
+    path = tmp_path_factory.mktemp("cluster") / "clip.mkv"
+    assert splice(path, [(ANIMATION, 0, 9), (AIGC, 5, 8), (ANIMATION, 40, 7), (MOVIE, 2, 6)], (48, 32)) == [9, 17, 24]
+    return path
+
+
+@pytest.fixture
+def ray_env():
+    """The environment of a cluster render: Ray's files in a short folder of this test's own, so
+    that whatever a killed driver leaves running is found (by that folder) and ended by its pid."""
+    folder = tempfile.mkdtemp(prefix="uavray", dir="/tmp")  # sockets live there: the path must stay short
+    yield {**os.environ, "RAY_TMPDIR": folder}
+    for pid in _processes_mentioning(folder):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line or environment holds ``text`` (Ray renames its processes,
+    e.g. ray::DashboardAgent, but they keep the RAY_TMPDIR they were started with)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if any(text.encode() in (entry / name).read_bytes() for name in ("cmdline", "environ")):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
+
+
+def upscale(src: Path, out: Path, *extra: str, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([UAV, "-v", "upscale", str(src), "-o", str(out), *RENDER, *extra], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def streams(path: Path) -> dict:
+    run = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,start_time",
+                          "-of", "json", str(path)], capture_output=True, text=True, check=True)
+    return {s["codec_type"]: s for s in json.loads(run.stdout)["streams"]}
+
+
+@pytest.fixture(scope="module")
+def reference(clip, tmp_path_factory) -> list[str]:
+    """The one-machine render's frames (framemd5), with the workers' thread count."""
+    out = tmp_path_factory.mktemp("reference") / "one.mkv"
+    r = upscale(clip, out, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return framemd5(out)
+
+
+class Follow:
+    """A `uav -v upscale --cluster` run whose stderr is read while it runs."""
+
+    def __init__(self, args: list[str], env):
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        self.text = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.text += chunk.decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                m = re.search(pattern, self.text)
+                if m:
+                    return m
+                raise AssertionError(f"ended (rc {self.proc.returncode}) without {pattern!r}:\n{self.text[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.text[-3000:]}")
+
+    def finish(self, timeout: float = 300) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(5)
+        return rc
+
+
+# -- options (no Ray started) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers needs --cluster; accepted: --cluster local or HOST:PORT"),
+    (["--keep-work"], "--keep-work needs --cluster; accepted: --cluster local or HOST:PORT"),
+    (["--cluster", "nowhere"], "--cluster 'nowhere': accepted: 'local', HOST:PORT (a Ray cluster's address, "
+                               "e.g. 10.0.0.5:6379) or ray://HOST:PORT"),
+    (["--cluster", "local", "--workers", "0"], "--workers 0: accepted: an integer >= 1"),
+    (["--cluster", "local", "--workers", "two"], "--workers 'two': accepted: an integer >= 1"),
+    (["--cluster", "local", "--segment-seconds", "0"], "--segment-seconds 0: accepted: a number of seconds > 0"),
+    (["--cluster", "local", "--split-long", "-1"], "--split-long -1: accepted: a number of seconds >= 0 (0: never)"),
+    (["--cluster", "local", "--split-long", "1e999"],
+     "--split-long inf: accepted: a number of seconds >= 0 (0: never)"),
+])
+def test_cluster_options_are_refused_in_one_line(clip, tmp_path, args, message):
+    r = subprocess.run([UAV, "upscale", str(clip), "-o", str(tmp_path / "o.mkv"), *args], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == f"uav upscale: {message}", r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a work folder
+
+
+def test_a_variable_frame_rate_is_refused_before_ray_starts(tmp_path):
+    src = tmp_path / "vfr.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=48x32:r=25:d=1", "-vf",
+                    "setpts='N/25/TB+if(gt(N,12),0.3/TB,0)'", "-fps_mode", "passthrough", "-c:v", "ffv1", str(src)],
+                   check=True, capture_output=True)
+    started = time.monotonic()
+    r = subprocess.run([UAV, "upscale", str(src), "-o", str(tmp_path / "out" / "o.mkv"), *RENDER, *CLUSTER],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"uav upscale: --cluster: input {src} has a variable frame rate; accepted: a constant-frame-rate source "
+        "(render this one without --cluster)"), r.stderr
+    assert time.monotonic() - started < 30 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_segment_of_the_filter_gives_the_whole_renders_frames_from_a_cut():
+    """What a worker renders: ``upscale(_segment=...)`` (or inside ``segment()``, as the generated
+    script is evaluated) from a scene cut equals the whole clip's render there, in YUV as encoded."""
+    import numpy as np
+    import vapoursynth as vs
+
+    from vs_uav import filter as uav_filter
+
+    core = vs.core
+    kw = dict(model=str(MODEL_DIR), steps=2, guidance_scale=4.0, chunk_size=8, propagation_steps=[1], flow="dis")
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 16 + 20, 24 + 20), dtype=np.float32)
+    blank = core.std.BlankClip(width=24, height=16, format=vs.RGBS, length=20, fpsnum=25, fpsden=1)
+
+    def paint(n, f):
+        out = f.copy()
+        for q in range(3):
+            np.copyto(np.asarray(out[q]), base[q, n:n + 16, n:n + 24])
+        return out
+
+    clip = core.std.ModifyFrame(blank, blank, paint)
+    clip = core.resize.Bicubic(clip[:11] + core.std.SetFrameProps(clip[11], _SceneChangePrev=1) + clip[12:],
+                               format=vs.YUV420P8, matrix_s="709")
+
+    def frames(node, numbers):
+        return [np.concatenate([np.asarray(node.get_frame(n)[q]).ravel() for q in range(3)]) for n in numbers]
+
+    whole = frames(uav_filter.upscale(clip, **kw), range(20))
+    tail_node = uav_filter.upscale(clip, _segment=(11, 20), **kw)
+    tail = frames(tail_node, range(11, 20))
+    assert all(np.array_equal(a, b) for a, b in zip(tail, whole[11:]))
+    with pytest.raises(vs.Error, match=r"frame 10 failed: IndexError: frame 10 is outside frames 11\.\.20"):
+        tail_node.get_frame(10)  # restricted: nothing before the segment is computed
+    with uav_filter.segment(0, 11):
+        head = uav_filter.upscale(clip, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(frames(head, range(11)), whole[:11]))
+    with pytest.raises(vs.Error, match=r"uav\.Upscale: frame 11 failed: IndexError: frame 11 is outside frames 0\.\.11"):
+        head.get_frame(11)
+    with pytest.raises(vs.Error, match=r"^uav\.Upscale: frames 12\.\.12; accepted: 0 <= start < stop <= 20$"):
+        uav_filter.upscale(clip, _segment=(12, 12), **kw)
+
+
+def test_options_and_work_folder():
+    assert ClusterOptions().address == "local" and ClusterOptions().loopback
+    assert ClusterOptions("127.0.0.1:6379").loopback and not ClusterOptions("10.0.0.5:6379").loopback
+    assert ClusterOptions("ray://head:10001").address == "ray://head:10001"
+    assert work_folder(Path("/data/out.mkv")) == Path("/data/.out.mkv.uav-work")
+
+
+def test_doctor_says_whether_ray_is_installed():
+    from vs_uav.doctor import FIXES, check_cluster
+
+    check = check_cluster()
+    assert check.status == "ok" and re.fullmatch(r"Ray 2\.\d+\.\d+ \(uav upscale --cluster\)", check.detail)
+    blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] == 'ray':\n            raise ModuleNotFoundError(name)\n"
+               "sys.meta_path.insert(0, Blocked())\nfrom vs_uav.doctor import check_cluster\n"
+               "print(check_cluster().line())\n")
+    r = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == ("[warn] cluster: Ray is not installed: uav upscale --cluster is unavailable -> "
+                                f"{FIXES['cluster']}"), r.stderr
+
+
+# -- real Ray ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_path, ray_env):
+    out = tmp_path / "cluster.mkv"
+    r = upscale(clip, out, *CLUSTER, env=ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cluster: 30 frames, 3 scene cuts, 4 segments" in r.stderr
+    frames = framemd5(out)
+    assert len(frames) == len(reference) == 30
+    assert frames == reference  # every decoded frame identical
+    s = streams(out)
+    assert s["video"]["codec_name"] == "ffv1" and s["audio"]["codec_name"] == "aac"  # the source's audio
+    assert s["video"]["start_time"] == streams(clip)["video"]["start_time"]  # the source's first frame time
+    summary = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"uav upscale: wrote {re.escape(str(out))}: 30 frames in 4 segments \(0 already done\) "
+                        rf"on {WORKERS} workers, 1 node, in \d+ s \(\d+\.\d\d fps\)", summary), summary
+    # -v: where each worker runs (127.0.0.1: a local instance stays on the loopback interface), what
+    # each segment took and its worker's peak memory.
+    assert re.search(r"cluster: worker 1: pid \d+ on 127\.0\.0\.1 ", r.stderr)
+    assert len(re.findall(r"frames \d+-\d+ done by worker \d \(pid \d+ on .+\) in [\d.]+ s, peak memory \d+ MiB",
+                          r.stderr)) == 4
+    # One progress line: frames, rate, ETA, busy workers, redrawn in place (text mode reads its \r as \n).
+    assert re.search(r"^uav upscale: \d+/30 frames, [-\d.]+ fps, ETA [-:\d]+, \d/2 workers busy, \d/4 segments",
+                     r.stderr, re.M)
+    assert not work_folder(out).exists()  # removed once the output was verified
+    deadline = time.monotonic() + 20  # the local Ray instance is stopped at the end
+    while _processes_mentioning(ray_env["RAY_TMPDIR"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(ray_env["RAY_TMPDIR"]) == []
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_render_is_replaced(clip, reference, tmp_path, ray_env):
+    out = tmp_path / "cluster.mkv"
+    run = Follow([UAV, "-v", "upscale", str(clip), "-o", str(out), *RENDER, *CLUSTER], ray_env)
+    m = run.wait_for(r"worker (\d+) \(pid (\d+)\) rendering frames (\d+)-(\d+)")
+    pid, first, last = int(m[2]), m[3], m[4]
+    assert b"SegmentWorker" in Path(f"/proc/{pid}/cmdline").read_bytes()  # Ray names its actor processes
+    os.kill(pid, signal.SIGKILL)
+    assert run.finish() == 0, run.text[-3000:]
+    done = re.search(rf"frames {first}-{last} done by worker \d+ \(pid (\d+) ", run.text)
+    assert done and int(done[1]) != pid, run.text[-3000:]  # rendered again, by the restarted worker
+    assert framemd5(out) == reference
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_without_rendering_finished_segments_again(clip, reference, tmp_path, ray_env):
+    out = tmp_path / "cluster.mkv"
+    args = [UAV, "-v", "upscale", str(clip), "-o", str(out), *RENDER, *CLUSTER, "--keep-work"]
+    run = Follow(args, ray_env)
+    run.wait_for(r"frames \d+-\d+ done by worker")
+    run.proc.kill()  # SIGKILL: no clean-up of any kind
+    run.finish()
+    # Its workers end with its Ray instance (Ray's reaper); one may still finish the segment it is on.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(
+            b"SegmentWorker" in _read(f"/proc/{pid}/cmdline") for pid in _processes_mentioning(ray_env["RAY_TMPDIR"])):
+        time.sleep(0.2)
+    work = work_folder(out)
+    finished = {p: p.stat().st_mtime_ns for p in work.glob("*/seg*.mkv") if ".partial" not in p.name}
+    assert finished and not out.exists()
+    for p in finished:  # a segment file has its name only when complete: seg<first>-<end>.mkv
+        first, end = map(int, re.fullmatch(r"seg(\d+)-(\d+)\.mkv", p.name).groups())
+        assert count_frames(p) == end - first
+    time.sleep(1.1)  # a file written again would get a later time
+    second = subprocess.run(args, capture_output=True, text=True, env=ray_env, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"cluster: {len(finished)} of 4 segments already done" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not rendered again
+    assert f"({len(finished)} already done)" in second.stderr.strip().splitlines()[-1]
+    assert framemd5(out) == reference
+    assert work.is_dir()  # --keep-work
+
+
+_NODE = """
+import sys
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+# A second Ray node (what ray.cluster_utils.Cluster.add_node starts), in this mount namespace.
+node = Node(RayParams(node_ip_address="127.0.0.1", gcs_address=sys.argv[1], num_cpus=1, num_gpus=0,
+                      object_store_memory=80 * 2**20, min_worker_port=0, max_worker_port=0,
+                      include_log_monitor=False, node_manager_port=0),
+            head=False, shutdown_at_exit=True, spawn_reaper=True)
+print(node.node_id, flush=True)
+sys.stdin.read()  # until the test closes it
+node.kill_all_processes(check_alive=False, allow_graceful=True)
+"""
+
+
+def _can_unshare() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (root or user namespaces) to give one Ray node "
+                                                "a view of the file system without the output folder")
+def test_a_node_that_cannot_see_the_work_folder_stops_the_job_in_one_line(clip, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    hidden = tmp_path / "out"  # a tmpfs hides it from the second node: as if it were not shared storage
+    hidden.mkdir()
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, node_ip_address="127.0.0.1",
+                                                                include_dashboard=False,
+                                                                object_store_memory=80 * 2**20))
+    node = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             'mount -t tmpfs tmpfs "$1" && exec "$2" -c "$3" "$4"', "sh", str(hidden),
+                             sys.executable, _NODE, cluster.address], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        blind = node.stdout.readline().strip()
+        assert re.fullmatch(r"[0-9a-f]{56}", blind), blind
+        out = hidden / "x.mkv"
+        started = time.monotonic()
+        # Two workers of one CPU each on two nodes of one CPU: one on each.
+        r = upscale(clip, out, "--cluster", cluster.address, "--workers", "2", "--segment-seconds", "0.2")
+        seconds = time.monotonic() - started
+    finally:
+        node.stdin.close()
+        node.wait(60)
+        cluster.shutdown()
+    work = work_folder(out)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"uav upscale: --cluster: node 127.0.0.1 ({os.uname().nodename}, Ray node {blind[:8]}) cannot see the work "
+        f"folder {work} (No such file or directory); accepted: a work folder and source every node sees at the same "
+        "path (put -o and the input on shared storage); nothing was rendered")
+    assert list(hidden.iterdir()) == []  # no output, no segment, no work folder
+    assert seconds < 90

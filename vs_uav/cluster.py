@@ -1,0 +1,696 @@
+"""One long video on many GPUs and machines: scene-cut segments rendered on a Ray cluster.
+
+``uav upscale IN -o OUT --cluster local|HOST:PORT`` writes the same ``.vpy`` as a
+one-machine render into a work folder next to the output, cuts the clip into segments at
+its scene cuts (:mod:`vs_uav.scenes`) and has Ray actors render them, one actor per GPU (or
+``--workers N`` CPU workers). Each actor loads the model once and renders a segment by
+evaluating that very script in-process with the filter restricted to the segment
+(:func:`vs_uav.filter.segment`, the ``ChunkDriver``'s ``start``/``stop``), piping frames
+``start .. stop - 1`` as y4m into ffmpeg. A segment starts at a scene cut, where a whole
+render starts cold too, so the frames are exactly a one-machine render's. Segment files are
+written under a temporary name and renamed once ffprobe counted their frames; the driver
+joins them with ffmpeg's concat demuxer by stream copy (every segment starts with a key
+frame: all of :data:`vs_uav.encoder.CODECS` allow it), adds the source's audio, checks the
+frame count against the source and removes the work folder.
+
+Fault tolerance is Ray's: a worker that dies is restarted and its segment retried
+(``max_restarts``, ``max_task_retries``); a driver that dies leaves its finished segments,
+and the same command renders only the others. Ray is an optional dependency
+(``pip install 'vs-uav[cluster]'``), imported only here.
+
+Nothing is printed: progress goes to the caller's callback, the rest to logging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+
+from .scenes import Segment, plan_segments
+
+if TYPE_CHECKING:
+    from .encoder import EncoderSettings
+    from .script import OutputSpec
+    from .settings import UpscaleSettings
+
+logger = logging.getLogger(__name__)
+
+LOCAL = "local"
+DEFAULT_SEGMENT_SECONDS = 60.0
+WORK_SUFFIX = ".uav-work"
+MAX_ATTEMPTS = 3  # per segment: Ray's retries after a worker died, then the driver's
+WORKER_START_S = 120.0  # how long workers may take to be placed and start before the job is refused
+_POLL_S = 0.5
+
+
+class ClusterError(RuntimeError):
+    """A cluster render that cannot go on; the message is one line naming what and why."""
+
+
+def ray_available() -> Optional[str]:
+    """Ray's version when it is installed, else None (``uav doctor``); imports nothing heavy."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return None
+
+
+# -- options ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """``--cluster``, ``--workers``, ``--segment-seconds``, ``--split-long``, ``--keep-work``."""
+
+    address: str = LOCAL  # 'local' (a Ray instance on this machine, loopback only), HOST:PORT or ray://HOST:PORT
+    workers: Optional[int] = None  # CPU workers; None: one per GPU of the cluster, else one
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    split_long: float = 0.0  # seconds; 0: a scene is never split
+    keep_work: bool = False
+
+    def __post_init__(self) -> None:
+        address = self.address.strip()
+        if address != LOCAL:
+            host, _, port = address.removeprefix("ray://").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"--cluster {self.address!r}: accepted: 'local', HOST:PORT (a Ray cluster's "
+                                 "address, e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"--workers {self.workers!r}: accepted: an integer >= 1")
+        for name, value, least in (("--segment-seconds", self.segment_seconds, "> 0"),
+                                   ("--split-long", self.split_long, ">= 0 (0: never)")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (value == 0 and name == "--segment-seconds"):
+                shown = f"{value:g}" if isinstance(value, float) else repr(value)
+                raise ValueError(f"{name} {shown}: accepted: a number of seconds {least}")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the cluster is on this machine only (then Ray binds to 127.0.0.1)."""
+        host = self.address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+        return self.address == LOCAL or host in ("127.0.0.1", "localhost", "::1")
+
+
+def work_folder(output: Path) -> Path:
+    """Where a cluster render of ``output`` keeps its script and segments: next to it, on the
+    storage every node must see (``.out.mkv.uav-work``)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}{WORK_SUFFIX}")
+
+
+@contextlib.contextmanager
+def job_folder(output: Path) -> Iterator[str]:
+    """The work folder's ``job`` folder, made, for the script and the files its command reads;
+    when the block fails before any segment was finished, the work folder goes again."""
+    work = work_folder(output)
+    folder = work / "job"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(folder)
+    except BaseException:
+        _discard_unfinished(work)
+        raise
+
+
+def _discard_unfinished(work: Path) -> None:
+    """Remove ``work`` unless it holds a finished segment (the next run resumes from those)."""
+    if not any(p.is_file() for p in work.glob("*/seg*") if ".partial" not in p.name and not p.name.endswith(".log")):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- frames and files ----------------------------------------------------------------------------
+
+def count_frames(path: Path, ffprobe: Optional[str] = None) -> int:
+    """The video frames of ``path`` (packets of its first video stream: one per frame for every
+    codec vs-uav writes), or -1 when ffprobe cannot read it."""
+    exe = ffprobe or shutil.which("ffprobe")
+    if not exe or not Path(path).is_file():
+        return -1
+    run = subprocess.run([exe, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+                          "stream=nb_read_packets", "-of", "json", "file:" + os.path.abspath(path)],
+                         capture_output=True, text=True)
+    try:
+        return int(json.loads(run.stdout)["streams"][0]["nb_read_packets"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return -1
+
+
+def _has_audio(path: Path) -> bool:
+    exe = shutil.which("ffprobe")
+    if not exe:
+        return False
+    run = subprocess.run([exe, "-v", "error", "-select_streams", "a", "-show_entries", "stream=index", "-of", "json",
+                          "file:" + os.path.abspath(path)], capture_output=True, text=True)
+    try:
+        return bool(json.loads(run.stdout).get("streams"))
+    except ValueError:
+        return False
+
+
+def _one_line(text: str) -> str:
+    rows = [r.strip() for r in text.strip().splitlines() if r.strip()]
+    return rows[-1] if rows else ""
+
+
+# -- the worker (a Ray actor) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """What a worker needs to render one segment; small, sent with every call."""
+
+    script: str  # the generated .vpy, in the work folder
+    segment: Segment
+    folder: str  # where the segment file goes
+    suffix: str  # its extension: the output's (the muxer, and what concat reads back)
+    ffmpeg_args: tuple[str, ...]  # ffmpeg's inputs and options (y4m on stdin), without program and output
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    segment: Segment
+    path: str
+    seconds: float
+    node: str
+    pid: int
+    peak_rss: int  # bytes: the worker process's peak resident memory so far
+
+
+def segment_path(folder: Path, segment: Segment, suffix: str) -> Path:
+    return Path(folder) / f"{segment.name}{suffix}"
+
+
+def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], segment: Segment) -> SegmentTask:
+    return SegmentTask(script, segment, folder, suffix, ffmpeg_args)
+
+
+class SegmentWorker:
+    """A Ray actor: holds the loaded model (the filter's per-process engine cache) and renders
+    segments through the generated script, one at a time. ``progress`` may be called while
+    ``render`` runs (the actor has two threads)."""
+
+    def __init__(self, threads: int, gpu: bool):
+        if not gpu:  # a CPU worker never takes a GPU it was not given: device='auto' means the CPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        self.threads = max(1, threads)
+        self._current: Optional[Segment] = None
+        self._done = 0
+
+    def describe(self) -> dict[str, Any]:
+        """Where this worker runs: node address, host name, process id."""
+        import ray
+
+        return {"node": ray.util.get_node_ip_address(), "host": socket.gethostname(), "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def check(self, marker: str, token: str, files: Sequence[str]) -> str:
+        """"" when this node sees the work folder (the driver's ``marker`` holding ``token``) and
+        ``files``; else what it does not see, in words."""
+        try:
+            seen = Path(marker).read_text(encoding="utf-8")
+        except OSError as e:
+            return f"cannot see the work folder {Path(marker).parent} ({e.strerror or e})"
+        if seen != token:
+            return f"sees another folder at {Path(marker).parent} (not the driver's: not shared storage)"
+        for name in files:
+            if not os.access(name, os.R_OK):
+                return f"cannot read {name}"
+        return ""
+
+    def progress(self) -> tuple[Optional[Segment], int, int]:
+        """(the segment being rendered or None, its frames written, this process's id)."""
+        return self._current, self._done, os.getpid()
+
+    def render(self, task: SegmentTask) -> SegmentResult:
+        seg = task.segment
+        self._current, self._done = seg, 0  # said from the start: loading the model is part of the work
+        started = time.monotonic()
+        import resource
+
+        import torch
+        import vapoursynth as vs
+
+        from . import filter as uav_filter
+        from .render import _ffmpeg_command
+
+        torch.set_num_threads(self.threads)
+        target = segment_path(Path(task.folder), seg, task.suffix)
+        partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial{task.suffix}")
+        log = target.with_name(f"{target.stem}.ffmpeg.log")
+        try:
+            core = vs.core
+            core.num_threads = self.threads
+            vs.clear_outputs()
+            text = Path(task.script).read_text(encoding="utf-8")
+            namespace: dict[str, Any] = {"__name__": "__vapoursynth__", "__file__": task.script}
+            with uav_filter.segment(seg.start, seg.stop):
+                exec(compile(text, task.script, "exec"), namespace)  # the one-machine script, as vspipe runs it
+            out = vs.get_output(0)
+            clip = out.clip if hasattr(out, "clip") else out
+            if not seg.stop <= clip.num_frames:
+                raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: the script gives {clip.num_frames} frames")
+            ffmpeg = shutil.which("ffmpeg")
+            if not ffmpeg:
+                raise ClusterError(f"ffmpeg not found on {socket.gethostname()}; install it there")
+            with open(log, "wb") as errors:
+                proc = subprocess.Popen(_ffmpeg_command(ffmpeg, task.ffmpeg_args, partial), stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=errors)
+                try:
+                    def written(done: int, total: int) -> None:
+                        self._done = done
+
+                    assert proc.stdin is not None
+                    clip[seg.start:seg.stop].output(proc.stdin, y4m=True, progress_update=written)
+                    proc.stdin.close()
+                    rc = proc.wait()
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            if rc:
+                said = _one_line(log.read_text(encoding="utf-8", errors="replace"))
+                raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: ffmpeg failed ({said or f'exit status {rc}'})")
+            frames = count_frames(partial)
+            if frames != seg.frames:
+                raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: {frames} frames written, not {seg.frames}")
+            partial.replace(target)  # only a complete, counted segment carries its name
+            log.unlink(missing_ok=True)
+        except vs.Error as e:  # the filter's one-line error (uav.Upscale: ...)
+            raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: {_one_line(str(e))}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+            vs.clear_outputs()
+            self._current = None
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return SegmentResult(seg, str(target), time.monotonic() - started, socket.gethostname(), os.getpid(), peak)
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+@dataclass
+class ClusterProgress:
+    """What the driver reports about once a second: frames done (finished segments and the
+    frames written of running ones), throughput of this run, ETA, busy workers."""
+
+    done: int
+    total: int
+    fps: Optional[float]
+    eta: Optional[float]
+    busy: int
+    workers: int
+    segments_done: int
+    segments: int
+
+    def line(self) -> str:
+        eta = "--:--" if self.eta is None else _clock(self.eta)
+        fps = "-" if self.fps is None else f"{self.fps:.2f}"
+        return (f"{self.done}/{self.total} frames, {fps} fps, ETA {eta}, {self.busy}/{self.workers} workers busy, "
+                f"{self.segments_done}/{self.segments} segments")
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+@dataclass
+class ClusterResult:
+    output: Path
+    frames: int
+    segments: int
+    resumed: int  # segments found finished in the work folder, not rendered again
+    rendered: list[SegmentResult] = field(default_factory=list)
+    workers: int = 0
+    nodes: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        fps = sum(r.segment.frames for r in self.rendered) / self.seconds if self.seconds else 0
+        return (f"{self.frames} frames in {self.segments} segments ({self.resumed} already done) on {self.workers} "
+                f"workers, {self.nodes} node{'s' if self.nodes != 1 else ''}, in {self.seconds:.0f} s "
+                f"({fps:.2f} fps)")
+
+
+@dataclass
+class ClusterJob:
+    """A generated script and how its frames become ``output`` (see :func:`render_cluster`)."""
+
+    script: Path  # the .vpy, in the work folder's job folder
+    source: Path  # the audio comes from it
+    video: Path  # what the script reads (the source, or its deinterlaced copy)
+    output: Path
+    settings: "UpscaleSettings"
+    encoder: "EncoderSettings"
+    spec: "OutputSpec"
+    filter_file: Optional[Path] = None
+    prepare: Sequence[str] = ()
+
+
+def _import_ray(options: ClusterOptions):
+    if options.loopback:
+        # A cluster on this machine stays on the loopback interface (Ray otherwise binds to the
+        # machine's network address), and sends no usage statistics. Read when Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if options.address == LOCAL:  # the instance we start requires Ray's token (said, so Ray does not warn)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("--cluster needs Ray, which is not installed; install it with "
+                           "pip install 'vs-uav[cluster]' (or make setup)") from None
+    return ray
+
+
+@contextlib.contextmanager
+def _connected(ray, options: ClusterOptions) -> Iterator[bool]:
+    """Ray started (``local``) or joined; yields whether it was already up in this process."""
+    if ray.is_initialized():
+        yield True
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING, "configure_logging": False}
+    try:
+        if options.address == LOCAL:
+            cpus = max(_local_cpus(), options.workers or 1)
+            # address='local': a new instance, never one a previous `ray start` left running.
+            ray.init(address="local", num_cpus=cpus, object_store_memory=256 * 2**20, **kwargs)
+        else:
+            ray.init(address=options.address, **kwargs)
+    except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, for any address
+        what = "start" if options.address == LOCAL else "connect"
+        raise ClusterError(f"--cluster {options.address}: Ray could not {what} "
+                           f"({_one_line(str(e)) or type(e).__name__})") from None
+    try:
+        yield False
+    finally:
+        ray.shutdown()
+
+
+def _start_delay(job: ClusterJob) -> Fraction:
+    """Seconds from the start of the file to the first frame; ClusterError for a variable frame
+    rate, whose timestamps a joining by stream copy cannot give (segments restart at 0)."""
+    media = job.spec.media
+    if media.times is None:
+        return Fraction(0)
+    first, tb = media.times[0], media.time_base
+    if media.fps and media.times == tuple(first + round(i / media.fps / tb) for i in range(len(media.times))):
+        return first * tb  # a constant rate starting after the file does: one offset for the whole video
+    raise ClusterError(f"--cluster: input {job.source} has a variable frame rate; accepted: a constant-frame-rate "
+                       "source (render this one without --cluster)")
+
+
+def _local_cpus() -> int:
+    """The cores this process may run on (``taskset`` and container limits count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _segment_args(job: ClusterJob) -> tuple[str, ...]:
+    """ffmpeg's options for a segment: the output's, without audio (the merge adds it) and with
+    timestamps from 0 (the merge offsets them by :func:`_start_delay`)."""
+    from .script import ffmpeg_options
+
+    spec = replace(job.spec, media=replace(job.spec.media, times=None))
+    if job.filter_file is not None and job.spec.media.times is not None:
+        raise ClusterError("--cluster: a video filter this long (a file) with a delayed start is not supported; "
+                           "accepted: a source starting at 0")
+    return tuple(ffmpeg_options(None, job.encoder, spec, job.filter_file))
+
+
+def _job_key(job: ClusterJob, ffmpeg_args: Sequence[str]) -> str:
+    """What the segments depend on: the script, the encoder's options, the source file."""
+    st = Path(job.source).stat()
+    blob = json.dumps({"script": Path(job.script).read_text(encoding="utf-8"), "ffmpeg": list(ffmpeg_args),
+                       "source": [str(job.source), st.st_size, st.st_mtime_ns], "suffix": job.output.suffix})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def find_cuts(job: ClusterJob) -> list[int]:
+    """The cuts the job's script marks (:func:`vs_uav.scenes.cuts_of` on the clip it reads)."""
+    from .scenes import SceneError, cuts_of
+    from .script import reading_script
+
+    import vapoursynth as vs
+
+    namespace: dict[str, Any] = {"__name__": "__vapoursynth__"}
+    try:
+        exec(compile(reading_script(job.video, job.prepare), "<reading>", "exec"), namespace)
+        return cuts_of(namespace["clip"], job.encoder)
+    except SceneError as e:
+        raise ClusterError(str(e)) from None
+    except vs.Error as e:
+        raise ClusterError(f"input {job.source}: scene cuts could not be found ({_one_line(str(e))})") from None
+
+
+def plan(job: ClusterJob, options: ClusterOptions, cuts: Sequence[int]) -> list[Segment]:
+    """The job's segments, longest first (:func:`vs_uav.scenes.plan_segments`)."""
+    fps = float(job.spec.media.fps)
+    target = max(1, round(options.segment_seconds * fps))
+    split = max(1, round(options.split_long * fps)) if options.split_long else 0
+    return plan_segments(cuts, job.spec.media.frames, target, split, align=job.settings.chunk_size)
+
+
+def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[Callable[[ClusterProgress], None]]
+                   = None, cancel: Optional[threading.Event] = None) -> ClusterResult:
+    """Render ``job`` on a Ray cluster into ``job.output`` (see the module's description).
+
+    Cheap checks first (Ray installed, constant frame rate, cuts and plan), then Ray is
+    started or joined, the workers placed and every one checks that it sees the work folder
+    and the source; then the segments not already finished render, longest first. Raises
+    :class:`ClusterError` (one line) on failure or when ``cancel`` is set; the finished
+    segments stay for the next run. The work folder is removed after the output is verified,
+    unless ``options.keep_work``.
+    """
+    started = time.monotonic()
+    media = job.spec.media
+    work = work_folder(job.output)
+
+    def stopped() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    suffix = job.output.suffix or ".mkv"
+    try:
+        delay = _start_delay(job)
+        ffmpeg_args = _segment_args(job)
+        ray = _import_ray(options)
+        segments_dir = work / _job_key(job, ffmpeg_args)
+        cuts = find_cuts(job)
+        segments = plan(job, options, cuts)
+        logger.info("cluster: %d frames, %d scene cuts, %d segments", media.frames, len(cuts), len(segments))
+        segments_dir.mkdir(parents=True, exist_ok=True)
+        finished = [s for s in segments if count_frames(segment_path(segments_dir, s, suffix)) == s.frames]
+        todo = [s for s in segments if s not in finished]
+        if finished:
+            logger.info("cluster: %d of %d segments already done in %s (not rendered again)", len(finished),
+                        len(segments), segments_dir)
+        result = ClusterResult(job.output, media.frames, len(segments), len(finished))
+        if todo:
+            with _connected(ray, options):
+                actors = _start_workers(ray, job, options, work, result)
+                try:
+                    if stopped():
+                        raise ClusterError("cancelled")
+                    task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args)
+                    _Scheduler(ray, actors, task, todo, segments, finished, result, progress, stopped).run()
+                finally:
+                    for actor in actors:
+                        with contextlib.suppress(Exception):  # one already gone
+                            ray.kill(actor, no_restart=True)
+        _merge(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
+    except BaseException:
+        _discard_unfinished(work)  # nothing finished: nothing left behind
+        raise
+    if not options.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _workers(ray, options: ClusterOptions) -> list[Any]:
+    """The actors: one per GPU of the cluster, or ``options.workers`` CPU workers."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    gpu = options.workers is None and gpus > 0
+    count = gpus if gpu else options.workers or 1
+    threads = 1 if gpu else max(1, cpus // count)
+    cls = ray.remote(SegmentWorker).options(num_cpus=threads, num_gpus=1 if gpu else 0, max_restarts=MAX_ATTEMPTS,
+                                            max_task_retries=MAX_ATTEMPTS, max_concurrency=2)
+    return [cls.remote(threads, gpu) for _ in range(count)]
+
+
+def _start_workers(ray, job: ClusterJob, options: ClusterOptions, work: Path, result: ClusterResult) -> list[Any]:
+    """The actors (:func:`_workers`), started and placed, each having checked that its node sees
+    the work folder, the script and the source; ClusterError (nothing rendered) otherwise."""
+    from ray.exceptions import GetTimeoutError
+
+    actors = _workers(ray, options)
+    # Placed and started within a limit: a cluster without room for them is refused, not waited on.
+    try:
+        where = ray.get([a.describe.remote() for a in actors], timeout=WORKER_START_S)
+    except GetTimeoutError:
+        raise ClusterError(f"--cluster {options.address}: {len(actors)} workers could not start within "
+                           f"{WORKER_START_S:.0f} s (cluster resources: {ray.cluster_resources()}); accepted: "
+                           "fewer --workers, or a cluster with room for them") from None
+    result.workers, result.nodes = len(actors), len({w["node_id"] for w in where})
+    for i, w in enumerate(where):
+        logger.info("cluster: worker %d: pid %d on %s (%s)", i + 1, w["pid"], w["node"], w["host"])
+    token = uuid.uuid4().hex
+    marker = work / f".visible-{token[:8]}"
+    marker.write_text(token, encoding="utf-8")
+    try:
+        files = [str(job.script), str(job.video), *([str(job.filter_file)] if job.filter_file else [])]
+        problems = ray.get([a.check.remote(str(marker), token, files) for a in actors])
+    finally:
+        marker.unlink(missing_ok=True)
+    for w, problem in zip(where, problems):
+        if problem:
+            raise ClusterError(f"--cluster: node {w['node']} ({w['host']}, Ray node {w['node_id'][:8]}) {problem}; "
+                               "accepted: a work folder and source every node sees at the same path (put -o and the "
+                               "input on shared storage); nothing was rendered")
+    return actors
+
+
+class _Scheduler:
+    """The driver's loop: segments to idle workers, longest first; results, retries and progress.
+    Ray restarts a worker that died and retries its segment; a worker whose restarts are used up
+    is dropped and its segment given to another."""
+
+    def __init__(self, ray, actors: list[Any], task: Callable[[Segment], SegmentTask], todo: list[Segment],
+                 segments: list[Segment], finished: list[Segment], result: ClusterResult,
+                 progress: Optional[Callable[[ClusterProgress], None]], stopped: Callable[[], bool]):
+        self.ray, self.actors, self.task, self.result = ray, actors, task, result
+        self.progress, self.stopped = progress, stopped
+        self.pending = list(todo)  # longest first
+        self.attempts: dict[Segment, int] = {}
+        self.running: dict[Any, tuple[int, Segment]] = {}  # object ref -> (worker, segment)
+        self.idle = list(range(len(actors)))
+        self.total, self.segments = sum(s.frames for s in segments), len(segments)
+        self.done = sum(s.frames for s in finished)  # frames in finished segments, resumed ones included
+        self.resumed = len(finished)
+        self.rendered = 0  # frames rendered by this run
+        self.first: Optional[float] = None
+        self.reported = 0.0
+        self.said: set[tuple[int, Segment]] = set()  # (worker pid, segment) already logged
+
+    def run(self) -> None:
+        while self.pending or self.running:
+            if self.stopped():
+                raise ClusterError("cancelled")
+            self._dispatch()
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=_POLL_S)
+            for ref in ready:
+                self._collect(ref)
+            if not self.running and self.pending and not self.idle:
+                raise ClusterError("every worker died; see the Ray logs (/tmp/ray/session_latest/logs)")
+            if time.monotonic() - self.reported >= 1.0:
+                self._report()
+
+    def _dispatch(self) -> None:
+        while self.idle and self.pending:
+            i, seg = self.idle.pop(0), self.pending.pop(0)
+            self.attempts[seg] = self.attempts.get(seg, 0) + 1
+            self.running[self.actors[i].render.remote(self.task(seg))] = (i, seg)
+            self.first = self.first or time.monotonic()
+            logger.info("cluster: frames %d-%d to worker %d", seg.start, seg.stop - 1, i + 1)
+
+    def _collect(self, ref) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        i, seg = self.running.pop(ref)
+        try:
+            res: SegmentResult = self.ray.get(ref)
+        except RayTaskError as e:  # the render failed: its one line, not a traceback
+            cause = getattr(e, "cause", None)
+            raise ClusterError(_one_line(str(cause if cause is not None else e))) from None
+        except RayActorError as e:  # the worker died and Ray's restarts are used up: it is not idle again
+            logger.warning("cluster: worker %d lost (%s)", i + 1, _one_line(str(e)))
+            if self.attempts[seg] >= MAX_ATTEMPTS:
+                raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: its worker died {self.attempts[seg]} times; "
+                                   "see the Ray logs (/tmp/ray/session_latest/logs)") from None
+            self.pending.insert(0, seg)
+            return
+        self.result.rendered.append(res)
+        self.done += seg.frames
+        self.rendered += seg.frames
+        self.idle.append(i)
+        logger.info("cluster: frames %d-%d done by worker %d (pid %d on %s) in %.1f s, peak memory %.0f MiB",
+                    seg.start, seg.stop - 1, i + 1, res.pid, res.node, res.seconds, res.peak_rss / 2**20)
+
+    def _report(self) -> None:
+        """Ask the busy workers how far they are; log what each renders; call ``progress``."""
+        now = self.reported = time.monotonic()
+        busy = list(self.running.values())
+        try:
+            states = self.ray.get([self.actors[i].progress.remote() for i, _ in busy], timeout=2)
+        except Exception:  # a worker restarting: busy, nothing written yet
+            states = []
+        partial = 0
+        for (i, _), (seg, written, pid) in zip(busy, states):
+            if seg is not None:
+                partial += written
+                if (pid, seg) not in self.said:
+                    self.said.add((pid, seg))
+                    logger.info("cluster: worker %d (pid %d) rendering frames %d-%d", i + 1, pid, seg.start,
+                                seg.stop - 1)
+        if self.progress is None:
+            return
+        elapsed = now - (self.first or now)
+        fps = (self.rendered + partial) / elapsed if elapsed > 1 and self.rendered + partial else None
+        left = self.total - self.done - partial
+        self.progress(ClusterProgress(self.done + partial, self.total, fps, left / fps if fps else None, len(busy),
+                                      len(self.actors), self.resumed + len(self.result.rendered), self.segments))
+
+
+def _merge(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0)) -> None:
+    """The segments joined by stream copy with the source's audio into ``job.output``, which
+    appears only once its frame count is the source's."""
+    from .render import _ffmpeg_command
+    from .script import path_arg
+
+    ffmpeg = shutil.which("ffmpeg")
+    if not ffmpeg:
+        raise ClusterError("ffmpeg not found; install it or run `uav doctor`")
+    listing = work / "segments.txt"
+    # The concat demuxer's syntax: a quote inside a quoted path is written '\''.
+    listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in parts), encoding="utf-8")
+    offset = ["-itsoffset", f"{float(delay):.9f}"] if delay else []  # the source's first frame time
+    args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True)]
+    if job.encoder.audio == "copy" and _has_audio(job.source):
+        args += ["-i", path_arg(Path(job.source).absolute(), True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+    else:
+        args += ["-map", "0:v:0"]
+    args += ["-c:v", "copy"]
+    output = Path(job.output)
+    partial = output.with_name(f"{output.stem}.partial{output.suffix}")
+    run = subprocess.run(_ffmpeg_command(ffmpeg, args, partial), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        if run.returncode:
+            raise ClusterError(f"joining the segments failed (ffmpeg: {_one_line(run.stderr) or run.returncode})")
+        frames = count_frames(partial)
+        if frames != job.spec.media.frames:
+            raise ClusterError(f"the joined output has {frames} frames, the source {job.spec.media.frames}; "
+                               f"the segments stay in {work}")
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
