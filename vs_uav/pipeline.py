@@ -419,7 +419,7 @@ class UpscalePipeline:
         for i, t in enumerate(timesteps):
             ext = torch.cat([state.latents[i, :, :, state.context - ctx:].to(device), latents], dim=2) \
                 if ctx else latents
-            tail_latents.append(_tail(ext, state.latents[i][:, :, before] if before else None, cut, keep))
+            tail_latents.append(_tail(ext, state.latents[i][:, :, before] if state is not None else None, cut, keep))
             noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile, windows)[:, :, ctx:]
             if settings.guidance:
                 uncond, text = noise_pred.chunk(2)
@@ -439,7 +439,7 @@ class UpscalePipeline:
         prev_final = state.final if state is not None else None
         new_state = ChunkState(
             end=end, latents=torch.stack(tail_latents),
-            image=_tail(image_ext, state.image[:, :, before] if before else None, cut, keep),
+            image=_tail(image_ext, state.image[:, :, before] if state is not None else None, cut, keep),
             last_frame=clean[:, :, end - start - 1].cpu(), propagated=propagated, anchor=anchor,
             final=_tail(final, prev_final, end - start, min(DECODE_GROUP - 1, end - anchor)),
         )
