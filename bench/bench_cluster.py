@@ -3,8 +3,10 @@ Writes a Markdown report to stdout.
 
     .venv/bin/python bench/bench_cluster.py > bench/last-cluster-run.md
 
-A clip of real footage (4 shots of 25 frames spliced from the shared videos, 64x48 -> 256x192,
-FFV1), the tiny reference model, 2 denoising steps, DIS flow, on a local Ray instance (127.0.0.1):
+A clip of real footage (``--frames``, default 100: shots of 25 frames spliced from the shared
+videos, 64x48 -> 256x192, FFV1), the tiny reference model, ``--steps`` denoising steps (default 8:
+with fewer, fixed costs of ~10 s, Ray and worker start, dominate the job; real use runs 20-30 on a
+far larger model), DIS flow, on a local Ray instance (127.0.0.1):
 
 - throughput, 2 workers vs 1, with one core per worker (as GPUs: a worker per device), and with
   the machine's cores shared (1 worker with every core vs 2 with half each);
@@ -13,6 +15,7 @@ FFV1), the tiny reference model, 2 denoising steps, DIS flow, on a local Ray ins
 - peak resident memory per worker (the largest a worker process reached, from its log line).
 
 Each configuration runs ``--rounds`` times, alternating; the best time of each is kept.
+``--quick``: a smoke check of the script (1 round, 1 step, 24 frames), not a measurement.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ TINY = REPO.parent / "shared" / "reference" / "public" / "model"
 UAV = str(Path(sys.executable).parent / "uav")
 
 from clips import AIGC, ANIMATION, MOVIE, framemd5, splice  # noqa: E402
+from vs_uav.cluster import count_frames  # noqa: E402
 
 
 def run(args: list[str], cores: list[int], env: dict) -> tuple[float, str]:
@@ -49,16 +53,24 @@ def run(args: list[str], cores: list[int], env: dict) -> tuple[float, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps (default: 8)")
+    parser.add_argument("--frames", type=int, default=100, help="frames of the clip, >= 96 (default: 100)")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 1 round, 1 step, 24 frames")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps, args.frames = 1, 1, 24
+    elif args.frames < 96:
+        raise SystemExit(f"bench_cluster: --frames {args.frames}: accepted: 96 or more (fewer: fixed costs dominate)")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit("bench_cluster: needs at least 2 cores")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     tmp = Path(tempfile.mkdtemp(prefix="uav-bench-cluster-"))
     clip = tmp / "clip.mkv"
-    cuts = splice(clip, [(ANIMATION, 0, 25), (AIGC, 0, 25), (ANIMATION, 40, 25), (MOVIE, 0, 25)], (64, 48))
-    frames = 100
+    shots = [(ANIMATION, 0), (AIGC, 0), (ANIMATION, 40), (MOVIE, 0)]  # repeated as often as --frames needs
+    lengths = [min(25, args.frames - i) for i in range(0, args.frames, 25)]
+    cuts = splice(clip, [(*shots[k % len(shots)], n) for k, n in enumerate(lengths)], (64, 48))
+    frames = count_frames(clip)
     common = ["-v", "upscale", str(clip), "--model", str(TINY), "--steps", str(args.steps), "--flow", "dis",
               "--codec", "ffv1"]
     cluster = ["--cluster", "local", "--segment-seconds", "1"]  # 25 frames: one shot each
@@ -92,9 +104,9 @@ def main() -> int:
 
     print(f"## {date.today().isoformat()}, cluster (local Ray, {platform.machine()}, {len(cores)} cores, "
           f"{platform.python_version()})\n")
-    print(f"`.venv/bin/python bench/bench_cluster.py`: {frames} frames of real footage in 4 shots (cuts at "
-          f"{', '.join(map(str, cuts))}), 64x48 -> 256x192, tiny reference model, {args.steps} steps, DIS flow, "
-          f"FFV1; wall time of `uav upscale` from start to the verified output, best of {args.rounds}.\n")
+    print(f"`.venv/bin/python bench/bench_cluster.py`: {frames} frames of real footage in {len(lengths)} shots "
+          f"(cuts at {', '.join(map(str, cuts))}), 64x48 -> 256x192, tiny reference model, {args.steps} steps, "
+          f"DIS flow, FFV1; wall time of `uav upscale` from start to the verified output, best of {args.rounds}.\n")
     print("| configuration | seconds (best) | all rounds | frames/s | peak RSS per worker (MiB) |")
     print("|---|---|---|---|---|")
     for name in configs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -103,8 +104,10 @@ def reference(clip, tmp_path_factory) -> list[str]:
 class Follow:
     """A `uav -v upscale --cluster` run whose stderr is read while it runs."""
 
-    def __init__(self, args: list[str], env):
-        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    def __init__(self, args: list[str], env, new_group: bool = False):
+        # new_group: a process group of its own, as a terminal's foreground job (Ctrl+C reaches all of it)
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                                     start_new_session=new_group)
         self.text = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -114,15 +117,16 @@ class Follow:
         for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
             self.text += chunk.decode(errors="replace")
 
-    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float = 180, after: int = 0) -> re.Match:
+        """The first match of ``pattern`` in stderr from offset ``after`` on."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(pattern, self.text)
+            m = re.compile(pattern).search(self.text, after)
             if m:
                 return m
             if self.proc.poll() is not None:
                 self._reader.join(5)
-                m = re.search(pattern, self.text)
+                m = re.compile(pattern).search(self.text, after)
                 if m:
                     return m
                 raise AssertionError(f"ended (rc {self.proc.returncode}) without {pattern!r}:\n{self.text[-3000:]}")
@@ -219,11 +223,16 @@ def test_options_and_work_folder():
     assert work_folder(Path("/data/out.mkv")) == Path("/data/.out.mkv.uav-work")
 
 
-def test_doctor_says_whether_ray_is_installed():
+def test_doctor_says_whether_ray_is_installed(monkeypatch):
     from vs_uav.doctor import FIXES, check_cluster
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     check = check_cluster()
-    assert check.status == "ok" and re.fullmatch(r"Ray 2\.\d+\.\d+ \(uav upscale --cluster\)", check.detail)
+    cpus = len(os.sched_getaffinity(0))
+    assert check.status == "ok" and re.fullmatch(
+        rf"Ray 2\.\d+\.\d+; a bare --cluster starts a local Ray instance on 127\.0\.0\.1 with {cpus} CPUs? and "
+        r"(0 GPUs \(one CPU worker, --workers N for more\)|[1-9]\d* GPUs? \(one worker per GPU\))", check.detail), \
+        check.detail
     blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
                "        if name.split('.')[0] == 'ray':\n            raise ModuleNotFoundError(name)\n"
                "sys.meta_path.insert(0, Blocked())\nfrom vs_uav.doctor import check_cluster\n"
@@ -233,14 +242,66 @@ def test_doctor_says_whether_ray_is_installed():
                                 f"{FIXES['cluster']}"), r.stderr
 
 
+def test_doctor_says_whether_ray_address_answers(monkeypatch):
+    """A real listening socket on 127.0.0.1 answers; the same port closed does not."""
+    import socket as sockets
+
+    from vs_uav.doctor import check_cluster
+
+    server = sockets.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    try:
+        check = check_cluster()
+    finally:
+        server.close()
+    assert (check.status, check.detail.split("; ", 1)[1]) == (
+        "ok", f"a bare --cluster joins RAY_ADDRESS={address}, which answers")
+    check = check_cluster()
+    assert (check.status, check.detail.split("; ", 1)[1]) == (
+        "warn", f"a bare --cluster joins RAY_ADDRESS={address}, which does not answer (Connection refused)")
+    assert "unset it for a local instance" in check.line()
+    monkeypatch.setenv("RAY_ADDRESS", "nowhere")
+    assert check_cluster().detail.split("; ", 1)[1] == (
+        "RAY_ADDRESS='nowhere': accepted: 'local', HOST:PORT (a Ray cluster's address, e.g. 10.0.0.5:6379) or "
+        "ray://HOST:PORT")
+
+
+def test_a_bare_cluster_option_means_ray_address_else_local(monkeypatch):
+    from vs_uav.cli import _cluster_options, build_parser
+
+    def options(*extra: str):
+        return _cluster_options(build_parser().parse_args(["upscale", "in.mkv", *extra]))
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert options("--cluster").address == "local" and options("--cluster", "--workers", "2").workers == 2
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert options("--cluster").address == "127.0.0.1:6379" and options("--cluster", "local").address == "local"
+    assert options() is None
+
+
 # -- real Ray ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_path, ray_env):
+    """The command the preset editor shows for "Render on: a local Ray instance" (the reference
+    is the one-machine render of the same settings)."""
+    from vs_uav.cli import upscale_command
+    from vs_uav.encoder import EncoderSettings
+    from vs_uav.presets import Preset
+    from vs_uav.settings import UpscaleSettings
+
     out = tmp_path / "cluster.mkv"
-    r = upscale(clip, out, *CLUSTER, env=ray_env)
+    preset = Preset("tiny", UpscaleSettings(model=str(MODEL_DIR), steps=1, flow="dis"), EncoderSettings(codec="ffv1"))
+    shown = shlex.split(upscale_command(preset, clip, out, ClusterOptions(workers=WORKERS, segment_seconds=0.2)))
+    assert shown[:2] == ["uav", "upscale"] and shown[2:] == [str(clip), "-o", str(out), *RENDER, *CLUSTER]
+    r = subprocess.run([UAV, "-v", *shown[1:]], capture_output=True, text=True, env=ray_env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "cluster: 30 frames, 3 scene cuts, 4 segments" in r.stderr
+    # The workers start (and load the model) before the driver's scene-cut pass.
+    assert r.stderr.index("cluster: 2 workers starting") < r.stderr.index("cluster: 30 frames, 3 scene cuts")
     frames = framemd5(out)
     assert len(frames) == len(reference) == 30
     assert frames == reference  # every decoded frame identical
@@ -306,6 +367,36 @@ def test_a_killed_driver_resumes_without_rendering_finished_segments_again(clip,
     assert f"({len(finished)} already done)" in second.stderr.strip().splitlines()[-1]
     assert framemd5(out) == reference
     assert work.is_dir()  # --keep-work
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_everything_and_the_same_command_resumes(clip, reference, tmp_path, ray_env):
+    """Ctrl+C: SIGINT to the command's whole process group (what a terminal sends), while a segment
+    renders after another one finished."""
+    out = tmp_path / "cluster.mkv"
+    args = [UAV, "-v", "upscale", str(clip), "-o", str(out), *RENDER, *CLUSTER]
+    run = Follow(args, ray_env, new_group=True)
+    done = run.wait_for(r"frames \d+-\d+ done by worker")
+    run.wait_for(r"worker \d+ \(pid \d+\) rendering frames", after=done.end())  # the next segment
+    os.killpg(run.proc.pid, signal.SIGINT)
+    stopped = time.monotonic()
+    assert run.finish(timeout=60) == 130, run.text[-3000:]
+    assert time.monotonic() - stopped < 30, run.text[-3000:]
+    work = work_folder(out)
+    assert run.text.strip().splitlines()[-1] == (
+        f"uav upscale: stopped by SIGINT: the workers and Ray ended, no partial {out} or temporary files left; the "
+        f"finished segments stay in {work}: run the same command to resume"), run.text[-3000:]
+    deadline = time.monotonic() + 20  # nothing of Ray is left: workers, their ffmpeg, raylet, GCS
+    while _processes_mentioning(ray_env["RAY_TMPDIR"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_mentioning(ray_env["RAY_TMPDIR"]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [work.name]  # no output, no partial output
+    finished = list(work.glob("*/seg*"))  # complete segments only: no partial one, no ffmpeg log
+    assert finished and all(re.fullmatch(r"seg\d+-\d+\.mkv", p.name) for p in finished), finished
+    again = subprocess.run(args, capture_output=True, text=True, env=ray_env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"cluster: {len(finished)} of 4 segments already done" in again.stderr
+    assert framemd5(out) == reference and not work.exists()
 
 
 _NODE = """

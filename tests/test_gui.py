@@ -318,3 +318,68 @@ def test_preview_errors_are_one_line(previewing, qtbot, tmp_path):
     previewing.fields["propagation_steps"].editor.setText("5")  # beyond steps=1: an error in the form
     assert run() == "the settings have errors; fix the marked fields first"
     assert previewing.statusBar().currentMessage() == panel.status.text()
+
+
+# -- "Render on": the same render as a uav upscale --cluster command ------------------------------
+
+def test_render_on_ray_shows_the_equivalent_uav_command(window, qtbot):
+    import shlex
+
+    from vs_uav.cli import _resolve, build_parser
+
+    window.set_source(ANIMATION)
+    window.select_preset("old-film")
+    machine = window.command_view.toPlainText()
+    assert machine.startswith("vspipe -c y4m ") and not window.workers_spin.isVisible()
+    type_into(qtbot, window.fields["noise_level"].editor, "135")  # an unsaved change to the preset
+    window.render_on.setCurrentIndex(window.render_on.findData("local"))
+    window.workers_spin.setValue(3)
+    command = window.command_view.toPlainText()
+    output = window.output_edit.text()
+    assert command == shlex.join(["uav", "upscale", str(ANIMATION), "-o", output, "--preset", "old-film",
+                                  "--noise-level", "135", "--cluster", "local", "--workers", "3"])
+    window.copy_button.click()
+    assert QGuiApplication.clipboard().text() == command
+    # Read back by uav upscale's own parser: exactly the form's settings.
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    resolved = _resolve(args, "uav upscale")
+    assert (resolved.settings, resolved.encoder) == (window.current.settings, window.current.encoder)
+    assert (args.cluster, args.workers, args.output) == ("local", "3", output)
+    window.workers_spin.setValue(0)  # the lowest value: one worker per GPU (no --workers)
+    assert window.command_view.toPlainText().endswith("--noise-level 135 --cluster local")
+    window.render_on.setCurrentIndex(window.render_on.findData("cluster"))
+    assert window.cluster_edit.isVisible()
+    type_into(qtbot, window.cluster_edit, "10.0.0.5")
+    assert window.command_view.toPlainText() == (
+        "# Not generated: --cluster '10.0.0.5': accepted: 'local', HOST:PORT (a Ray cluster's address, "
+        "e.g. 10.0.0.5:6379) or ray://HOST:PORT")
+    assert not window.copy_button.isEnabled()
+    type_into(qtbot, window.cluster_edit, "10.0.0.5:6379")
+    assert window.command_view.toPlainText().endswith("--noise-level 135 --cluster 10.0.0.5:6379")
+    assert window.copy_button.isEnabled()
+    window.render_on.setCurrentIndex(window.render_on.findData("machine"))
+    assert window.command_view.toPlainText() == machine  # noise_level is in the script, not the command
+
+
+def test_the_uav_command_reproduces_every_preset_exactly(window):
+    """Every shipped preset, changed in every value, from the defaults or from the preset: the
+    command's options give back the form's settings."""
+    import shlex
+
+    from vs_uav.cli import _resolve, build_parser, upscale_command
+    from vs_uav.cluster import ClusterOptions
+    from vs_uav.encoder import EncoderSettings
+    from vs_uav.presets import Preset
+    from vs_uav.settings import UpscaleSettings
+
+    odd = Preset("odd", UpscaleSettings(prompt="-a prompt, 'quoted'", steps=7, propagation_steps=[], seed=2**40,
+                                        guidance_scale=1e-3, scene_change=False, cache_dir="/tmp/a b"),
+                 EncoderSettings(codec="ffv1", scene_threshold=0.25))
+    for name in presets.available():
+        preset = presets.load(name)
+        for target, base in ((preset, None), (odd, preset), (odd, None)):
+            command = upscale_command(target, ANIMATION, Path("/tmp/o.mkv"), ClusterOptions("local", workers=2),
+                                      base)
+            args = build_parser().parse_args(shlex.split(command)[1:])
+            resolved = _resolve(args, "uav upscale")
+            assert (resolved.settings, resolved.encoder) == (target.settings, target.encoder), command

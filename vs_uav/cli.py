@@ -98,6 +98,48 @@ def _add_preset_option(parser: argparse.ArgumentParser) -> None:
                         "file); options given explicitly override its values")
 
 
+def upscale_command(preset, source: Path, output: Path, cluster=None, base=None) -> str:
+    """The ``uav upscale`` command line that renders ``preset`` (a :class:`vs_uav.presets.Preset`)
+    from ``source`` into ``output``: ``--preset NAME`` when ``base`` (a preset loadable by its
+    name) is given, then an option for every value differing from it (from the defaults
+    without ``base``), written so that :func:`_resolve` reads back exactly ``preset``'s
+    settings; ``cluster`` (:class:`vs_uav.cluster.ClusterOptions`) adds ``--cluster`` and its
+    options. The preset editor shows it for "Render on: a Ray ...". ``uav`` is taken from PATH."""
+    import shlex
+
+    from .cluster import DEFAULT_SEGMENT_SECONDS
+    from .encoder import ENCODER_SETTINGS, EncoderSettings
+    from .presets import Preset
+    from .settings import SETTINGS, UpscaleSettings
+
+    start = base if base is not None else Preset("command-line", UpscaleSettings(), EncoderSettings())
+    args = ["uav", "upscale", str(source), "-o", str(output)] + (["--preset", base.name] if base is not None else [])
+    for specs, table in ((SETTINGS, "upscale"), (ENCODER_SETTINGS, "encoder")):
+        now, was = preset.values(table), start.values(table)
+        for spec in specs:
+            value, flag = now[spec.name], "--" + spec.name.replace("_", "-")
+            if value == was[spec.name]:
+                continue
+            if spec.type is bool:
+                args.append(flag if value else f"--no-{flag[2:]}")
+                continue
+            text = (",".join(map(str, value)) if spec.type is list else repr(value) if spec.type is float
+                    else str(value))
+            # --name=TEXT: a value starting with '-' is not taken for an option
+            args += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+    if cluster is not None:
+        args += ["--cluster", cluster.address]
+        if cluster.workers is not None:
+            args += ["--workers", str(cluster.workers)]
+        if cluster.segment_seconds != DEFAULT_SEGMENT_SECONDS:
+            args += ["--segment-seconds", repr(cluster.segment_seconds)]
+        if cluster.split_long:
+            args += ["--split-long", repr(cluster.split_long)]
+        if cluster.keep_work:
+            args.append("--keep-work")
+    return shlex.join(args)
+
+
 def _clock_text(seconds: float) -> str:
     seconds = int(seconds)
     h, m, sec = seconds // 3600, seconds // 60 % 60, seconds % 60
@@ -197,7 +239,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 def _cluster_options(args: argparse.Namespace):
     """--cluster and its options (vs_uav.cluster.ClusterOptions), or None without --cluster."""
-    from .cluster import ClusterOptions
+    from .cluster import ClusterOptions, default_address
 
     given = [flag for flag, value in (("--workers", args.workers), ("--segment-seconds", args.segment_seconds),
                                       ("--split-long", args.split_long), ("--keep-work", args.keep_work or None))
@@ -216,8 +258,8 @@ def _cluster_options(args: argparse.Namespace):
             except ValueError:
                 raise SystemExit(f"uav upscale: {flag} {text!r}: accepted: "
                                  f"{'an integer >= 1' if kind is int else 'a number of seconds'}") from None
-    try:
-        return ClusterOptions(args.cluster, keep_work=args.keep_work, **values)
+    try:  # a bare --cluster: $RAY_ADDRESS, Ray's own convention, else a local instance
+        return ClusterOptions(args.cluster or default_address(), keep_work=args.keep_work, **values)
     except ValueError as e:
         raise SystemExit(f"uav upscale: {e}")
 
@@ -292,13 +334,15 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
             kept = (f"the finished chunks stay in --cache-dir {settings.cache_dir}: run the same command to resume"
                     if settings.cache_dir else "nothing was kept: run the same command to start again (with "
                     "--cache-dir DIR a render resumes where it stopped)")
+            ended = "vspipe and ffmpeg ended"
             if cluster is not None:
                 from .cluster import work_folder
 
+                ended = "the workers and Ray ended"
                 kept = (f"the finished segments stay in {work_folder(output)}: run the same command to resume"
-                        if work_folder(output).is_dir() else "nothing was kept")
-            sys.stderr.write(f"{prog}: stopped by {name}: vspipe and ffmpeg ended, no partial {output} or "
-                             f"temporary files left; {kept}\n")
+                        if work_folder(output).is_dir() else "nothing was kept: run the same command to start again")
+            sys.stderr.write(f"{prog}: stopped by {name}: {ended}, no partial {output} or temporary files left; "
+                             f"{kept}\n")
             return 128 + stop.received
     print(f"{prog}: wrote {output} in {result.seconds:.0f} s", file=sys.stderr)
     return 0
@@ -545,9 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
     cl = up.add_argument_group("cluster", "render scene-cut segments on a Ray cluster (pip install "
                                "'vs-uav[cluster]'); the frames are a one-machine render's")
-    cl.add_argument("--cluster", metavar="local|HOST:PORT", help="'local': a Ray instance on this machine; "
-                    "HOST:PORT: a running Ray cluster this machine is a node of (ray start --address=...), or "
-                    "ray://HOST:PORT; the output's folder and the input must be on storage every node sees")
+    cl.add_argument("--cluster", metavar="local|HOST:PORT", nargs="?", const="", help="'local': a Ray instance on "
+                    "this machine; HOST:PORT: a running Ray cluster this machine is a node of (ray start "
+                    "--address=...), or ray://HOST:PORT; no value: $RAY_ADDRESS if set, else 'local' (`uav doctor` "
+                    "says which); the output's folder and the input must be on storage every node sees")
     cl.add_argument("--workers", metavar="N", help="N CPU workers (default: one per GPU of the cluster, else one)")
     cl.add_argument("--segment-seconds", metavar="S", help="consecutive scenes are merged into segments of up "
                     "to S seconds of video (default: 60); a longer scene is a segment of its own")

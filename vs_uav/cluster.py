@@ -3,7 +3,8 @@
 ``uav upscale IN -o OUT --cluster local|HOST:PORT`` writes the same ``.vpy`` as a
 one-machine render into a work folder next to the output, cuts the clip into segments at
 its scene cuts (:mod:`vs_uav.scenes`) and has Ray actors render them, one actor per GPU (or
-``--workers N`` CPU workers). Each actor loads the model once and renders a segment by
+``--workers N`` CPU workers), created before the driver's scene-cut pass so that they load
+the model meanwhile. Each actor loads the model once and renders a segment by
 evaluating that very script in-process with the filter restricted to the segment
 (:func:`vs_uav.filter.segment`, the ``ChunkDriver``'s ``start``/``stop``), piping frames
 ``start .. stop - 1`` as y4m into ffmpeg. A segment starts at a scene cut, where a whole
@@ -108,6 +109,12 @@ class ClusterOptions:
         return self.address == LOCAL or host in ("127.0.0.1", "localhost", "::1")
 
 
+def default_address() -> str:
+    """The cluster a bare ``--cluster`` reaches: ``$RAY_ADDRESS`` (Ray's own convention) when
+    set, else 'local'."""
+    return os.environ.get("RAY_ADDRESS", "").strip() or LOCAL
+
+
 def work_folder(output: Path) -> Path:
     """Where a cluster render of ``output`` keeps its script and segments: next to it, on the
     storage every node must see (``.out.mkv.uav-work``)."""
@@ -130,9 +137,19 @@ def job_folder(output: Path) -> Iterator[str]:
 
 
 def _discard_unfinished(work: Path) -> None:
-    """Remove ``work`` unless it holds a finished segment (the next run resumes from those)."""
-    if not any(p.is_file() for p in work.glob("*/seg*") if ".partial" not in p.name and not p.name.endswith(".log")):
+    """Remove ``work`` unless it holds a finished segment (the next run resumes from those); the
+    unfinished ones' files (a killed worker leaves its ``.partial`` file and ffmpeg log) go."""
+    if not any(_finished_files(work)):
         shutil.rmtree(work, ignore_errors=True)
+        return
+    for p in work.glob("*/seg*"):
+        if ".partial" in p.name or p.name.endswith(".ffmpeg.log"):
+            p.unlink(missing_ok=True)
+
+
+def _finished_files(work: Path) -> Iterator[Path]:
+    """Segment files under their final name (only a complete, counted segment gets it)."""
+    return (p for p in work.glob("*/seg*") if p.is_file() and ".partial" not in p.name and not p.name.endswith(".log"))
 
 
 # -- frames and files ----------------------------------------------------------------------------
@@ -203,14 +220,41 @@ def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], s
 class SegmentWorker:
     """A Ray actor: holds the loaded model (the filter's per-process engine cache) and renders
     segments through the generated script, one at a time. ``progress`` may be called while
-    ``render`` runs (the actor has two threads)."""
+    ``render`` runs (the actor has two threads).
 
-    def __init__(self, threads: int, gpu: bool):
+    It starts warming up at once: a thread of its own imports torch and VapourSynth and loads
+    the model of ``settings`` (the script's), so that this overlaps the driver's scene-cut pass
+    while ``describe`` and ``check`` answer; ``render`` waits for it."""
+
+    def __init__(self, threads: int, gpu: bool, settings: Optional["UpscaleSettings"] = None):
         if not gpu:  # a CPU worker never takes a GPU it was not given: device='auto' means the CPU
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self.threads = max(1, threads)
         self._current: Optional[Segment] = None
         self._done = 0
+        self._warm = threading.Thread(target=self._warm_up, args=(settings,), name="uav-warm-up", daemon=True)
+        self._warm.start()
+
+    def _warm_up(self, settings: Optional["UpscaleSettings"]) -> None:
+        """What the first segment would load, loaded now; a failure is left to ``render``, which
+        meets it again and says it in one line."""
+        started = time.monotonic()
+        try:
+            import torch
+            import vapoursynth  # noqa: F401
+
+            from . import filter as uav_filter
+
+            torch.set_num_threads(self.threads)
+            if settings is not None:  # the engine the script's uav.Upscale asks the same cache for
+                from .model_folder import default_model_dir
+
+                model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
+                device, dtype = uav_filter.resolve_device(settings.device, settings.dtype)
+                uav_filter.get_engine(model_dir, settings.vae, device, dtype, settings.flow)
+            logger.info("cluster: worker pid %d warmed up in %.1f s", os.getpid(), time.monotonic() - started)
+        except Exception as e:  # noqa: BLE001 - said again by render
+            logger.info("cluster: worker pid %d: warm-up failed (%s)", os.getpid(), _one_line(str(e)))
 
     def describe(self) -> dict[str, Any]:
         """Where this worker runs: node address, host name, process id."""
@@ -241,6 +285,7 @@ class SegmentWorker:
         seg = task.segment
         self._current, self._done = seg, 0  # said from the start: loading the model is part of the work
         started = time.monotonic()
+        self._warm.join()
         import resource
 
         import torch
@@ -473,9 +518,11 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
                    = None, cancel: Optional[threading.Event] = None) -> ClusterResult:
     """Render ``job`` on a Ray cluster into ``job.output`` (see the module's description).
 
-    Cheap checks first (Ray installed, constant frame rate, cuts and plan), then Ray is
-    started or joined, the workers placed and every one checks that it sees the work folder
-    and the source; then the segments not already finished render, longest first. Raises
+    Cheap checks first (Ray installed, constant frame rate), then Ray is started or joined and
+    the workers created, so that they load the model while this process finds the scene cuts
+    and plans the segments (a resumed job, with finished segments, plans first and starts
+    workers only for what is left); then every worker checks that it sees the work folder and
+    the source, and the segments not already finished render, longest first. Raises
     :class:`ClusterError` (one line) on failure or when ``cancel`` is set; the finished
     segments stay for the next run. The work folder is removed after the output is verified,
     unless ``options.keep_work``.
@@ -493,28 +540,29 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
         ffmpeg_args = _segment_args(job)
         ray = _import_ray(options)
         segments_dir = work / _job_key(job, ffmpeg_args)
-        cuts = find_cuts(job)
-        segments = plan(job, options, cuts)
-        logger.info("cluster: %d frames, %d scene cuts, %d segments", media.frames, len(cuts), len(segments))
-        segments_dir.mkdir(parents=True, exist_ok=True)
-        finished = [s for s in segments if count_frames(segment_path(segments_dir, s, suffix)) == s.frames]
-        todo = [s for s in segments if s not in finished]
-        if finished:
-            logger.info("cluster: %d of %d segments already done in %s (not rendered again)", len(finished),
-                        len(segments), segments_dir)
-        result = ClusterResult(job.output, media.frames, len(segments), len(finished))
-        if todo:
-            with _connected(ray, options):
-                actors = _start_workers(ray, job, options, work, result)
-                try:
-                    if stopped():
-                        raise ClusterError("cancelled")
-                    task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args)
-                    _Scheduler(ray, actors, task, todo, segments, finished, result, progress, stopped).run()
-                finally:
-                    for actor in actors:
-                        with contextlib.suppress(Exception):  # one already gone
-                            ray.kill(actor, no_restart=True)
+        with contextlib.ExitStack() as stack:
+            actors: list[Any] = []
+            if not any(_finished_files(work)):  # surely work to do: the workers warm up during the cut pass
+                actors = _launch_workers(stack, ray, job, options)
+            cuts = find_cuts(job)
+            segments = plan(job, options, cuts)
+            logger.info("cluster: %d frames, %d scene cuts, %d segments", media.frames, len(cuts), len(segments))
+            segments_dir.mkdir(parents=True, exist_ok=True)
+            finished = [s for s in segments if count_frames(segment_path(segments_dir, s, suffix)) == s.frames]
+            todo = [s for s in segments if s not in finished]
+            if finished:
+                logger.info("cluster: %d of %d segments already done in %s (not rendered again)", len(finished),
+                            len(segments), segments_dir)
+            result = ClusterResult(job.output, media.frames, len(segments), len(finished))
+            if todo:
+                if stopped():
+                    raise ClusterError("cancelled")
+                actors = actors or _launch_workers(stack, ray, job, options)
+                _place_workers(ray, actors, job, options, work, result, stopped)
+                task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args)
+                _Scheduler(ray, actors, task, todo, segments, finished, result, progress, stopped).run()
+        if stopped():
+            raise ClusterError("cancelled")
         _merge(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
     except BaseException:
         _discard_unfinished(work)  # nothing finished: nothing left behind
@@ -525,8 +573,9 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
     return result
 
 
-def _workers(ray, options: ClusterOptions) -> list[Any]:
-    """The actors: one per GPU of the cluster, or ``options.workers`` CPU workers."""
+def _workers(ray, options: ClusterOptions, settings: Optional["UpscaleSettings"] = None) -> list[Any]:
+    """The actors: one per GPU of the cluster, or ``options.workers`` CPU workers; each starts
+    loading ``settings``' model at once (:class:`SegmentWorker`)."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
@@ -535,22 +584,43 @@ def _workers(ray, options: ClusterOptions) -> list[Any]:
     threads = 1 if gpu else max(1, cpus // count)
     cls = ray.remote(SegmentWorker).options(num_cpus=threads, num_gpus=1 if gpu else 0, max_restarts=MAX_ATTEMPTS,
                                             max_task_retries=MAX_ATTEMPTS, max_concurrency=2)
-    return [cls.remote(threads, gpu) for _ in range(count)]
+    return [cls.remote(threads, gpu, settings) for _ in range(count)]
 
 
-def _start_workers(ray, job: ClusterJob, options: ClusterOptions, work: Path, result: ClusterResult) -> list[Any]:
-    """The actors (:func:`_workers`), started and placed, each having checked that its node sees
+def _launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: ClusterOptions) -> list[Any]:
+    """Ray started or joined and the actors created (not waited for); both end with ``stack``:
+    the actors first, then a Ray instance this call started."""
+    stack.enter_context(_connected(ray, options))
+    actors = _workers(ray, options, job.settings)
+    logger.info("cluster: %d workers starting (each loads the model)", len(actors))
+
+    def kill() -> None:
+        for actor in actors:
+            with contextlib.suppress(Exception):  # one already gone
+                ray.kill(actor, no_restart=True)
+
+    stack.callback(kill)
+    return actors
+
+
+def _place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptions, work: Path,
+                   result: ClusterResult, stopped: Callable[[], bool] = lambda: False) -> None:
+    """Wait until the actors are placed and started, each having checked that its node sees
     the work folder, the script and the source; ClusterError (nothing rendered) otherwise."""
-    from ray.exceptions import GetTimeoutError
-
-    actors = _workers(ray, options)
     # Placed and started within a limit: a cluster without room for them is refused, not waited on.
-    try:
-        where = ray.get([a.describe.remote() for a in actors], timeout=WORKER_START_S)
-    except GetTimeoutError:
-        raise ClusterError(f"--cluster {options.address}: {len(actors)} workers could not start within "
-                           f"{WORKER_START_S:.0f} s (cluster resources: {ray.cluster_resources()}); accepted: "
-                           "fewer --workers, or a cluster with room for them") from None
+    refs = [a.describe.remote() for a in actors]
+    deadline = time.monotonic() + WORKER_START_S
+    while True:
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=_POLL_S)
+        if not waiting:
+            break
+        if stopped():
+            raise ClusterError("cancelled")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"--cluster {options.address}: {len(actors)} workers could not start within "
+                               f"{WORKER_START_S:.0f} s (cluster resources: {ray.cluster_resources()}); accepted: "
+                               "fewer --workers, or a cluster with room for them")
+    where = ray.get(refs)
     result.workers, result.nodes = len(actors), len({w["node_id"] for w in where})
     for i, w in enumerate(where):
         logger.info("cluster: worker %d: pid %d on %s (%s)", i + 1, w["pid"], w["node"], w["host"])
@@ -567,7 +637,6 @@ def _start_workers(ray, job: ClusterJob, options: ClusterOptions, work: Path, re
             raise ClusterError(f"--cluster: node {w['node']} ({w['host']}, Ray node {w['node_id'][:8]}) {problem}; "
                                "accepted: a work folder and source every node sees at the same path (put -o and the "
                                "input on shared storage); nothing was rendered")
-    return actors
 
 
 class _Scheduler:

@@ -68,7 +68,8 @@ FIXES: dict[str, str] = {
     "qt": "the preset editor (uav-gui) cannot open a window on X11: install the system libraries that Qt's xcb "
           f"platform plugin needs, e.g. on Debian/Ubuntu `{QT_APT_GET}` (rendering does not need them)",
     "cluster": "to render on a Ray cluster (`uav upscale --cluster`), install Ray: `pip install 'vs-uav[cluster]'` "
-               "(`make setup` does it); one-machine renders do not need it",
+               "(`make setup` does it); one-machine renders do not need it. RAY_ADDRESS set but not answering: "
+               "start that cluster (`ray start --head`), correct the address, or unset it for a local instance",
 }
 
 
@@ -312,11 +313,15 @@ def check_qt(plugin: Optional[Path] = None, packages: Mapping[str, str] = QT_XCB
     return Check("qt", "warn", detail)
 
 
-def check_cluster() -> Check:
-    """Whether Ray (the optional ``cluster`` extra) can be imported, without importing it."""
+def check_cluster(timeout: float = 2.0) -> Check:
+    """Whether Ray (the optional ``cluster`` extra) can be imported, without importing it, and
+    which cluster a bare ``--cluster`` reaches: ``$RAY_ADDRESS``, which must answer (a TCP
+    connection within ``timeout`` seconds: the address is the user's), else a local instance
+    with this machine's CPUs and GPUs."""
     import importlib.util
+    import socket
 
-    from .cluster import ray_available
+    from .cluster import ClusterOptions, _local_cpus, default_address, ray_available
 
     try:
         found = importlib.util.find_spec("ray") is not None
@@ -325,7 +330,43 @@ def check_cluster() -> Check:
     version = ray_available()
     if not found or version is None:
         return Check("cluster", "warn", "Ray is not installed: uav upscale --cluster is unavailable")
-    return Check("cluster", "ok", f"Ray {version} (uav upscale --cluster)")
+    address = default_address()
+    if address == "local":
+        cpus, gpus = _local_cpus(), _visible_gpus()
+        workers = "one worker per GPU" if gpus else "one CPU worker, --workers N for more"
+        return Check("cluster", "ok", f"Ray {version}; a bare --cluster starts a local Ray instance on 127.0.0.1 "
+                                      f"with {cpus} CPU{'s' if cpus != 1 else ''} and {gpus} GPU"
+                                      f"{'s' if gpus != 1 else ''} ({workers})")
+    try:
+        ClusterOptions(address)
+    except ValueError as e:
+        return Check("cluster", "warn", f"Ray {version}; RAY_ADDRESS={str(e).removeprefix('--cluster ')}")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        why = "no answer within {:g} s".format(timeout) if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        return Check("cluster", "warn", f"Ray {version}; a bare --cluster joins RAY_ADDRESS={address}, which does "
+                                        f"not answer ({why})")
+    return Check("cluster", "ok", f"Ray {version}; a bare --cluster joins RAY_ADDRESS={address}, which answers")
+
+
+def _visible_gpus() -> int:
+    """The CUDA devices torch sees when the doctor already imported it (check_torch), else those
+    the NVIDIA driver lists, as many as CUDA_VISIBLE_DEVICES lets through (no torch import)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return torch.cuda.device_count()
+        except Exception:  # noqa: BLE001 - a broken CUDA: none usable
+            return 0
+    gpus = Path("/proc/driver/nvidia/gpus")
+    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
+    return count
 
 
 def _guarded(names: Sequence[str], check: Callable[[], Union[Check, tuple[Check, ...]]]) -> list[Check]:

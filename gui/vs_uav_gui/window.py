@@ -32,6 +32,8 @@ logger = logging.getLogger("vs_uav_gui")
 ORGANISATION, APPLICATION = "vs-uav", "uav-gui"
 SCALE = 4
 _INT32 = 2**31 - 1
+# "Render on": what the command area shows (the vspipe | ffmpeg command, or uav upscale --cluster)
+RENDER_ON = (("this machine", "machine"), ("a local Ray instance", "local"), ("a Ray cluster at", "cluster"))
 _GROUP_TITLES = {"prompt": "&Prompt", "diffusion": "&Diffusion", "model": "&Model", "memory": "Memory and &cache",
                  "device": "De&vice", "encoder": "&Encoder"}
 
@@ -223,6 +225,7 @@ class PresetEditor(QMainWindow):
         self.current: Optional[Preset] = None  # the valid preset the form shows, else None
         self.loaded: Optional[Preset] = None  # as last loaded or saved: for the unsaved-changes mark
         self.plan_: Optional[RenderPlan] = None
+        self.command = ""  # the command shown and copied ("" when none can be generated)
         self.video: Optional[VideoInfo] = None
         self.errors: dict[str, str] = {}  # field name -> reason, as shown next to the field
         self._auto_paths = True  # script/output follow the source until the user edits them
@@ -356,6 +359,7 @@ class PresetEditor(QMainWindow):
         rv.addWidget(self.script_view, 1)
         rv.addWidget(command_label)
         rv.addWidget(self.command_view)
+        rv.addLayout(self._build_render_on())
         out_buttons = QHBoxLayout()
         self.save_script_button = QPushButton("Save &script")
         self.copy_button = QPushButton("&Copy command")
@@ -379,13 +383,58 @@ class PresetEditor(QMainWindow):
         self.statusBar()
         self._tab_order()
 
+    def _build_render_on(self) -> QHBoxLayout:
+        """"Render on": this machine (the vspipe | ffmpeg command) or Ray (the equivalent
+        ``uav upscale ... --cluster`` command)."""
+        row = QHBoxLayout()
+        label = QLabel("Render on:")
+        self.render_on = QComboBox()
+        self.render_on.setObjectName("render_on")
+        for text, mode in RENDER_ON:
+            self.render_on.addItem(text, mode)
+        label.setBuddy(self.render_on)
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setObjectName("cluster_workers")
+        self.workers_spin.setRange(0, 1024)
+        self.workers_spin.setSpecialValueText("one worker per GPU")  # 0: no --workers
+        self.workers_spin.setSuffix(" CPU workers")
+        self.workers_spin.setAccessibleName("Workers")
+        self.workers_spin.setToolTip("--workers N: N CPU workers; the lowest value: one worker per GPU of the "
+                                     "cluster (one CPU worker without GPUs)")
+        self.cluster_edit = QLineEdit()
+        self.cluster_edit.setObjectName("cluster_address")
+        self.cluster_edit.setPlaceholderText("HOST:PORT")
+        self.cluster_edit.setAccessibleName("Ray cluster address")
+        self.cluster_edit.setToolTip("--cluster HOST:PORT: a running Ray cluster this machine is a node of, or "
+                                     "ray://HOST:PORT; the output's folder and the source must be on storage "
+                                     "every node sees")
+        row.addWidget(label)
+        row.addWidget(self.render_on)
+        row.addWidget(self.workers_spin)
+        row.addWidget(self.cluster_edit, 1)
+        self.render_on.currentIndexChanged.connect(self.update_preview)
+        self.workers_spin.valueChanged.connect(self.update_preview)
+        self.cluster_edit.textChanged.connect(self.update_preview)
+        return row
+
+    def cluster_options(self):
+        """The "Render on" choice as :class:`vs_uav.cluster.ClusterOptions`, None for this
+        machine; ValueError (the ``--cluster`` option's one line) for a bad address."""
+        from vs_uav.cluster import LOCAL, ClusterOptions
+
+        mode = self.render_on.currentData()
+        if mode == "machine":
+            return None
+        workers = self.workers_spin.value() or None
+        return ClusterOptions(LOCAL if mode == "local" else self.cluster_edit.text().strip(), workers=workers)
+
     def _tab_order(self) -> None:
         # Reading order: source, presets, the form top to bottom, paths, preview, buttons.
         chain: list[QWidget] = [self.source_edit, self.browse_button, self.preset_list, self.name_edit,
                                 self.description_edit, self.save_button, self.duplicate_button, self.delete_button]
         chain += [f.editor for f in self.fields.values()]
-        chain += [self.script_edit, self.output_edit, self.script_view, self.command_view,
-                  self.save_script_button, self.copy_button]
+        chain += [self.script_edit, self.output_edit, self.script_view, self.command_view, self.render_on,
+                  self.workers_spin, self.cluster_edit, self.save_script_button, self.copy_button]
         for a, b in zip(chain, chain[1:]):
             QWidget.setTabOrder(a, b)
 
@@ -588,6 +637,10 @@ class PresetEditor(QMainWindow):
 
     def update_preview(self) -> None:
         source = self.source_edit.text().strip()
+        mode = self.render_on.currentData()
+        self.workers_spin.setVisible(mode != "machine")
+        self.cluster_edit.setVisible(mode == "cluster")
+        self.command = ""
         if self.current is None:
             self.plan_ = None
             first = next(iter(self.errors.values()), "") or self.name_error.text()
@@ -602,10 +655,31 @@ class PresetEditor(QMainWindow):
             output = Path(self.output_edit.text() or default_output(src, self.current.encoder))
             self.plan_ = plan(self.current, src, script, output)
             self._set_text(self.script_view, self.plan_.script)
-            self._set_text(self.command_view, self.plan_.command)
+            try:
+                self.command = self._render_command(src, output)
+                self._set_text(self.command_view, self.command)
+            except ValueError as e:  # the address field: what --cluster accepts
+                self._set_text(self.command_view, f"# Not generated: {e}")
         ready = self.plan_ is not None and bool(source)
-        for w in (self.save_script_button, self.save_script_action, self.copy_button, self.copy_action):
+        for w in (self.save_script_button, self.save_script_action):
             w.setEnabled(ready)
+        for w in (self.copy_button, self.copy_action):
+            w.setEnabled(ready and bool(self.command))
+
+    def _render_command(self, source: Path, output: Path) -> str:
+        """The command "Render on" asks for: the plan's vspipe | ffmpeg command, or the
+        ``uav upscale`` command rendering the same frames on Ray (from the loaded preset and the
+        values changed since, so it stays short)."""
+        from vs_uav.cli import upscale_command
+
+        assert self.current is not None and self.plan_ is not None
+        cluster = self.cluster_options()
+        if cluster is None:
+            return self.plan_.command
+        base = self.loaded if self.loaded is not None and self.loaded.origin in ("shipped", "user") else None
+        if base is not None and presets.available().get(base.name, ("", None))[0] != base.origin:
+            base = None  # no longer what its name loads
+        return upscale_command(self.current, source, output, cluster, base)
 
     @staticmethod
     def _set_text(view: QPlainTextEdit, text: str) -> None:
@@ -681,9 +755,9 @@ class PresetEditor(QMainWindow):
         return target
 
     def copy_command(self) -> None:
-        if self.plan_ is None:
+        if self.plan_ is None or not self.command:
             return
-        QGuiApplication.clipboard().setText(self.plan_.command)
+        QGuiApplication.clipboard().setText(self.command)
         self.statusBar().showMessage("Command copied to the clipboard", 4000)
 
     def _report(self, message: str) -> None:
