@@ -92,12 +92,15 @@ def resolve_device(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str):
+def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str,
+               acceleration: tuple[str, bool, bool] = ("default", False, False)):
     """The loaded pipeline for these arguments (loaded once, which checks the folder) and the
-    device's worker; a missing or damaged folder is an UpscaleError naming the file."""
+    device's worker; a missing or damaged folder is an UpscaleError naming the file.
+    ``acceleration`` (weights, offload, compile) is part of the key: the pipeline's
+    ``configure`` changes its U-Net in place, so calls that differ in them never share one."""
     from .pipeline import UpscalePipeline
 
-    key = (str(model_dir.resolve()), vae, device, dtype, flow)
+    key = (str(model_dir.resolve()), vae, device, dtype, flow, tuple(acceleration))
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             try:
@@ -240,7 +243,8 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
         raise _fail(str(e)) from None
     model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
     device, dtype = resolve_device(settings.device, settings.dtype)
-    engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow)
+    engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow,
+                                (settings.weights, settings.offload, settings.compile))
 
     rgb, info = _to_rgb(clip)
     core = vs.core

@@ -10,8 +10,10 @@ spatial tiles (:mod:`vs_uav.tiling`), so memory stays bounded.
 
 from __future__ import annotations
 
+import functools
+import gc
+import inspect
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,14 @@ from .model_folder import (
 from .models.text_encoder import PromptEncoder, checkpoint_keys, clip_text_config
 from .models.unet_video import UNetVideoConfig, UNetVideoModel
 from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig, decode_latents_vsr
+from .memory import (
+    FREE_SHARE, GIB, MIN_TILE, MemoryPlan, held_pixel_bytes, plan_memory, smaller_plan, unet_pixel_bytes,
+    vae_pixel_bytes,
+)
 from .propagation import PropagationCarry, propagate
 from .scheduling import DDIMScheduler, LowResScheduler, SchedulerConfig
 from .settings import SETTINGS_BY_NAME, UpscaleSettings
+from .step_cache import StepCache
 from .streaming import ChunkDriver, ChunkState, ProgressCallback, UpscaleOutput
 from .tiling import CONTEXT, DECODE_GROUP, WINDOW, decode_groups, ramp, scene_windows, spatial_tiles
 
@@ -71,6 +78,17 @@ def seeded_noise(seed: int, stream: int, frames: range, shape: Sequence[int]) ->
     return torch.stack([torch.randn((1, c, h, w), generator=frame_generator(seed, f, stream)) for f in frames], 2)
 
 
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the CPU. From CUDA into pinned (page-locked) memory: a DMA copy on this thread's
+    current stream, waited for by this thread only, so other streams' kernels keep running."""
+    if x.device.type != "cuda":
+        return x.cpu()
+    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)  # from torch's caching host allocator
+    out.copy_(x, non_blocking=True)
+    torch.cuda.current_stream(x.device).synchronize()
+    return out
+
+
 def _check_finite(name: str, x: torch.Tensor) -> None:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values; accepted: finite numbers")
@@ -85,6 +103,12 @@ def _pad_frames(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     return x.reshape(b, c, n, h + pad_h, w + pad_w)
 
 
+def _padded(video: torch.Tensor) -> tuple[int, int]:
+    """The (height, width) of a clip's frames padded for the U-Net: the latents' size."""
+    h, w = video.shape[-2:]
+    return h + (-h) % SIZE_MULTIPLE, w + (-w) % SIZE_MULTIPLE
+
+
 def _tail(frames: torch.Tensor, before: Optional[torch.Tensor], cut: int, count: int) -> torch.Tensor:
     """The ``count`` frames before index ``cut`` of (..., T, H, W) ``frames`` on the CPU, reaching
     into ``before`` (the frames preceding them, e.g. a state's) when ``cut < count``."""
@@ -94,21 +118,51 @@ def _tail(frames: torch.Tensor, before: Optional[torch.Tensor], cut: int, count:
     return part
 
 
-def _memory_budget(device: torch.device) -> int:
-    """Bytes a model call may use: most of the free GPU memory, half the available RAM."""
+def _free_bytes(device: torch.device) -> int:
+    """Memory this process could still use on ``device``: free GPU memory plus what torch's
+    allocator holds unused; the available RAM on the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.7)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
-        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
-        pages = 8 << 30
-    return int(pages * 0.5)
+        return 16 << 30
 
 
-# Live activation tensors of the U-Net's top level at peak (measured on the official
-# architecture's forward: resnet and temporal blocks keep about this many alive).
-_UNET_LIVE_TENSORS = 24
+def _resident_bytes(modules: Sequence[torch.nn.Module], device: torch.device) -> int:
+    """Bytes of the modules' weights that live on ``device`` (offloaded blocks do not)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers())
+               if t.device.type == device.type)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, MemoryError."""
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e))
+
+
+def _retry_out_of_memory(method):
+    """Run a chunk method (``video`` and ``settings`` among its arguments) again from its
+    inputs with a smaller plan when the device runs out of memory, until the smallest tile."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def retrying(self: "UpscalePipeline", *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs).arguments
+        video, settings = bound["video"], bound["settings"]
+        while True:
+            plan = self.memory_plan(*_padded(video), settings)
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                if not _is_out_of_memory(e):
+                    raise
+                error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # Outside the handler: the traceback (and the tensors its frames hold) is gone.
+            self._shrink_plan(*_padded(video), settings, plan, error)
+
+    return retrying
 
 
 class UpscalePipeline:
@@ -122,6 +176,45 @@ class UpscalePipeline:
         self.flow = flow
         self._flow_estimator = None
         self._model_id: Optional[str] = None
+        # Memory plans by frame size and settings: chosen once, so every chunk of a render
+        # tiles alike; replaced by a smaller one when a chunk runs out of memory.
+        self._plans: dict[tuple, MemoryPlan] = {}
+        self._acceleration = ("default", False, False)  # (weights, offload, compile) applied to the U-Net
+
+    def configure(self, settings: UpscaleSettings) -> None:
+        """Apply ``settings.weights``, ``offload`` and ``compile`` to the loaded U-Net, in place
+        (:mod:`vs_uav.acceleration`); a second call with the same values does nothing. fp8
+        weights cannot be undone (the full-width ones are gone): ValueError naming ``weights``."""
+        from .acceleration import (compile_blocks, disable_group_offload, enable_fp8_weights,
+                                   enable_group_offload, uncompile_blocks)
+
+        wanted = (settings.weights, settings.offload, settings.compile)
+        weights, offload, compiled = self._acceleration
+        if wanted == self._acceleration:
+            return
+        if weights == "fp8" and settings.weights != "fp8":
+            raise ValueError(f"weights={settings.weights!r} on a pipeline whose U-Net already holds fp8 weights; "
+                             "accepted: 'fp8', or load the model again (UpscalePipeline.from_pretrained)")
+        unet = self.model.unet
+        # Hooks and compiled blocks wrap the layers as they are: undone before the weights change.
+        if compiled and (not settings.compile or settings.weights != weights):
+            uncompile_blocks(unet)
+            compiled = False
+        if offload and (not settings.offload or settings.weights != weights):
+            disable_group_offload(unet, self.device)
+            offload = False
+        if settings.weights == "fp8" and weights != "fp8":
+            enable_fp8_weights(unet, self.dtype)
+        if settings.offload and not offload:
+            if self.device.type == "cuda":
+                enable_group_offload(unet, self.device)
+            else:
+                logger.info("offload: no effect on the %s device (the weights already live in host memory)",
+                            self.device.type)
+        if settings.compile and not compiled:
+            compile_blocks(unet)
+        self._acceleration = wanted
+        self._plans.clear()  # the weights resident on the device changed
 
     @property
     def model_id(self) -> str:
@@ -241,21 +334,67 @@ class UpscalePipeline:
 
     # -- model calls ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _plan_key(height: int, width: int, settings: UpscaleSettings) -> tuple:
+        return (height, width, settings.guidance, settings.tile_size, settings.tile_overlap, settings.max_memory,
+                settings.chunk_size, settings.lookahead, settings.cache_interval)
+
+    def memory_plan(self, height: int, width: int, settings: UpscaleSettings) -> MemoryPlan:
+        """The tile and U-Net windows per call for latents of this padded size (:mod:`vs_uav.memory`):
+        chosen on the first call for a size and settings, from ``settings.max_memory`` (0: the
+        device's free memory) less the resident weights, and logged once. One window per call
+        on the CPU, where stacking gains nothing and results stay bit-identical everywhere.
+        ValueError naming max_memory when even the smallest tile does not fit."""
+        key = self._plan_key(height, width, settings)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        m = self.model
+        weights = _resident_bytes([m.unet, m.vae, m.prompt_encoder.text_model], self.device)
+        if settings.max_memory:
+            budget, setting = int(settings.max_memory * GIB), f"max_memory={settings.max_memory:g}"
+        else:
+            free = _free_bytes(self.device)
+            budget = weights + int(free * FREE_SHARE.get(self.device.type, 0.5))
+            setting = f"max_memory=0 ({free / GIB:.2f} GiB free)"
+        cfg, batch = m.unet.config, 2 if settings.guidance else 1
+        # The longest chunk: a short remainder merged into it, look-ahead and window context.
+        frames = settings.chunk_size + WINDOW - 1 + settings.lookahead + CONTEXT
+        windows = len(set(scene_windows(0, 0, frames)))
+        step_cache = windows * batch * WINDOW * cfg.block_out_channels[1] * self.dtype.itemsize \
+            if settings.cache_interval > 1 else 0
+        plan = plan_memory(
+            height, width, budget=budget, weights=weights,
+            held=held_pixel_bytes(frames, cfg.in_channels - 3, batch, step_cache),
+            unet=unet_pixel_bytes(cfg.block_out_channels[0], self.dtype.itemsize, batch),
+            vae=vae_pixel_bytes(m.vae.config.block_out_channels[0]), tile_size=settings.tile_size,
+            tile_overlap=settings.tile_overlap, max_windows=windows if self.device.type == "cuda" else 1,
+            setting=setting)
+        logger.info("%s", plan.describe(height, width))
+        return self._plans.setdefault(key, plan)
+
+    def _shrink_plan(self, height: int, width: int, settings: UpscaleSettings, failed: MemoryPlan,
+                     error: str) -> None:
+        """After running out of memory with plan ``failed``: free what can be freed and plan
+        half the tile, one window per call; ValueError naming max_memory below the smallest tile."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        key = self._plan_key(height, width, settings)
+        if self._plans.get(key) is not failed:  # another thread (the side decode) shrank it already
+            return
+        plan = smaller_plan(failed, height, width, settings.tile_overlap)
+        if plan is None:
+            raise ValueError(f"max_memory={settings.max_memory:g}: out of memory ({error}) even in the smallest "
+                             f"tiles ({MIN_TILE}x{MIN_TILE}); accepted: a larger max_memory, or more free memory "
+                             f"on {self.device}")
+        logger.warning("out of memory (%s); retrying the chunk with %s", error, plan.describe(height, width))
+        self._plans[key] = plan
+
     def tile_for(self, height: int, width: int, settings: UpscaleSettings) -> tuple[int, int]:
         """(tile, overlap) in latent pixels for frames of this padded size; tile 0 = no tiling."""
-        if settings.tile_size:
-            tile = settings.tile_size
-        else:
-            cfg = self.model.unet.config
-            batch = 2 if settings.guidance else 1
-            per_px = batch * WINDOW * cfg.block_out_channels[0] * self.dtype.itemsize * _UNET_LIVE_TENSORS
-            max_area = _memory_budget(self.device) // per_px
-            if height * width <= max_area:
-                return 0, 0
-            tile = max(64, int(math.sqrt(max_area)) // 8 * 8)
-        if height <= tile and width <= tile:
-            return 0, 0
-        return tile, min(settings.tile_overlap, tile // 2)
+        plan = self.memory_plan(height, width, settings)
+        return plan.tile, plan.overlap
 
     def _tiled(self, fn, inputs: Sequence[torch.Tensor], tile: int, overlap: int, scale: int) -> torch.Tensor:
         """Apply ``fn`` over overlapping spatial tiles of (B, C, T, H, W) inputs and blend the
@@ -279,26 +418,37 @@ class UpscalePipeline:
 
     def _model_output(self, latents: torch.Tensor, image: torch.Tensor, t: int, embeds: torch.Tensor,
                       class_labels: torch.Tensor, tile: tuple[int, int],
-                      windows: Sequence[tuple[int, int]]) -> torch.Tensor:
+                      windows: Sequence[tuple[int, int]], cache: Optional[StepCache] = None,
+                      at_once: int = 1) -> torch.Tensor:
         """Model output for every frame: the U-Net over 8-frame ``windows`` (indices into
         ``latents``), overlaps averaged in window order (``old * 0.5 + new * 0.5``) exactly as
-        the official loop does."""
+        the official loop does. ``cache``: step caching, one deep feature per U-Net call.
+        ``at_once``: windows stacked along the batch of one U-Net call (the merge order stays)."""
         unet = self.model.unet
         batch = embeds.shape[0]
 
         def call(x: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-            x = x.to(self.dtype).expand(batch, -1, -1, -1, -1)
-            lr = lr.to(self.dtype).expand(batch, -1, -1, -1, -1)
-            return unet(x, t, lr, embeds, class_labels).float()
+            k = x.shape[0]  # windows stacked: rows [w0 negative, w0 positive, w1 negative, ...]
+            ctx, labels = (embeds.repeat(k, 1, 1), class_labels.repeat(k)) if k > 1 else (embeds, class_labels)
+            x, lr = ((v.to(self.dtype).repeat_interleave(batch, 0) if k > 1
+                      else v.to(self.dtype).expand(batch, -1, -1, -1, -1)) for v in (x, lr))
+            if cache is not None:  # the keyword only when caching, so wrapped U-Nets need not know it
+                return unet(x, t, lr, ctx, labels, deep_cache=cache.slot()).float()
+            return unet(x, t, lr, ctx, labels).float()
+
+        def stack(x: torch.Tensor, group: list[tuple[int, int]]) -> torch.Tensor:
+            return torch.cat([x[:, :, a:b] for a, b in group]) if len(group) > 1 else x[:, :, group[0][0]:group[0][1]]
 
         out = torch.empty((batch, *latents.shape[1:]), dtype=torch.float32, device=latents.device)
         seen = torch.zeros(latents.shape[2], dtype=torch.bool)
-        prev_window, pred = None, None
-        for window in windows:
+        preds: dict[tuple[int, int], torch.Tensor] = {}  # a repeated window gives the same prediction
+        for i, window in enumerate(windows):
             s, e = window
-            if window != prev_window:  # a repeated window gives the same prediction
-                pred = self._tiled(call, (latents[:, :, s:e], image[:, :, s:e]), *tile, scale=1)
-                prev_window = window
+            if window not in preds:  # this and the next distinct windows of its length, in one call
+                group = list(dict.fromkeys(w for w in windows[i:] if w[1] - w[0] == e - s))[:at_once]
+                stacked = self._tiled(call, (stack(latents, group), stack(image, group)), *tile, scale=1)
+                preds = dict(zip(group, stacked.split(batch)))
+            pred = preds[window]
             old = seen[s:e]
             block = out[:, :, s:e]
             block[:, :, ~old] = pred[:, :, ~old]
@@ -318,6 +468,7 @@ class UpscalePipeline:
     # -- one chunk -----------------------------------------------------------------------------
 
     @torch.no_grad()
+    @_retry_out_of_memory
     def upscale_chunk(
         self,
         video: torch.Tensor,
@@ -344,6 +495,8 @@ class UpscalePipeline:
         ``flows`` are the given frames' own flows (estimated when propagation needs them);
         ``boundary_flows`` link the previous chunk's last frame to this chunk's first
         ((1, 2, H, W) each, estimated from the state when needed).
+        Tiles and windows per call follow :meth:`memory_plan`; a chunk that runs out of memory
+        runs again from its inputs with half the tile (a warning), down to the smallest tile.
         """
         m = self.model
         device = self.device
@@ -415,12 +568,18 @@ class UpscalePipeline:
 
         # 6. Denoising loop.
         tail_latents, propagated = [], {}
-        tile = self.tile_for(ph, pw, settings)
+        plan = self.memory_plan(ph, pw, settings)
+        tile = (plan.tile, plan.overlap)
+        # Step caching: deep features live for this chunk only (every chunk runs all its steps).
+        cache = StepCache(settings.cache_interval) if settings.cache_interval > 1 else None
         for i, t in enumerate(timesteps):
+            if cache is not None:
+                cache.start_step(i)
             ext = torch.cat([state.latents[i, :, :, state.context - ctx:].to(device), latents], dim=2) \
                 if ctx else latents
             tail_latents.append(_tail(ext, state.latents[i][:, :, before] if state is not None else None, cut, keep))
-            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile, windows)[:, :, ctx:]
+            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile, windows,
+                                            cache, plan.windows)[:, :, ctx:]
             if settings.guidance:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + settings.guidance_scale * (text - uncond)
@@ -449,6 +608,7 @@ class UpscalePipeline:
         return UpscaleOutput(frames=frames, latents=final), new_state
 
     @torch.no_grad()
+    @_retry_out_of_memory
     def decode(self, latents: torch.Tensor, video: torch.Tensor, settings: UpscaleSettings) -> torch.Tensor:
         """Frames (1, 3, T, 4H, 4W) in [-1, 1] from final latents (1, C, T, H, W) and the clean
         low-res ``video``: the VAE step alone, so a cache can keep latents (12x smaller)."""
@@ -462,7 +622,7 @@ class UpscalePipeline:
             flat = decoded[0].transpose(0, 1)
             lr = video[0].float().transpose(0, 1).to(flat.device)
             decoded = apply_color_fix(flat, lr, settings.color_fix).clamp(-1, 1).transpose(0, 1)[None]
-        return decoded.cpu()
+        return _to_host(decoded)
 
     # -- a whole clip --------------------------------------------------------------------------
 

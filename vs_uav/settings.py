@@ -74,11 +74,29 @@ class UpscaleSettings:
                              "requires it.", min=0, max=4096, group="memory", label="Tile size (low-res pixels)")
     tile_overlap: int = _opt(16, "Overlap of neighbouring tiles in low-res pixels, blended smoothly.",
                              min=0, max=2048, group="memory", label="Tile overlap (low-res pixels)")
+    cache_interval: int = _opt(1, "Step caching (DeepCache): the U-Net's deep blocks are recomputed every N "
+                                  "steps and reused in between, the shallow ones every step. 1: exact (default); "
+                                  "3: about twice as fast, approximate.", min=1, max=10,
+                               label="Step caching interval")
+    max_memory: float = _opt(0.0, "Device memory budget in GiB: tiles and windows run at once are chosen to fit "
+                                  "it, and a chunk that runs out of memory is retried with smaller tiles. 0: what "
+                                  "the device has free (CPU: half the free RAM).", min=0.0, max=65536.0,
+                             group="memory", output=False, label="Memory budget (GiB, 0: free)")
     device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", group="device",
                        output=False, label="Device")
     dtype: str = _opt("auto", "U-Net precision: 'auto' (float16 on CUDA, float32 on CPU), 'float32', "
                               "'float16', 'bfloat16'. The VAE always decodes in float32.",
                       choices=("auto", "float32", "float16", "bfloat16"), group="device", label="U-Net precision")
+    weights: str = _opt("default", "U-Net weight storage: 'default' (in the U-Net precision) or 'fp8' (float8, "
+                                   "about half the memory of bfloat16; computes in the U-Net precision, small "
+                                   "deviation).", choices=("default", "fp8"), group="device",
+                        label="U-Net weight storage")
+    offload: bool = _opt(False, "Keep the U-Net's blocks in host memory and move each to the GPU when it runs: "
+                                "fits a small GPU, slower. No effect on the CPU.", group="device", output=False,
+                         label="Offload U-Net blocks to host memory")
+    compile: bool = _opt(False, "Compile the U-Net's repeated blocks with torch.compile: faster after a slower "
+                                "first chunk (compiled code is cached between runs); same numbers within "
+                                "rounding.", group="device", output=False, label="Compile the U-Net")
     cache_dir: str = _opt("", "Folder for finished chunks and boundary states: a killed render resumes "
                               "where it stopped. Empty: no disk cache.", group="memory", output=False,
                           label="Chunk cache folder")

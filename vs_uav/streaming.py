@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
@@ -213,6 +214,7 @@ class ChunkDriver:
         stop = num_frames if stop is None else stop
         if not 0 <= start < stop <= num_frames:
             raise ValueError(f"frames {start}..{stop}; accepted: 0 <= start < stop <= {num_frames}")
+        pipeline.configure(settings)  # fp8 weights, offload, compile: applied once, as the settings ask
         self.pipeline, self.settings, self.source = pipeline, settings, source
         self.run, self.inputs, self.progress = run, inputs, progress
         self.log = log or logger.info
@@ -232,6 +234,11 @@ class ChunkDriver:
         self._states: OrderedDict[int, ChunkState] = OrderedDict()
         self._outputs: OrderedDict[int, UpscaleOutput] = OrderedDict()
         self.started = time.monotonic()
+        # On CUDA chunk k decodes on a side stream while chunk k+1's U-Net runs (see _render). Off
+        # under a memory budget or offloading: both models at once would not fit what they promise.
+        self.overlap = (pipeline.device.type == "cuda" and not settings.max_memory and not settings.offload)
+        self._decoding: dict[int, Future] = {}  # chunk -> its decode, running on the side stream
+        self._side: Optional[tuple[ThreadPoolExecutor, Any]] = None  # (thread, torch.cuda.Stream)
 
     def chunk_of(self, n: int) -> int:
         """The index of the chunk holding frame n."""
@@ -258,13 +265,56 @@ class ChunkDriver:
     # -- dependencies ------------------------------------------------------------------------
 
     def _render(self, k: int) -> UpscaleOutput:
+        if not self.overlap:
+            return self._decode(k, self._compute(k), self.run)
+        # The GPU overlap: chunk k decodes on the side stream while this thread runs the U-Net
+        # of chunk k+1 (when the chunks are read in order), whose decode then overlaps k+2's.
+        pending = self._decoding.pop(k, None) or self._decode_later(k, self._compute(k))
+        nxt, in_order = k + 1, k == 0 or k - 1 in self._outputs
+        if in_order and nxt < len(self.bounds) and nxt not in self._decoding and nxt not in self._outputs:
+            try:
+                self._decoding[nxt] = self._decode_later(nxt, self._latents(nxt))
+            except Exception:  # speculative: chunk k+1 is computed again, and fails visibly, when asked for
+                logger.debug("chunk %d ahead of time failed", nxt + 1, exc_info=True)
+        return pending.result()
+
+    def _compute(self, k: int) -> "_Chunk":
+        """Chunk k's latents, after those of the chunks it depends on."""
         first = k
         if self.settings.seek == "exact":  # walk back to the nearest known state or cold start
             while first > 0 and self._needs_state(first) and self._state_before(first) is None:
                 first -= 1
         for j in range(first, k):
             self._latents(j)
-        chunk = self._latents(k)
+        return self._latents(k)
+
+    def _decode_later(self, k: int, chunk: "_Chunk") -> Future:
+        """Chunk k's decode on the side thread and its own CUDA stream. The stream first waits
+        for what this thread queued so far (the latents may still be in flight); ``chunk`` keeps
+        every input alive until the decode is done, and the decode returns host tensors
+        (synchronised), so nothing crosses the streams unfinished. (Off CUDA, where overlap is
+        only ever switched on by tests, the same thread runs without a stream.)"""
+        device = self.pipeline.device
+        if self._side is None:
+            self._side = (ThreadPoolExecutor(1, thread_name_prefix="uav-decode"),
+                          torch.cuda.Stream(device) if device.type == "cuda" else None)
+        pool, stream = self._side
+        ready = None
+        if stream is not None:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(device))
+
+        def work() -> UpscaleOutput:
+            if stream is None:
+                return self._decode(k, chunk, _direct)
+            with torch.cuda.stream(stream):  # the current stream is per thread
+                stream.wait_event(ready)
+                return self._decode(k, chunk, _direct)
+
+        return pool.submit(work)
+
+    def _decode(self, k: int, chunk: "_Chunk", run: Callable[..., Any]) -> UpscaleOutput:
+        """Chunk k's frames from its latents, piece by piece."""
         a, b = self.bounds[k]
         parts = []
         for s, e, stop, anchor in chunk.pieces:
@@ -277,7 +327,7 @@ class ChunkDriver:
             if g0 < s:
                 latents = torch.cat([chunk.prefix[:, :, chunk.prefix.shape[2] - (s - g0):], latents], dim=2)
             video = chunk.video[:, :, g0 - chunk.lo:g1 - chunk.lo]
-            parts.append(self.run(self.pipeline.decode, latents, video, self.settings)[:, :, s - g0:e - g0])
+            parts.append(run(self.pipeline.decode, latents, video, self.settings)[:, :, s - g0:e - g0])
         return UpscaleOutput(torch.cat(parts, dim=2), chunk.latents[:, :, :b - a])
 
     def _read(self, k: int) -> tuple[torch.Tensor, int, tuple[int, ...]]:

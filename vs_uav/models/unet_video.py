@@ -34,7 +34,7 @@ from .resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 from .config import JsonConfig
 from .temporal import TemporalModule3D, TemporalModuleConfig
 
-__all__ = ["UNetVideoConfig", "UNetVideoModel"]
+__all__ = ["DeepFeature", "UNetVideoConfig", "UNetVideoModel"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,19 @@ _CLASS_EMBED_TYPES = (None, "timestep")  # official "identity" cannot work with 
 def _strip_res_prefix(name: str) -> str:
     # The official block factories accept an optional "UNetRes" prefix.
     return name[len("UNetRes"):] if name.startswith("UNetRes") else name
+
+
+@dataclass
+class DeepFeature:
+    """The deep feature of one U-Net call site (the input of its last up block), for step
+    caching (:mod:`vs_uav.step_cache`).
+
+    ``UNetVideoModel.forward(..., deep_cache=slot)`` runs fully and stores ``feature`` when
+    ``reuse`` is False, and runs only the shallow path on the stored ``feature`` when True.
+    """
+
+    feature: Optional[torch.Tensor] = None
+    reuse: bool = False
 
 
 @dataclass
@@ -366,7 +379,7 @@ class _DownBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor]
+        self, x: torch.Tensor, temb: torch.Tensor, context: Optional[torch.Tensor], downsample: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips: list[torch.Tensor] = []
         for i, resnet in enumerate(self.resnets):
@@ -374,7 +387,7 @@ class _DownBlock(nn.Module):
             if self.has_cross_attention:
                 x = self.attentions[i](x, context)
             skips.append(x)
-        if self.downsamplers is not None:
+        if self.downsamplers is not None and downsample:
             x = self.downsamplers[0](x)
             skips.append(x)
         return x, skips
@@ -592,12 +605,17 @@ class UNetVideoModel(nn.Module):
         low_res: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         class_labels: Optional[Union[torch.Tensor, int]] = None,
+        *,
+        deep_cache: Optional[DeepFeature] = None,
     ) -> torch.Tensor:
         """Predict the model output (v for the official scheduler) for one window.
 
         ``sample`` (B, 4, T, H, W) latents, ``low_res`` (B, 3, T, H, W) noised
         low-res frames, ``encoder_hidden_states`` (B, S, cross_attention_dim),
         ``class_labels`` (B,) noise levels. Inputs are cast to the model's dtype.
+        ``deep_cache`` (step caching, :mod:`vs_uav.step_cache`): run fully and store the
+        deep feature in it, or, when its ``reuse`` is set, run only the shallow path on
+        the stored feature.
         """
         if sample.dim() != 5 or low_res.dim() != 5:
             raise ValueError(f"sample and low_res must be (B, C, T, H, W), got {tuple(sample.shape)} and "
@@ -622,14 +640,32 @@ class UNetVideoModel(nn.Module):
 
         x = self.conv_in(x)
         skips: list[torch.Tensor] = [x]
-        for block, temp in zip(self.down_blocks, self.down_temp_blocks):
-            x, res = block(x, emb, context)
+        last = len(self.up_blocks) - 1
+        shallow = deep_cache is not None and deep_cache.reuse
+        if shallow:
+            # The last up block's skips are conv_in's output and down block 0's resnet
+            # outputs; the downsampler and down temporal block 0 only feed deeper levels.
+            _, res = self.down_blocks[0](x, emb, context, downsample=False)
             skips.extend(res)
-            x = temp(x, emb)
+            x = deep_cache.feature
+            b, _, t, h, w = skips[0].shape
+            if x is None or (x.shape[0], *x.shape[2:]) != (b, t, h, w):
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(f"deep_cache.feature has shape {got}; accepted: a feature stored by a full call "
+                                 f"on {b} x {t} frames of {h}x{w}")
+        else:
+            for block, temp in zip(self.down_blocks, self.down_temp_blocks):
+                x, res = block(x, emb, context)
+                skips.extend(res)
+                x = temp(x, emb)
 
-        x = self.mid_temp_block(self.mid_block(x, emb, context), emb)
+            x = self.mid_temp_block(self.mid_block(x, emb, context), emb)
 
         for i, (block, temp) in enumerate(zip(self.up_blocks, self.up_temp_blocks)):
+            if shallow and i < last:
+                continue
+            if i == last and deep_cache is not None and not shallow:
+                deep_cache.feature = x  # what the deeper path hands the last up block
             take = len(block.resnets)
             res, skips = skips[-take:], skips[:-take]
             upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(self.up_blocks) - 1 else None
