@@ -9,7 +9,7 @@ cached steps) and is scaled to the real workload's 30 steps. Prints a Markdown t
     python bench/bench_device.py                 # a CUDA GPU (bench/device.sh runs this)
     python bench/bench_device.py --cpu-smoke     # the script's logic: tiny model, CPU, seconds
 
-A setting the pipeline does not use yet (no ``settings.<name>`` in vs_uav) is marked, not run.
+Also bfloat16 with offload and with fp8 weights (peak memory is what they change).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -37,13 +36,6 @@ REAL_STEPS = 30
 GIB = 1 << 30
 
 
-def implemented(name: str) -> bool:
-    """Whether pipeline code reads ``settings.<name>`` (others are adding settings right now)."""
-    pattern = re.compile(rf"\bsettings\.{name}\b")
-    return any(pattern.search(p.read_text(encoding="utf-8")) for p in (HERE.parent / "vs_uav").rglob("*.py")
-               if p.name != "settings.py")
-
-
 def scene(t: int, h: int, w: int) -> torch.Tensor:
     """A smooth random clip in [-1, 1] (content does not change the speed)."""
     g = torch.Generator().manual_seed(0)
@@ -58,7 +50,7 @@ class Bench:
         self.smoke = args.cpu_smoke
         self.device = torch.device("cpu" if self.smoke else "cuda")
         self.started = time.monotonic()
-        self.pipes: dict[str, UpscalePipeline] = {}
+        self.pipes: dict[tuple[str, str], UpscalePipeline] = {}
         self.decoded: dict[float, tuple[float, str]] = {}  # max_memory -> (s/frame, peak)
         # Full: the default chunk. Smoke: tiny frames, a short chunk.
         self.width, self.height = (16, 16) if self.smoke else (480, 270)
@@ -82,21 +74,17 @@ class Bench:
     def peak(self) -> str:
         return f"{torch.cuda.max_memory_allocated() / GIB:.1f}" if self.device.type == "cuda" else "n/a"
 
-    def pipe(self, dtype: str) -> UpscalePipeline:
-        if dtype not in self.pipes:
+    def pipe(self, dtype: str, weights: str = "default") -> UpscalePipeline:
+        # fp8 weights cannot be turned back on a loaded model: a model of its own.
+        if (dtype, weights) not in self.pipes:
             self.pipes.clear()  # one model in memory at a time
-            self.pipes[dtype] = UpscalePipeline.from_pretrained(self.args.model, device=self.device, dtype=dtype)
-        return self.pipes[dtype]
+            self.pipes[dtype, weights] = UpscalePipeline.from_pretrained(self.args.model, device=self.device,
+                                                                         dtype=dtype)
+        return self.pipes[dtype, weights]
 
     def settings(self, **changes) -> UpscaleSettings:
         return UpscaleSettings(steps=self.args.steps, guidance_scale=6.0, chunk_size=self.chunk,
                                lookahead=self.lookahead, device=str(self.device), **changes)
-
-    @staticmethod
-    def configure(pipe: UpscalePipeline, settings: UpscaleSettings) -> None:
-        # Accelerations (compile, fp8, offload) are applied by UpscalePipeline.configure where it exists.
-        if hasattr(pipe, "configure"):
-            pipe.configure(settings)
 
     def timed(self, fn):
         self.sync()
@@ -107,12 +95,10 @@ class Bench:
 
     # -- measurements --------------------------------------------------------------------------
 
-    def unet_row(self, dtype: str, compile: bool, cache_interval: int, max_memory: float) -> dict:
-        row = dict(dtype=dtype, compile=compile, cache_interval=cache_interval, max_memory=max_memory)
-        wanted = {"compile": compile, "cache_interval": cache_interval != 1, "max_memory": bool(max_memory)}
-        missing = [name for name, on in wanted.items() if on and not implemented(name)]
-        if missing:
-            return {**row, "note": f"not implemented yet: {', '.join(missing)}"}
+    def unet_row(self, dtype: str, compile: bool, cache_interval: int, max_memory: float,
+                 weights: str = "default", offload: bool = False) -> dict:
+        row = dict(dtype=dtype, compile=compile, cache_interval=cache_interval, max_memory=max_memory,
+                   weights=weights, offload=offload)
         if self.smoke and (compile or dtype == "float16"):
             return {**row, "note": "not in --cpu-smoke (compiling, float16: slow on the CPU)"}
         if dtype == "bfloat16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -120,9 +106,10 @@ class Bench:
         if self.over_budget():
             return {**row, "note": f"skipped: past the {self.args.budget:.0f} s budget"}
         try:
-            pipe = self.pipe(dtype)
-            settings = self.settings(compile=compile, cache_interval=cache_interval, max_memory=max_memory)
-            self.configure(pipe, settings)
+            pipe = self.pipe(dtype, weights)
+            settings = self.settings(compile=compile, cache_interval=cache_interval, max_memory=max_memory,
+                                     weights=weights, offload=offload)
+            pipe.configure(settings)
             n = self.chunk + self.lookahead
 
             def run():
@@ -146,7 +133,7 @@ class Bench:
         """The float32 VAE decode per frame (the same for every U-Net dtype), measured once per budget."""
         if max_memory not in self.decoded:
             pipe = next(iter(self.pipes.values()))
-            settings = self.settings(max_memory=max_memory) if implemented("max_memory") else self.settings()
+            settings = self.settings(max_memory=max_memory)
             g = torch.Generator().manual_seed(1)
             latents = torch.randn(1, 4, self.chunk, self.height, self.width, generator=g)
             video = self.video[:, :, :self.chunk]
@@ -161,9 +148,9 @@ class Bench:
         the model loaded last (no reload)."""
         if self.over_budget() or not self.pipes:
             return f"skipped: past the {self.args.budget:.0f} s budget" if self.pipes else "skipped: no model ran"
-        dtype, pipe = next(iter(self.pipes.items()))
-        settings = self.settings()
-        self.configure(pipe, settings)
+        (dtype, weights), pipe = next(iter(self.pipes.items()))
+        settings = self.settings(weights=weights)
+        pipe.configure(settings)
         frames = 2 * self.chunk
         times = {False: float("inf"), True: float("inf")}
         for overlap in (False, True, False, True):  # twice each, the quicker counts: warm-up and noise
@@ -171,7 +158,7 @@ class Bench:
             driver.overlap = overlap
             _, seconds = self.timed(lambda: [out for _, out in driver])
             times[overlap] = min(times[overlap], seconds)
-        return (f"{frames} frames, {self.args.steps} steps, {dtype}: sequential {times[False]:.1f} s, "
+        return (f"{frames} frames, {self.args.steps} steps, {dtype}, {weights} weights: sequential {times[False]:.1f} s, "
                 f"overlapped {times[True]:.1f} s ({times[False] - times[True]:+.1f} s saved)")
 
     # -- the table -----------------------------------------------------------------------------
@@ -180,8 +167,11 @@ class Bench:
         rows = []
         # Most telling first; compiled rows last: they take longest to warm up.
         plain = [(dtype, False, ci, 0.0) for dtype in ("float16", "bfloat16") for ci in (1, 3)]
-        plain += [("float16", False, 1, 8.0), ("bfloat16", False, 1, 8.0)]
-        compiled = [(dtype, True, ci, 0.0) for dtype in ("float16", "bfloat16") for ci in (1, 3)]
+        plain += [("float16", False, 1, 8.0), ("bfloat16", False, 1, 8.0),
+                  ("bfloat16", False, 1, 0.0, "default", True)]
+        # After the overlap (measured on full-width weights), before the compiled rows.
+        compiled = [("bfloat16", False, 1, 0.0, "fp8")]
+        compiled += [(dtype, True, ci, 0.0) for dtype in ("float16", "bfloat16") for ci in (1, 3)]
         for spec in plain:
             rows.append(self.unet_row(*spec))
             print(f"bench_device: {rows[-1]}", file=sys.stderr)
@@ -208,12 +198,13 @@ class Bench:
             "decode: float32 3d VAE; total = U-Net + decode, without overlap. Peak: "
             "torch.cuda.max_memory_allocated.",
             "",
-            "| dtype | compile | cache_interval | max_memory GiB | U-Net s/frame (30 steps) | decode s/frame | "
-            "total s/frame | warm-up chunk s | peak GiB U-Net | peak GiB decode | note |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| dtype | weights | offload | compile | cache_interval | max_memory GiB | U-Net s/frame (30 steps) | "
+            "decode s/frame | total s/frame | warm-up chunk s | peak GiB U-Net | peak GiB decode | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            cells = [r["dtype"], "on" if r["compile"] else "off", str(r["cache_interval"]),
+            cells = [r["dtype"], r["weights"], "on" if r["offload"] else "off", "on" if r["compile"] else "off",
+                     str(r["cache_interval"]),
                      f"{r['max_memory']:g}" if r["max_memory"] else "0 (free)"]
             if "unet" in r:
                 cells += [f"{r['unet']:.3f}", f"{r['decode']:.3f}", f"{r['unet'] + r['decode']:.3f}",

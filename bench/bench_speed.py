@@ -134,6 +134,11 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{acceleration.weight_bytes(bf16) / 2**20:.1f} MiB in bfloat16: **{ratio:.3f}** (goal <= 0.55); "
           f"output against the bfloat16 U-Net: relative L2 {rel_error(fp8_variant.output, variants[1].output):.3f}, "
           f"max |difference| {dev.abs().max().item():.3f} (output std {variants[1].output.std().item():.3f}).")
+    on_device, whole = acceleration.offload_device_bytes(bf16), acceleration.weight_bytes(bf16)
+    print(f"\nOffload (`offload=True`, CUDA only; the CPU has nothing to save): U-Net weights on the device "
+          f"at once {on_device / 2**20:.1f} MiB of {whole / 2**20:.1f} MiB in bfloat16 (**{on_device / whole:.3f}**, "
+          f"the largest block plus what stays), {acceleration.offload_device_bytes(fp8) / 2**20:.1f} MiB with fp8 "
+          "weights; activations are not offloaded.")
     log(json.dumps({v.name: v.best / per for v in [*variants, fp8_variant]}))
     return 0
 

@@ -86,6 +86,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             finals[interval] = render(unet, scheduler, inputs, args.steps, interval)
             best[interval] = min(best.get(interval, float("inf")), time.perf_counter() - t0)
 
+    shallow = shallow_batch_times(unet, inputs, args.rounds + 1)
+
     base = args.intervals[0]
     print("## Step caching (`cache_interval`)\n")
     print(f"Full-size U-Net (official config, random weights, float32, CPU, {torch.get_num_threads()} threads), "
@@ -100,7 +102,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         finite = "" if torch.isfinite(finals[interval]).all() else " (not finite!)"
         print(f"| {interval} | {full}/{args.steps} | {best[interval]:.2f} | {best[base] / best[interval]:.2f}x | "
               f"{dev.max():.3e} | {dev.mean():.3e}{finite} |")
+    # Reusing guidance's unconditional branch on the skipped steps would run their shallow
+    # path on the conditional half only: the most it could save.
+    t2, t1 = shallow
+    last = args.intervals[-1]
+    skipped = args.steps - len(range(0, args.steps, last))
+    print(f"\nUnconditional-branch reuse on skipped steps (not implemented; measured to decide): a shallow call "
+          f"takes {t2:.3f} s with guidance's batch of 2 and {t1:.3f} s with the conditional half alone, so at "
+          f"`cache_interval={last}` it could save at most {skipped} x {t2 - t1:.3f} s = "
+          f"{skipped * (t2 - t1):.2f} s of {best[last]:.2f} s (**{skipped * (t2 - t1) / best[last]:.0%}**), "
+          "for a second approximation (a stale unconditional prediction).")
     return 0
+
+
+@torch.no_grad()
+def shallow_batch_times(unet, inputs: dict, rounds: int) -> tuple[float, float]:
+    """Best seconds of one shallow (cached) U-Net call at batch 2 (guidance) and at batch 1."""
+    from vs_uav.step_cache import DeepFeature
+
+    x = inputs["latents"].expand(2, -1, -1, -1, -1)
+    slot = DeepFeature()
+    unet(x, 500, inputs["low_res"], inputs["embeds"], inputs["labels"], deep_cache=slot)  # a full call fills it
+    times = {2: float("inf"), 1: float("inf")}
+    for _ in range(rounds):
+        for b in (2, 1):
+            half = DeepFeature(slot.feature[-b:], reuse=True)  # the conditional half's feature at batch 1
+            t0 = time.perf_counter()
+            unet(x[-b:], 500, inputs["low_res"][-b:], inputs["embeds"][-b:], inputs["labels"][-b:], deep_cache=half)
+            times[b] = min(times[b], time.perf_counter() - t0)
+    return times[2], times[1]
 
 
 if __name__ == "__main__":

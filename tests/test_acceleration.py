@@ -91,6 +91,10 @@ def test_group_offload_hooks_and_same_output():
     assert len(model.mid_block._forward_pre_hooks) == 1 and len(model.mid_block._forward_hooks) == 1
     assert not model.temporal_rotary_emb._forward_pre_hooks
     assert torch.equal(model(*x), expected)
+    # The figure it saves: on a GPU only the largest block and the shared tensors are there at once.
+    on_device, whole = acceleration.offload_device_bytes(model), acceleration.weight_bytes(model)
+    largest = max(acceleration.weight_bytes(b) for b in (*model.down_blocks, *model.up_blocks, model.mid_block))
+    assert largest <= on_device < 0.3 * whole  # measured: 0.19 (tiny), see bench_speed for full size
     acceleration.disable_group_offload(model, torch.device("cpu"))
     assert not model.mid_block._forward_pre_hooks and not model.mid_block._forward_hooks
     assert torch.equal(model(*x), expected)
@@ -103,7 +107,10 @@ def test_group_offload_on_cuda_keeps_weights_on_the_host():
     x = tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in inputs(32))
     model = tiny_unet(torch.float16).cuda()
     expected = model(*x)
+    on_device, whole = acceleration.offload_device_bytes(model), acceleration.weight_bytes(model)
+    before = torch.cuda.memory_allocated()
     acceleration.enable_group_offload(model, torch.device("cuda"))
+    assert before - torch.cuda.memory_allocated() >= whole - on_device  # the blocks left the GPU
     conv = model.up_blocks[1].resnets[0].conv1
     assert conv.weight.device.type == "cpu" and conv.weight.is_pinned()
     assert torch.equal(model(*x), expected)

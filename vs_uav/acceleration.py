@@ -35,7 +35,7 @@ from .models.temporal import TemporalModule3D
 
 __all__ = [
     "FP8", "FP8_SKIP", "COMPILED_BLOCKS", "enable_fp8_weights", "is_fp8", "weight_bytes",
-    "enable_group_offload", "disable_group_offload", "compile_blocks", "uncompile_blocks", "inductor_cache_dir",
+    "enable_group_offload", "disable_group_offload", "offload_device_bytes", "compile_blocks", "uncompile_blocks", "inductor_cache_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -174,22 +174,41 @@ class _OffloadGroup:
             t.data = h  # the device copy is freed; the weights did not change
 
 
-def enable_group_offload(model: nn.Module, device: torch.device) -> int:
-    """Keep each top-level block of ``model`` in host memory, moved to ``device`` for its
-    forward (pre/post hooks); returns the number of blocks. Tensors shared between blocks
-    (the rotary frequencies) and blocks that never run on their own stay on ``device``."""
-    disable_group_offload(model)
+def _offload_groups(model: nn.Module) -> list[tuple[nn.Module, list[torch.Tensor]]]:
+    """(block, the tensors only it holds) for each top-level block that offloading moves.
+    Tensors shared between blocks (the rotary frequencies) and blocks that never run on
+    their own stay on the device."""
     blocks = _top_level_blocks(model)
     owners: dict[int, set[int]] = {}
     for block in blocks:
         for t in (*block.parameters(), *block.buffers()):
             owners.setdefault(id(t), set()).add(id(block))
-    handles = []
+    groups = []
     for block in blocks:
         tensors = list({id(t): t for t in (*block.parameters(), *block.buffers())
                         if len(owners[id(t)]) == 1}.values())
-        if not tensors or type(block).forward is nn.Module.forward:  # never called: hooks would not run
-            continue
+        if tensors and type(block).forward is not nn.Module.forward:  # never called: hooks would not run
+            groups.append((block, tensors))
+    return groups
+
+
+def offload_device_bytes(model: nn.Module) -> int:
+    """The most weight bytes of ``model`` on the device at once with group offloading: what
+    stays there plus the largest block (a block's copy is freed before the next one's)."""
+    groups = _offload_groups(model)
+    moved = {id(t) for _, tensors in groups for t in tensors}
+    largest = max((sum(t.numel() * t.element_size() for t in tensors) for _, tensors in groups), default=0)
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return largest + sum(t.numel() * t.element_size() for i, t in tensors.items() if i not in moved)
+
+
+def enable_group_offload(model: nn.Module, device: torch.device) -> int:
+    """Keep each top-level block of ``model`` in host memory, moved to ``device`` for its
+    forward (pre/post hooks); returns the number of blocks. Tensors shared between blocks
+    and blocks that never run on their own stay on ``device``."""
+    disable_group_offload(model)
+    handles = []
+    for block, tensors in _offload_groups(model):
         group = _OffloadGroup(tensors, device)
         handles += [block.register_forward_pre_hook(group.onload), block.register_forward_hook(group.offload)]
     model._offload_handles = handles  # type: ignore[assignment]
