@@ -247,11 +247,7 @@ class SegmentWorker:
 
             torch.set_num_threads(self.threads)
             if settings is not None:  # the engine the script's uav.Upscale asks the same cache for
-                from .model_folder import default_model_dir
-
-                model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
-                device, dtype = uav_filter.resolve_device(settings.device, settings.dtype)
-                uav_filter.get_engine(model_dir, settings.vae, device, dtype, settings.flow)
+                uav_filter.engine_for(settings)
             logger.info("cluster: worker pid %d warmed up in %.1f s", os.getpid(), time.monotonic() - started)
         except Exception as e:  # noqa: BLE001 - said again by render
             logger.info("cluster: worker pid %d: warm-up failed (%s)", os.getpid(), _one_line(str(e)))

@@ -114,6 +114,17 @@ def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str,
         return _ENGINES[key], _WORKERS[worker_key]
 
 
+def engine_for(settings: UpscaleSettings):
+    """:func:`get_engine` for ``settings`` (model folder, VAE, device, dtype, flow and the
+    accelerations, applied): what ``uav.Upscale`` with them renders with."""
+    model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
+    device, dtype = resolve_device(settings.device, settings.dtype)
+    engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow,
+                                (settings.weights, settings.offload, settings.compile))
+    engine.configure(settings)
+    return engine, worker
+
+
 # -- frames <-> tensors -------------------------------------------------------------------------
 
 def _frame_to_array(frame: vs.VideoFrame) -> np.ndarray:
@@ -241,10 +252,7 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
         settings = UpscaleSettings.from_kwargs(**kwargs)
     except ValueError as e:
         raise _fail(str(e)) from None
-    model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
-    device, dtype = resolve_device(settings.device, settings.dtype)
-    engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow,
-                                (settings.weights, settings.offload, settings.compile))
+    engine, worker = engine_for(settings)
 
     rgb, info = _to_rgb(clip)
     core = vs.core

@@ -504,8 +504,8 @@ class UpscalePipeline:
         end = start + n if end is None else end
         if not start < end <= start + n:
             raise ValueError(f"end={end}; accepted: a frame in [{start + 1}, {start + n}]")
-        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-        ph, pw = h + pad_h, w + pad_w
+        ph, pw = _padded(video)
+        pad_h, pad_w = ph - h, pw - w
         if state is not None and (state.end != start or tuple(state.image.shape[-2:]) != (ph, pw)
                                   or state.latents.shape[0] != settings.steps):
             raise ValueError(f"state ends at frame {state.end} with {tuple(state.image.shape[-2:])} latents; "
@@ -613,10 +613,10 @@ class UpscalePipeline:
         """Frames (1, 3, T, 4H, 4W) in [-1, 1] from final latents (1, C, T, H, W) and the clean
         low-res ``video``: the VAE step alone, so a cache can keep latents (12x smaller)."""
         _, _, _, h, w = video.shape
-        pad_h, pad_w = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
-        video_p = _pad_frames(video.float(), pad_h, pad_w).to(self.device)
-        latents_p = _pad_frames(latents.float(), pad_h, pad_w).to(self.device)
-        tile = self.tile_for(h + pad_h, w + pad_w, settings)
+        ph, pw = _padded(video)
+        video_p = _pad_frames(video.float(), ph - h, pw - w).to(self.device)
+        latents_p = _pad_frames(latents.float(), ph - h, pw - w).to(self.device)
+        tile = self.tile_for(ph, pw, settings)
         decoded = self._decode(latents_p, video_p, settings.w_lr, tile)[..., : 4 * h, : 4 * w]
         if settings.color_fix != "none":
             flat = decoded[0].transpose(0, 1)
