@@ -61,3 +61,14 @@ def model_dir() -> Path:
     if not MODEL_DIR.is_dir():
         pytest.fail(f"reference model folder missing: {MODEL_DIR}")
     return MODEL_DIR
+
+
+def copy_model(dst: Path) -> Path:
+    """A writable copy of the tiny reference model at ``dst`` (the shared one is read-only):
+    a folder of its own, so that no engine another test loaded from elsewhere is reused."""
+    import shutil
+
+    shutil.copytree(MODEL_DIR, dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst

@@ -174,6 +174,47 @@ def test_a_variable_frame_rate_is_refused_before_ray_starts(tmp_path):
     assert time.monotonic() - started < 30 and list((tmp_path / "out").iterdir()) == []
 
 
+def _ntsc_mkv(path: Path, *vf: str, frames: int = 24) -> Path:
+    """24000/1001 fps H.264 and AAC in Matroska, as ffmpeg writes it: times in whole milliseconds
+    (42/41 ms steps), the video starting 23 ms in (after the AAC priming). From frame 12 on, a
+    time differs from the first one's plus N / fps rounded."""
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=48x32:r=24000/1001", "-f", "lavfi",
+                    "-i", "sine", *vf, "-frames:v", str(frames), "-t", f"{frames * 1001 / 24000:.3f}", "-c:v",
+                    "libx264", "-c:a", "aac", str(path)], check=True, capture_output=True)
+    return path
+
+
+def _cluster_timing(src: Path):
+    """What the cluster's timing check says of ``src`` (the start delay, or its ClusterError)."""
+    from vs_uav.cluster import ClusterError, ClusterJob, _start_delay
+    from vs_uav.encoder import EncoderSettings
+    from vs_uav.media import probe
+    from vs_uav.script import output_spec, reading_script
+    from vs_uav.settings import UpscaleSettings
+
+    media = probe(src, reading_script(src, ()))
+    encoder = EncoderSettings(codec="ffv1")
+    job = ClusterJob(src, src, src, src.with_name("o.mkv"), UpscaleSettings(), encoder, output_spec(media, encoder))
+    try:
+        return media, _start_delay(job)
+    except ClusterError as e:
+        return media, str(e)
+
+
+def test_a_constant_rate_mkv_with_millisecond_timestamps_is_accepted(tmp_path):
+    from fractions import Fraction
+
+    media, delay = _cluster_timing(_ntsc_mkv(tmp_path / "ntsc.mkv"))
+    assert media.fps == Fraction(24000, 1001) and media.time_base == Fraction(1, 1000)
+    assert {b - a for a, b in zip(media.times, media.times[1:])} == {41, 42}  # as stored, not N / fps
+    assert delay == Fraction(23, 1000)  # the first frame's time: the join offsets the segments by it
+    # A real variable rate at the same time base is still refused: one frame 5 ms late.
+    vfr = _ntsc_mkv(tmp_path / "vfr.mkv", "-vf", "setpts='N*1001/24000/TB+if(eq(N,6),0.005/TB,0)'",
+                    "-fps_mode", "passthrough")
+    assert _cluster_timing(vfr)[1] == (f"--cluster: input {vfr} has a variable frame rate; accepted: a "
+                                       "constant-frame-rate source (render this one without --cluster)")
+
+
 def test_a_segment_of_the_filter_gives_the_whole_renders_frames_from_a_cut():
     """What a worker renders: ``upscale(_segment=...)`` (or inside ``segment()``, as the generated
     script is evaluated) from a scene cut equals the whole clip's render there, in YUV as encoded."""
@@ -221,6 +262,17 @@ def test_options_and_work_folder():
     assert ClusterOptions("127.0.0.1:6379").loopback and not ClusterOptions("10.0.0.5:6379").loopback
     assert ClusterOptions("ray://head:10001").address == "ray://head:10001"
     assert work_folder(Path("/data/out.mkv")) == Path("/data/.out.mkv.uav-work")
+
+
+def test_the_driver_names_its_own_model_folder_and_cache_for_the_workers(monkeypatch, tmp_path):
+    from vs_uav.cluster import driver_settings
+    from vs_uav.settings import UpscaleSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UAV_MODEL_DIR", "models/uav")  # relative: to this folder, not a worker's
+    given = driver_settings(UpscaleSettings(cache_dir="cache"))
+    assert (given.model, given.cache_dir) == (str(tmp_path / "models/uav"), str(tmp_path / "cache"))
+    assert driver_settings(UpscaleSettings(model="~/m")).model == os.path.expanduser("~/m")
 
 
 def test_doctor_says_whether_ray_is_installed(monkeypatch):
@@ -337,7 +389,39 @@ def test_a_worker_killed_mid_render_is_replaced(clip, reference, tmp_path, ray_e
     assert run.finish() == 0, run.text[-3000:]
     done = re.search(rf"frames {first}-{last} done by worker \d+ \(pid (\d+) ", run.text)
     assert done and int(done[1]) != pid, run.text[-3000:]  # rendered again, by the restarted worker
+    # Said at warning level, in one line: which worker and node, and the segment rendered again.
+    said = re.findall(r"^.*died; Ray restarted.*$", run.text, re.M)
+    assert len(said) == 1 and re.fullmatch(
+        rf"WARNING vs_uav\.cluster: cluster: worker {m[1]} \(pid {pid} on 127\.0\.0\.1, Ray node [0-9a-f]{{8}}\) died; "
+        rf"Ray restarted it as pid {done[1]}, which renders frames {first}-{last} again", said[0]), said
     assert framemd5(out) == reference
+
+
+@pytest.mark.slow
+def test_a_short_clip_renders_on_the_workers_it_needs_with_all_their_threads(tmp_path, ray_env):
+    """One segment for two workers: one renders it with the cores of both, and the summary says
+    1 worker. The source is a 23.976 fps MKV (millisecond timestamps, video starting 23 ms in):
+    the joined output keeps every frame's time."""
+    src = _ntsc_mkv(tmp_path / "ntsc.mkv", frames=14)
+    out = tmp_path / "out.mkv"
+    r = upscale(src, out, "--cluster", "local", "--workers", "2", "--scene-cuts", "none", env=ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    threads = max(len(os.sched_getaffinity(0)), 2)  # the local instance's CPUs, all for the one worker
+    assert f"cluster: 1 segment to render for 2 workers: 1 worker, {threads} threads each" in r.stderr, \
+        r.stderr[-3000:]
+    assert re.search(rf"frames 0-13 done by worker 1 \(pid \d+ on .+, {threads} threads\)", r.stderr)
+    summary = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"uav upscale: wrote {re.escape(str(out))}: 14 frames in 1 segment \(0 already done\) on 1 "
+                        r"worker, 1 node, in \d+ s \(\d+\.\d\d fps\)", summary), summary
+
+    def times(path: Path) -> list[float]:
+        run = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
+                              "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True)
+        return sorted(float(t) for t in run.stdout.split())
+
+    ours, theirs = times(out), times(src)
+    assert len(ours) == len(theirs) == 14 and theirs[0] == 0.023
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 0.001 + 1e-9, (ours, theirs)
 
 
 @pytest.mark.slow
@@ -397,6 +481,83 @@ def test_ctrl_c_stops_everything_and_the_same_command_resumes(clip, reference, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"cluster: {len(finished)} of 4 segments already done" in again.stderr
     assert framemd5(out) == reference and not work.exists()
+
+
+def _free_port() -> int:
+    import socket as sockets
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path, ray_env):
+    """A cluster as the README's recipe starts it: `ray start --head` (on 127.0.0.1 here) with
+    Ray's default authentication, i.e. token authentication since the machine has a token (a
+    file of its own here, as ~/.ray/auth_token would be), and without the driver's
+    UAV_MODEL_DIR or model folder: its workers have the head's environment. Stopped by its pid."""
+    token = tmp_path / "auth_token"
+    token.write_text(os.urandom(16).hex(), encoding="utf-8")
+    port = _free_port()
+    env = {k: v for k, v in ray_env.items() if k not in ("UAV_MODEL_DIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               XDG_DATA_HOME=str(tmp_path / "head-data"))  # the head's default model folder: none
+    head = subprocess.Popen([str(Path(UAV).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--object-store-memory={80 * 2**20}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    said = ""
+    try:
+        for line in head.stdout:
+            said += line
+            if "Ray runtime started" in line:
+                break
+        assert "Token authentication is enabled for this Ray cluster" in said, said  # Ray's default, with a token
+        yield f"127.0.0.1:{port}", token
+    finally:
+        head.terminate()  # --block: it stops the processes it started
+        head.wait(60)
+
+
+def test_an_address_where_nothing_answers_is_refused_in_one_line(clip, tmp_path):
+    address = f"127.0.0.1:{_free_port()}"  # closed: Ray's own client would retry for 40 s
+    r = subprocess.run([UAV, "upscale", str(clip), "-o", str(tmp_path / "o.mkv"), *RENDER, "--cluster", address],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"uav upscale: --cluster {address}: nothing answers there (Connection refused); accepted: the address of a "
+        "running Ray cluster (`ray start --head` prints it)"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_joining_a_running_cluster_with_rays_default_token_authentication(clip, reference, tmp_path, ray_env,
+                                                                           ray_head):
+    """The driver joins with the head's token and nothing else set (no RAY_AUTH_MODE); without it
+    the failure is one line saying what to set. The model folder comes from UAV_MODEL_DIR of the
+    driver's shell only: the workers get it from the driver."""
+    address, token = ray_head
+    env = {k: v for k, v in ray_env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    args = [UAV, "-v", "upscale", str(clip), "-o", str(tmp_path / "no.mkv"), "--steps", "1", "--flow", "dis",
+            "--codec", "ffv1", "--cluster", address, "--workers", "2", "--segment-seconds", "0.2"]
+    started = time.monotonic()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                       env={**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "none"), "UAV_MODEL_DIR": str(MODEL_DIR)})
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"uav upscale: --cluster {address}: the cluster uses Ray's token authentication and this machine has no "
+        "token; accepted: the head's token (`ray get-auth-token` prints it there) in ~/.ray/auth_token here, or in "
+        "RAY_AUTH_TOKEN"), r.stderr[-3000:]
+    assert "gcs_client" not in r.stderr and "Token authentication" not in r.stderr  # no screen of Ray's warnings
+    assert time.monotonic() - started < 30 and not (tmp_path / "no.mkv").exists()
+
+    out = tmp_path / "out.mkv"
+    args[5] = str(out)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                       env={**env, "RAY_AUTH_TOKEN_PATH": str(token), "UAV_MODEL_DIR": str(MODEL_DIR)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "gcs_client" not in r.stderr and "Token authentication" not in r.stderr
+
+    assert framemd5(out) == reference  # the model of the driver's UAV_MODEL_DIR, 1 thread a worker as there
 
 
 _NODE = """

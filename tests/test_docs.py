@@ -64,3 +64,21 @@ def test_the_library_example_runs():
     exec(code.replace('"path/to/upscale_a_video"', repr(str(MODEL_DIR))), scope)
     assert scope["out"].frames.shape == (1, 3, 3, 64, 64)
     assert scope["out"].frames.abs().max() <= 1
+
+
+def test_shell_scripts_are_executable_in_git():
+    """`bash bench/device.sh` and `./bench/device.sh` both work from a fresh clone."""
+    import subprocess
+
+    listing = subprocess.run(["git", "ls-files", "-s", "--", "bench/*.sh", "scripts/*.sh"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+    scripts = {line.split("\t")[1]: line.split()[0] for line in listing}
+    assert "bench/device.sh" in scripts
+    assert {path: mode for path, mode in scripts.items() if mode != "100755"} == {}
+
+
+def test_the_readme_says_one_thing_about_threads():
+    """Thread count: the README's promises agree (CPU float sums depend on it)."""
+    text = " ".join(README.split())
+    assert "never on the thread count" not in text
+    assert "depend on the thread count" in text or "number of torch threads" in text

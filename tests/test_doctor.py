@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODEL_DIR, REPO
+from conftest import MODEL_DIR, REPO, copy_model
 from vs_uav import weights
 from vs_uav.doctor import FIXES
 
@@ -85,9 +85,48 @@ def test_wrong_or_damaged_model_folder(manifests, tmp_path):
     rc, lines, _ = doctor("--manifests", str(manifests), env={"UAV_MODEL_DIR": str(broken)})
     assert rc == 1
     assert lines["model"].startswith(f"[FAIL] model: {unet}: truncated or corrupted weight file")
-    # The full-size manifests (the default) refuse a model of another size.
+    # The full-size manifests (the default) on a complete model of another size: not called damaged.
     rc, lines, _ = doctor("--model", str(MODEL_DIR))
-    assert rc == 1 and "not the official unet weights" in lines["model"]
+    assert lines["model"].startswith(f"[warn] model: {MODEL_DIR}: complete and readable, but not the official "
+                                     f"model ({MODEL_DIR / 'unet' / 'unet_video.bin'}: not the official unet "
+                                     "weights ("), lines["model"]
+    # It loads (its weights fit its configs): a finetune or another model, not a damaged download.
+    assert lines["model"].endswith(" -> a finetune or a model of another size: verify it against its own manifests, "
+                                   "`uav doctor --manifests DIR` (vs_uav.weights.write_manifests makes them); if it "
+                                   "should be the official model, `uav download --force`"), lines["model"]
+    assert "delete it" not in lines["model"]
+
+
+def _official_layout_copy(tmp_path) -> Path:
+    return copy_model(tmp_path / "uav")
+
+
+def test_a_damaged_file_is_told_to_download_again_whatever_the_manifests(tmp_path):
+    from vs_uav.doctor import check_model
+
+    folder = _official_layout_copy(tmp_path)
+    vae = folder / "vae" / "vae_3d.bin"
+    vae.write_bytes(vae.read_bytes()[:2000])
+    check = check_model(folder)  # the unet differs from the official one too: the damage is what counts
+    assert check.status == "fail"
+    assert check.line().startswith(f"[FAIL] model: {vae}: truncated or corrupted weight file (")
+    assert "delete it and run `uav download` again" in check.line() and "--manifests" not in check.detail
+
+
+def test_weights_that_do_not_fit_their_config_fail(tmp_path):
+    import json
+
+    from vs_uav.doctor import check_model
+
+    folder = _official_layout_copy(tmp_path)
+    config = folder / "unet" / "unet_video_config.json"
+    data = json.loads(config.read_text())
+    data["cross_attention_dim"] = data["cross_attention_dim"] * 2  # a config of another model
+    config.write_text(json.dumps(data))
+    check = check_model(folder)
+    assert check.status == "fail", check.line()
+    assert check.detail.startswith(f"{folder / 'unet' / 'unet_video.bin'}: does not match unet/unet_video_config.json")
+    assert check.line().endswith(f" -> {FIXES['model']}")
 
 
 def test_an_interrupted_download_is_pointed_out(tmp_path):

@@ -134,7 +134,9 @@ def test_what_a_codec_cannot_keep_is_said_in_one_line(sources, tmp_path):
     run = uav("script", str(sources["full601"]), "--script", str(tmp_path / "s.vpy"), "--codec", "prores",
               cwd=tmp_path)
     assert run.stderr == ("uav script: warning: prores: 8-bit 4:2:0 source encoded as 10-bit 4:2:2 (prores_ks has "
-                          "no 4:2:0); full-range source converted to limited range (prores holds no full range)\n")
+                          "no 4:2:0); full-range source converted to limited range (prores holds no full range); .mov holds "
+                          "no chroma siting for ProRes: the output's chroma location reads unspecified (the frames "
+                          "are sited left; an .mkv output keeps it)\n")
     script = (tmp_path / "s.vpy").read_text(encoding="utf-8")
     assert "format=vs.YUV422P10, range=vs.RANGE_LIMITED" in script
     assert "-color_range tv" in run.stdout and "-colorspace bt470bg" in run.stdout and "-pix_fmt yuv422p10le" in \
@@ -178,9 +180,13 @@ def test_each_codec_keeps_what_the_readme_says(codec, source, pix_fmt):
 
 def test_what_the_source_does_not_say_stays_unsaid():
     plain = MediaInfo(width=32, height=24, frames=8, format=VideoFormat("YUV", 8, 1, 1), fps=Fraction(25))
-    command = plan(Preset("plain"), Path("/in.mp4"), media=plain).command
-    assert not any(f" -{tag} " in command for tag in ("colorspace", "color_primaries", "color_trc", "color_range",
-                                                      "chroma_sample_location", "vf"))
+    result = plan(Preset("plain"), Path("/in.mp4"), media=plain)
+    command = result.command
+    assert not any(f" -{tag} " in command for tag in ("colorspace", "color_primaries", "color_trc",
+                                                      "chroma_sample_location"))
+    # Except the range: every conversion took the untagged YUV to be limited, and so it is tagged
+    # (x265 writes it regardless), with no conversion for it in the script.
+    assert "-vf setparams=range=tv -color_range tv" in command and "RANGE_LIMITED" not in result.script
     assert "-pix_fmt yuv420p10le" in command
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import vapoursynth as vs
 
-from conftest import MODEL_DIR
+from conftest import MODEL_DIR, copy_model
 from vs_uav.filter import upscale
 
 core = vs.core
@@ -177,3 +177,64 @@ def test_a_model_crash_is_reported_for_the_frames_it_affects(monkeypatch):
             out.get_frame(n)
     monkeypatch.undo()  # the failure is not cached: once the model works again, so does the frame
     assert out.get_frame(8).props["_UAVChunk"] == 1
+
+
+LAZY_VPY = '''
+import vapoursynth as vs
+core = vs.core
+clip = core.std.BlankClip(width=16, height=16, length=3, format=vs.YUV444P8)
+core.uav.Upscale(clip, model={model!r}, steps=2, flow="dis").set_output()
+'''
+
+
+@pytest.mark.slow
+def test_vspipe_info_loads_no_weights(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "script.vpy"
+    script.write_text(LAZY_VPY.format(model=str(MODEL_DIR)))
+    vspipe = Path(sys.executable).with_name("vspipe")
+    vspipe = vspipe if vspipe.exists() else Path(shutil.which("vspipe") or "vspipe")
+    run = subprocess.run([str(vspipe), "--info", str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Width: 64" in run.stdout
+    # The pipeline logs "loaded <folder> ..." when it has read the weights; vspipe shows it.
+    assert "loaded" not in run.stderr and "loading the model" not in run.stderr, run.stderr
+
+
+def _model_copy(tmp_path):
+    return copy_model(tmp_path / "m")
+
+
+def test_bad_input_still_fails_at_creation_without_loading(tmp_path):
+    from vs_uav import filter as uav_filter
+
+    folder = _model_copy(tmp_path)
+    (folder / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": "many"}')
+    with pytest.raises(vs.Error, match=r"^uav.Upscale: .*scheduler_config.json: "):
+        upscale(source(4), **{**KW, "model": str(folder)})
+    good = _model_copy(tmp_path / "good")
+    with pytest.raises(vs.Error, match=r"^uav.Upscale: steps=1000; accepted: an integer in \[1, 999\] for this "):
+        upscale(source(4), **{**KW, "model": str(good), "steps": 1000})
+    with pytest.raises(vs.Error, match=r"^uav.Upscale: cache_dir='/proc/uav'"):
+        upscale(source(4), **{**KW, "model": str(good), "cache_dir": "/proc/uav"})
+    assert not [k for k in uav_filter._ENGINES if k[0] in (str(folder.resolve()), str(good.resolve()))]
+
+
+def test_weights_load_on_the_first_frame_request_and_their_errors_are_frame_errors(tmp_path):
+    # (Every other test here renders through the deferred load, test_same_frames_... from 8 threads.)
+    from vs_uav import filter as uav_filter
+
+    folder = _model_copy(tmp_path)
+    out = upscale(source(4), **{**KW, "model": str(folder)})
+    assert not [k for k in uav_filter._ENGINES if k[0] == str(folder.resolve())]
+    weights = folder / "unet" / "unet_video.bin"
+    weights.chmod(0o644)
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated after the filter was made
+    for n in (0, 3):
+        with pytest.raises(vs.Error, match=r"^uav.Upscale: .*unet_video.bin: truncated or corrupted weight file "
+                                           r"\(.*\); run `uav download` to fetch or repair the model folder$"):
+            out.get_frame(n)

@@ -10,7 +10,7 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
-from PySide6.QtWidgets import QLabel  # noqa: E402
+from PySide6.QtWidgets import QApplication, QLabel  # noqa: E402
 
 from conftest import MODEL_DIR  # noqa: E402
 from vs_uav import presets  # noqa: E402
@@ -318,6 +318,36 @@ def test_preview_errors_are_one_line(previewing, qtbot, tmp_path):
     previewing.fields["propagation_steps"].editor.setText("5")  # beyond steps=1: an error in the form
     assert run() == "the settings have errors; fix the marked fields first"
     assert previewing.statusBar().currentMessage() == panel.status.text()
+
+
+def test_an_unreadable_source_is_refused_at_once_and_a_long_error_is_readable(previewing, tmp_path):
+    """No "Rendering frame ..." for a file that is not a video: a cheap probe first, and the error
+    shows as the button is clicked. The whole line is readable: it wraps inside the window."""
+    from PySide6.QtCore import QRect
+
+    panel = previewing.preview
+    folder = tmp_path / "a folder with a rather long name" / "holding the footage of the old films" / "reel two"
+    folder.mkdir(parents=True)
+    not_video = folder / "the first reel of the old film, scanned again at a higher resolution.mp4"
+    not_video.write_text("not a video\n")
+    previewing.source_edit.setText(str(not_video))
+    panel.run_button.click()  # no event processing, no waiting: the status is already the error
+    text = panel.status.text()
+    assert text.startswith(f"Preview failed: {not_video}: not a readable video (") and "\n" not in text, text
+    assert panel.job is None and panel.result is None
+    label = panel.status
+    metrics = label.fontMetrics()
+    assert metrics.horizontalAdvance(text) > previewing.width()  # longer than the window is wide
+    QApplication.processEvents()
+    needed = metrics.boundingRect(QRect(0, 0, label.contentsRect().width(), 10_000),
+                                  int(Qt.TextFlag.TextWordWrap), text)
+    assert label.wordWrap() and label.toolTip() == text
+    assert needed.width() <= label.contentsRect().width() and needed.height() <= label.contentsRect().height(), \
+        (needed, label.contentsRect())
+    assert label.geometry().right() <= panel.width() and previewing.width() <= 1280
+    bar = previewing.statusBar()  # its one line is elided in the middle, the tooltip has it whole
+    assert metrics.horizontalAdvance(bar.currentMessage()) <= bar.width() and bar.toolTip() == text
+    assert bar.currentMessage().endswith("(Invalid data found when processing input)")
 
 
 # -- "Render on": the same render as a uav upscale --cluster command ------------------------------

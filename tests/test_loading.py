@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MANIFESTS, MODEL_DIR, REPO
+from conftest import MANIFESTS, MODEL_DIR, REPO, copy_model
 from vs_uav.model_folder import LAYOUT, ModelLoadError, check_folder
 from vs_uav.pipeline import UpscaleAVideoModel, UpscalePipeline
 
@@ -43,11 +42,7 @@ def test_load_model_reads_every_component(loaded):
 
 @pytest.fixture
 def model_copy(tmp_path):
-    dst = tmp_path / "upscale_a_video"
-    shutil.copytree(MODEL_DIR, dst)
-    for p in dst.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return dst
+    return copy_model(tmp_path / "upscale_a_video")
 
 
 def test_truncated_weights_are_refused_naming_the_file(model_copy):

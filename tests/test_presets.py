@@ -154,3 +154,25 @@ def test_gui_presets_and_scripts_do_not_import_torch():
             f"{str(Path(__file__).resolve().parent.parent.parent / 'shared' / 'videos' / 'aigc_1.mp4')!r})); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_presets_propagation_steps_that_do_not_fit_steps_name_the_preset_and_how_to_clear_them(tmp_path, capsys):
+    # old-film propagates at 17,18,19 of 20 steps: --steps 10 over it leaves them out of range.
+    args = ["script", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "o.mkv"), "--script", str(tmp_path / "s.vpy"),
+            "--preset", "old-film", "--steps", "10"]
+    with pytest.raises(SystemExit) as err:
+        cli.main(args)
+    assert str(err.value) == ("uav script: propagation_steps=17,18,19 from preset 'old-film' does not fit --steps 10; "
+                              "accepted: --propagation-steps with step indices in [0, 9], or --propagation-steps "
+                              "none to clear it")
+    assert not (tmp_path / "s.vpy").exists()
+    for cleared in ("none", "None", ""):  # what the message says works, and the empty list as before
+        assert cli.main([*args, "--propagation-steps", cleared]) == 0
+        assert "propagation_steps=" not in (tmp_path / "s.vpy").read_text(encoding="utf-8")
+    assert cli.main([*args, "--propagation-steps", "7,9"]) == 0
+    assert "propagation_steps=[7, 9]," in (tmp_path / "s.vpy").read_text(encoding="utf-8")
+    capsys.readouterr()
+    # Given on the command line, the values are the user's own: the settings model's message.
+    with pytest.raises(SystemExit) as err:
+        cli.main([*args[:-2], "--steps", "10", "--propagation-steps", "12"])
+    assert str(err.value) == "uav script: propagation_steps=[12]; accepted: distinct step indices in [0, 9] (steps=10)"

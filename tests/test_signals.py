@@ -1,6 +1,8 @@
 """SIGINT, SIGTERM and SIGHUP to a real `uav upscale` in the middle of a render: vspipe and ffmpeg
-(and whatever they started) end, no partial output and no temporary folder are left, and one
-line says what was kept and how to resume; the exit status is 128 + the signal."""
+(and whatever they started) end, no partial output and no script folder are left, and one
+line says what was kept and how to resume; the exit status is 128 + the signal. By default the
+finished chunks stay in the work folder next to the output and the same command resumes; what a
+SIGKILLed run leaves is removed by the next one."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import MODEL_DIR
 from test_render import UAV, env
+from vs_uav.cluster import count_frames
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +59,16 @@ def source(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("sig, cache", [(signal.SIGINT, False), (signal.SIGTERM, True), (signal.SIGHUP, False)])
+# SIGINT (the default: resumable) is sent in test_a_killed_then_stopped_render_resumes_by_default below.
+@pytest.mark.parametrize("sig, cache", [(signal.SIGTERM, True), (signal.SIGHUP, False)])
 def test_a_signal_stops_the_render_cleans_up_and_says_so_in_one_line(tmp_path, source, sig, cache):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     output = tmp_path / "out" / "up.mkv"
     args = [UAV, "upscale", str(source), "-o", str(output), "--model", str(MODEL_DIR), "--steps", "30",
             "--chunk-size", "8", "--codec", "ffv1"]
-    if cache:
-        args += ["--cache-dir", str(tmp_path / "cache")]
+    # An explicit --cache-dir wins over the work folder's; --no-resume keeps nothing.
+    args += ["--cache-dir", str(tmp_path / "cache")] if cache else ["--no-resume"]
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env={**env(), "TMPDIR": str(tmp)})
@@ -75,7 +79,7 @@ def test_a_signal_stops_the_render_cleans_up_and_says_so_in_one_line(tmp_path, s
             time.sleep(0.1)
         programs = descendants(proc.pid)
         assert any("vspipe" in c for c in programs.values()) and any("ffmpeg" in c for c in programs.values()), programs
-        assert any(p.name.startswith("uav-") for p in tmp.iterdir())  # the script's temporary folder
+        assert (output.parent / ".up.mkv.uav-work" / "job" / "upscale.vpy").is_file()  # the script's folder
         sent = time.monotonic()
         proc.send_signal(sig)
         rc = proc.wait(timeout=30)
@@ -105,9 +109,71 @@ def test_a_signal_stops_the_render_cleans_up_and_says_so_in_one_line(tmp_path, s
                              "to resume")
         assert (tmp_path / "cache").is_dir()
     else:
-        assert line.endswith("nothing was kept: run the same command to start again (with --cache-dir DIR a render "
-                             "resumes where it stopped)")
+        assert line.endswith("nothing was kept (--no-resume): run the same command to start again")
     # No encoder chatter, no traceback: besides the bar, only that line.
     others = [line for line in lines if line.strip() and not line.startswith(("[", "uav upscale: warning: "))
               and line not in said]
     assert others == [], others
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as err:
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env())
+
+
+def wait_for(proc: subprocess.Popen, log: Path, text: str) -> None:
+    deadline = time.monotonic() + 180
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.1)
+
+
+def test_a_killed_then_stopped_render_resumes_by_default(tmp_path, source):
+    output = tmp_path / "out" / "up.mkv"
+    work, partial = output.parent / ".up.mkv.uav-work", output.parent / "up.partial.mkv"
+    args = [UAV, "upscale", str(source), "-o", str(output), "--model", str(MODEL_DIR), "--steps", "2",
+            "--chunk-size", "16", "--codec", "ffv1", "--scene-cuts", "none"]  # 24 frames: chunks [0, 16), [16, 24)
+    # 1. SIGKILL once chunk 1 is finished and its frames written: nothing of uav's cleanup runs.
+    log = tmp_path / "1.txt"
+    proc = start(args, log)
+    try:
+        wait_for(proc, log, "chunk 2/2 step 1/2")
+        programs = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert partial.is_file() and (work / "job" / "upscale.vpy").is_file()  # what a killed run leaves
+    deadline = time.monotonic() + 60  # its vspipe ends at its next write to the dead uav's stderr
+    while [pid for pid in programs if running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    # 2. The same command: it removes those, reads chunk 1 from the cache; SIGINT during chunk 2.
+    log = tmp_path / "2.txt"
+    proc = start(args, log)
+    try:
+        wait_for(proc, log, "chunk 2/2 step 1/2 (1 chunk from the cache)")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = log.read_text(errors="replace")
+    assert rc == 130, stderr
+    assert (f"uav upscale: removed what an earlier run that did not end cleanly left: {partial}, {work / 'job'}\n"
+            in stderr), stderr
+    last = stderr.replace("\r", "\n").splitlines()[-1]
+    assert last.endswith(f"; 1 finished chunk stays in {work}: run the same command to resume"), last
+    assert not partial.exists() and not output.exists()
+    assert [p.name for p in work.iterdir()] == ["cache"]  # the script's folder and the lock are gone
+    assert len(list(work.glob("cache/*/chunk*/state.safetensors"))) == 1
+
+    # 3. Again: chunk 1 is not computed again, the output is complete, the work folder is gone.
+    run = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "chunk 1/2 step" not in run.stderr and "chunk 1/2 from the cache" in run.stderr, run.stderr
+    assert f"uav upscale: wrote {output} in " in run.stderr and "(1 of 2 chunks from the cache)" in run.stderr
+    assert "removed what" not in run.stderr  # a clean stop leaves nothing to remove
+    assert sorted(p.name for p in output.parent.iterdir()) == ["up.mkv"]
+    assert count_frames(output) == 24

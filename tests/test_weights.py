@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MANIFESTS, MODEL_DIR
+from conftest import MANIFESTS, MODEL_DIR, copy_model
 from vs_uav import cli, weights
 from vs_uav.model_folder import find_weights, read_state_dict
 from vs_uav.pipeline import UpscalePipeline
@@ -34,11 +34,7 @@ def manifests(tmp_path_factory) -> dict:
 @pytest.fixture
 def source(tmp_path) -> Path:
     """A writable copy of the tiny model, nested like the official download."""
-    dst = tmp_path / "drive" / "upscale_a_video"
-    shutil.copytree(MODEL_DIR, dst)
-    for p in dst.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return dst
+    return copy_model(tmp_path / "drive" / "upscale_a_video")
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+
+try:
+    import fcntl  # the work folder's lock; POSIX
+except ImportError:  # pragma: no cover - Windows: renders are not locked against each other
+    fcntl = None
 
 logger = logging.getLogger("vs_uav")
 
@@ -68,6 +75,8 @@ def _collect(args: argparse.Namespace, specs) -> dict:
     values = {}
     for spec in specs:
         value = getattr(args, spec.name)
+        if isinstance(value, str) and spec.type is list and value.strip().lower() == "none":
+            value = ""  # --propagation-steps none: no steps (as "" is), e.g. to clear a preset's
         if isinstance(value, str):
             try:
                 value = spec.parse(value)
@@ -86,11 +95,26 @@ def _resolve(args: argparse.Namespace, prog: str):
 
     try:
         base = load(args.preset) if args.preset else Preset("command-line")
-        return Preset(base.name, UpscaleSettings(**{**base.values("upscale"), **_collect(args, SETTINGS)}),
+        given = _collect(args, SETTINGS)
+        if args.preset:
+            _check_preset_steps(base, given)
+        return Preset(base.name, UpscaleSettings(**{**base.values("upscale"), **given}),
                       EncoderSettings(**{**base.values("encoder"), **_collect(args, ENCODER_SETTINGS)}),
                       base.description)
     except ValueError as e:  # PresetError included: one line naming file, key, value, accepted
         raise SystemExit(f"{prog}: {e}")
+
+
+def _check_preset_steps(base, given: dict) -> None:
+    """The preset's propagation_steps must fit a --steps given over it: ValueError naming the
+    preset as their origin and how to replace or clear them."""
+    steps = given.get("steps")
+    ours = base.settings.propagation_steps
+    if steps is None or "propagation_steps" in given or not any(p >= steps for p in ours):
+        return
+    raise ValueError(f"propagation_steps={','.join(map(str, ours))} from preset {base.name!r} does not fit "
+                     f"--steps {steps}; accepted: --propagation-steps with step indices in [0, {steps - 1}], "
+                     "or --propagation-steps none to clear it")
 
 
 def _add_preset_option(parser: argparse.ArgumentParser) -> None:
@@ -147,18 +171,16 @@ def _clock_text(seconds: float) -> str:
 
 
 def _progress_line(clock) -> str:
-    """The bar: frames written, the chunk and denoising step being computed, elapsed, ETA
-    (a :class:`vs_uav.render.ProgressClock`'s)."""
+    """The bar: frames written of the clip's (known from the probe before vspipe says it),
+    what is happening (loading the model, the chunk and denoising step being computed,
+    chunks read from the cache), elapsed, ETA (a :class:`vs_uav.render.ProgressClock`'s)."""
     width = 30
     done, total = clock.done, clock.total
     filled = int(width * done / total) if total else 0
-    where = ""
-    if clock.step is not None:
-        step, steps, chunk, chunks = clock.step
-        where = f", chunk {chunk}/{chunks} step {step}/{steps}"
+    phase = clock.phase()
     eta = clock.eta()
-    return (f"\r[{'#' * filled}{'-' * (width - filled)}] {done}/{total or '?'} frames{where}, "
-            f"{clock.elapsed:.0f} s elapsed, ETA {'--:--' if eta is None else _clock_text(eta)}")
+    return (f"\r[{'#' * filled}{'-' * (width - filled)}] {done}/{total or '?'} frames{', ' + phase if phase else ''}, "
+            f"{clock.elapsed:.0f} s elapsed, ETA {'--:--' if eta is None else _clock_text(eta)}\033[K")
 
 
 class _ProgressBar:
@@ -169,12 +191,21 @@ class _ProgressBar:
 
         self.prog, self.clock, self.drawn = prog, ProgressClock(), False
 
+    def start(self, frames: int) -> None:
+        """The render starts: the clip's length (the probe's) is shown before any frame."""
+        self.clock.total = frames
+        self._draw()
+
     def frames(self, done: int, total: int) -> None:
         self.clock.frames(done, total)
         self._draw()
 
     def step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
         self.clock.on_step(step, steps, chunk, chunks)
+        self._draw()
+
+    def cached(self, chunk: int, chunks: int) -> None:
+        self.clock.on_cached(chunk, chunks)
         self._draw()
 
     def warning(self, text: str) -> None:
@@ -199,7 +230,7 @@ _STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP"
 class _StopSignals:
     """While rendering, SIGINT (Ctrl+C), SIGTERM and SIGHUP set ``event`` (the render's cancel)
     instead of ending this process on the spot: the render then kills vspipe's and ffmpeg's
-    process groups and removes the partial output, and the temporary folder goes too."""
+    process groups and removes the partial output, and the script's folder goes too."""
 
     def __enter__(self) -> "_StopSignals":
         self.event, self.received = threading.Event(), 0
@@ -225,7 +256,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     source = Path(args.input)
     if not source.is_file():
-        raise SystemExit(f"uav upscale: input {source} not found")
+        from .media import not_a_video  # (a folder: not a video, until image sequences are read)
+
+        raise SystemExit(f"uav upscale: {not_a_video(source)}")
     preset = _resolve(args, "uav upscale")
     settings, encoder = preset.settings, preset.encoder
     # Absolute before anything is written: the script runs in a temporary folder.
@@ -233,8 +266,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     output = absolute(args.output) if args.output else default_output(source, encoder)
     if output.resolve() == source.resolve():
         raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
+    if args.cluster is not None and not args.resume:
+        raise SystemExit("uav upscale: --no-resume: accepted: one-machine renders only (a cluster render keeps its "
+                         "finished segments; --keep-work keeps them after success too)")
     return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace,
-                   cluster=_cluster_options(args))
+                   cluster=_cluster_options(args), resume=args.resume)
 
 
 def _cluster_options(args: argparse.Namespace):
@@ -265,76 +301,61 @@ def _cluster_options(args: argparse.Namespace):
 
 
 def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = (),
-            check: bool = False, deinterlace: str = "none", cluster=None) -> int:
+            check: bool = False, deinterlace: str = "none", cluster=None, resume: bool = False) -> int:
     """Write the .vpy and render it (:mod:`vs_uav.render`) with a progress bar on stderr; only
     a complete file gets the output's name. ``check``: first everything that can fail
     cheaply (:mod:`vs_uav.preflight`), before vspipe loads the model.
 
+    On one machine the script and its files go to the work folder next to the output
+    (:class:`_RunFolder`), and with ``resume`` (and no ``cache_dir`` of the settings') the
+    chunk cache too: a stopped render resumes where it stopped. The folder goes once the
+    output is verified.
+
     SIGINT, SIGTERM and SIGHUP stop vspipe and ffmpeg, remove the partial output and the
-    temporary folder, and say in one line what was kept and how to resume; the exit status
+    script's folder, and say in one line what was kept and how to resume; the exit status
     is then 128 + the signal's number (130, 143, 129).
 
     The output keeps the source's format, colour tags, sample aspect ratio and timestamps
     where the codec can (:func:`_probe_for_encoder`); an interlaced source is refused unless
     ``deinterlace`` names a deinterlacer. ``cluster`` (:class:`vs_uav.cluster.ClusterOptions`):
     the same script rendered in segments on a Ray cluster, its files in the work folder next
-    to the output (every node reads them) instead of a temporary folder.
+    to the output (every node reads them).
     """
-    import tempfile
+    from .render import RenderError, render
 
-    from .render import RenderError, RenderJob, render
-    from .script import ffmpeg_options, make_script, shell_command
-
-    namespace = _has_namespace()
-    # vspipe evaluates the script in the script's folder (a temporary one): the source by its absolute path.
+    # vspipe evaluates the script in the script's folder: the source by its absolute path.
     source = Path(os.path.abspath(source))
-    bar = _ProgressBar(prog)
+    bar, run, given_cache = _ProgressBar(prog), None, settings.cache_dir
     with _StopSignals() as stop:
         try:
-            from .cluster import job_folder
+            if cluster is not None:
+                from .cluster import ClusterJob, driver_settings, job_folder
 
-            folder = job_folder(output) if cluster else tempfile.TemporaryDirectory(prefix="uav-")
-            with folder as tmp:
-                script = Path(tmp) / "upscale.vpy"
-                video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, Path(tmp), prog, deinterlace)
-                _check_scene_cuts(encoder, spec.media.frames, prog)
-                if stop.received:
-                    raise _Interrupted
-                job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
-                if check:
-                    from .preflight import PreflightError, preflight
-
-                    try:
-                        preflight(job, source, settings, encoder, Path(tmp))
-                    except (PreflightError, ValueError) as e:
-                        if stop.received:  # Ctrl+C reaches ffprobe and the test encode too
-                            raise _Interrupted from None
-                        raise SystemExit(f"{prog}: {e}")
-                script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
-                                              command=shell_command(script, source, output, encoder, spec,
-                                                                    filter_file), encoder=encoder), encoding="utf-8")
-                if stop.received:
-                    raise _Interrupted
-                if cluster is not None:
-                    from .cluster import ClusterJob
-
-                    return _render_cluster(ClusterJob(script, source, video, output, settings, encoder, spec,
+                settings = driver_settings(settings)  # the workers' environment is not this one
+                with job_folder(output) as tmp:
+                    job, video, spec, filter_file = _prepare_job(source, output, settings, encoder, prog, prepare,
+                                                                 check, deinterlace, Path(tmp), stop)
+                    return _render_cluster(ClusterJob(job.script, source, video, output, settings, encoder, spec,
                                                       filter_file, prepare), cluster, prog, stop)
+            with _RunFolder(output, prog, resume and not given_cache) as run:
+                if run.resume:
+                    settings = settings.replace(cache_dir=str(run.cache))
+                job, _, spec, _ = _prepare_job(source, output, settings, encoder, prog, prepare, check, deinterlace,
+                                               run.job, stop)
+                bar.start(spec.media.frames)
                 try:
                     result = render(job, progress=bar.frames, cancel=stop.event, step_progress=bar.step,
-                                    warning=bar.warning)
+                                    warning=bar.warning, cached=bar.cached)
                 except RenderError as e:
                     if stop.received:
                         raise _Interrupted from None
                     raise SystemExit(f"{prog}: {e}")
                 finally:
                     bar.end()
+                run.verify(result.frames)
         except _Interrupted:
             name = signal.Signals(stop.received).name
-            kept = (f"the finished chunks stay in --cache-dir {settings.cache_dir}: run the same command to resume"
-                    if settings.cache_dir else "nothing was kept: run the same command to start again (with "
-                    "--cache-dir DIR a render resumes where it stopped)")
-            ended = "vspipe and ffmpeg ended"
+            ended, kept = "vspipe and ffmpeg ended", _kept(run, given_cache, resume)
             if cluster is not None:
                 from .cluster import work_folder
 
@@ -344,8 +365,143 @@ def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: t
             sys.stderr.write(f"{prog}: stopped by {name}: {ended}, no partial {output} or temporary files left; "
                              f"{kept}\n")
             return 128 + stop.received
-    print(f"{prog}: wrote {output} in {result.seconds:.0f} s", file=sys.stderr)
+    cached = len(bar.clock.cached)
+    print(f"{prog}: wrote {output} in {result.seconds:.0f} s" +
+          (f" ({cached} of {bar.clock.chunks} chunks from the cache)" if cached else ""), file=sys.stderr)
     return 0
+
+
+def _kept(run: "_RunFolder | None", given_cache: str, resume: bool) -> str:
+    """What a stopped one-machine render kept, and how to go on, for its last line."""
+    if given_cache:
+        return f"the finished chunks stay in --cache-dir {given_cache}: run the same command to resume"
+    if run is not None and run.kept:
+        return (f"{run.kept} finished chunk{'s stay' if run.kept > 1 else ' stays'} in {run.path}: run the same "
+                "command to resume")
+    if run is not None and run.resume:
+        return "no chunk was finished, nothing was kept: run the same command to start again"
+    return f"nothing was kept{' (--no-resume)' if not resume else ''}: run the same command to start again"
+
+
+def _prepare_job(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...], check: bool,
+                 deinterlace: str, folder: Path, stop: "_StopSignals"):
+    """(the :class:`vs_uav.render.RenderJob`, the file the script reads, the output's spec, the
+    filter file or None): the source probed, the cheap checks passed, the script written into
+    ``folder``; _Interrupted when a stop signal arrived meanwhile."""
+    from .render import RenderJob
+    from .script import ffmpeg_options, make_script, shell_command
+
+    namespace = _has_namespace()
+    script = folder / "upscale.vpy"
+    video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, folder, prog, deinterlace, output)
+    _check_scene_cuts(encoder, spec.media.frames, prog)
+    if stop.received:
+        raise _Interrupted
+    job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
+    if check:
+        from .preflight import PreflightError, preflight
+
+        try:
+            preflight(job, source, settings, encoder, folder)
+        except (PreflightError, ValueError) as e:
+            if stop.received:  # Ctrl+C reaches ffprobe and the test encode too
+                raise _Interrupted from None
+            raise SystemExit(f"{prog}: {e}")
+    script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
+                                  command=shell_command(script, source, output, encoder, spec, filter_file),
+                                  encoder=encoder), encoding="utf-8")
+    if stop.received:
+        raise _Interrupted
+    return job, video, spec, filter_file
+
+
+class _RunFolder:
+    """A one-machine render's work folder next to the output, ``.out.mkv.uav-work`` (the
+    cluster's, :func:`vs_uav.cluster.work_folder`): ``job/`` holds the script and the files
+    its command reads, ``cache/`` the finished chunks with ``resume`` (the render's cache_dir),
+    and ``lock`` the pid of the uav rendering into it.
+
+    ``lock`` is locked (flock) while the render runs. The kernel releases the lock with the
+    process, even a SIGKILLed one: what a later run finds in an unlocked folder was left by a
+    run that has ended, and goes (its partial output, its script folder, half-written cache
+    files); a locked one is another render still going, and the new one is refused without
+    touching anything. The folder is removed after the output is verified; after a failure
+    or a stop only the finished chunks stay (``kept`` says how many).
+    """
+
+    def __init__(self, output: Path, prog: str, resume: bool):
+        from .cluster import work_folder
+        from .render import partial_path
+
+        self.output, self.prog, self.resume = Path(output), prog, resume
+        self.path = work_folder(self.output)
+        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", partial_path(self.output)
+        self.kept, self.verified, self._lock = 0, False, None
+
+    def __enter__(self) -> "_RunFolder":
+        from .preflight import PreflightError, check_writable
+
+        try:  # before anything is created next to the output
+            check_writable(self.path.parent, "--output")
+        except PreflightError as e:
+            raise SystemExit(f"{self.prog}: {e}") from None
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        self._clean_leftovers()
+        self.job.mkdir()
+        return self
+
+    def _acquire(self) -> None:
+        lock = open(self.path / "lock", "a+", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                owner = lock.read().strip() or "?"
+                lock.close()
+                raise SystemExit(f"{self.prog}: another uav (pid {owner}) is rendering {self.output} (its work folder "
+                                 f"{self.path} is locked); wait for it to end or stop it") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def _clean_leftovers(self) -> None:
+        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
+        left = [p for p in (self.partial, self.job) if p.exists()]
+        left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
+        for p in left:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if left:
+            sys.stderr.write(f"{self.prog}: removed what an earlier run that did not end cleanly left: "
+                             f"{', '.join(str(p) for p in left)}\n")
+
+    def finished_chunks(self) -> int:
+        # streaming.ChunkDriver's layout: cache/<fingerprint>/chunk<first>-<end>-<digest>/state.safetensors
+        return sum(1 for p in self.cache.glob("*/chunk*/state.safetensors") if ".damaged-" not in p.parent.name)
+
+    def verify(self, frames: int) -> None:
+        """The output holds the frames vspipe wrote: then the folder can go."""
+        from .cluster import count_frames
+
+        found = count_frames(self.output)
+        self.verified = found == frames
+        if not self.verified:
+            sys.stderr.write(f"{self.prog}: warning: {self.output} holds {found} frames, vspipe wrote {frames}: "
+                             "the finished chunks are kept\n")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            shutil.rmtree(self.job, ignore_errors=True)
+            self.kept = 0 if self.verified else self.finished_chunks()
+            if self.kept:
+                (self.path / "lock").unlink(missing_ok=True)  # still locked by this process: no one else takes it
+            else:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # the lock with it
 
 
 def _check_scene_cuts(encoder, frames: int, prog: str) -> None:
@@ -371,6 +527,16 @@ def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
         sys.stderr.write(f"\r{prog}: {state.line()}\033[K")
         sys.stderr.flush()
 
+    def end_line(record) -> bool:  # a log line (a worker restarted, -v) gets a line of its own
+        nonlocal drawn
+        if drawn:
+            sys.stderr.write("\n")
+            drawn = False
+        return True
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(end_line)
     try:
         result = render_cluster(job, options, progress=show, cancel=stop.event)
     except ClusterError as e:
@@ -378,6 +544,8 @@ def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
             raise _Interrupted from None
         raise SystemExit(f"{prog}: {e}")  # after the progress line ends (finally)
     finally:
+        for handler in handlers:
+            handler.removeFilter(end_line)
         if drawn:
             sys.stderr.write("\n")
     print(f"{prog}: wrote {result.output}: {result.summary()}", file=sys.stderr)
@@ -385,26 +553,17 @@ def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
 
 
 def _probe_for_encoder(source: Path, encoder, prepare: tuple[str, ...], folder: Path, prog: str,
-                       deinterlace: str):
+                       deinterlace: str, output: Path):
     """(the file the script reads, the output's :class:`vs_uav.script.OutputSpec`, the filter
     file or None): the clip the script hands the filter, probed; an interlaced one refused, or
     deinterlaced into ``folder`` first; what the codec cannot keep said in one line."""
-    from .media import deinterlace as run_deinterlacer
-    from .media import interlaced_message, probe
-    from .script import needs_filter_file, output_spec, reading_script, video_filter
+    from .script import needs_filter_file, output_spec, prepare_source, video_filter
 
-    video = source
-    try:
-        media = probe(source, reading_script(source, prepare))
-        if media.interlaced:
-            if deinterlace == "none":
-                raise ValueError(interlaced_message(source, media))
-            video = folder / "progressive.mkv"
-            run_deinterlacer(source, video)
-            media = probe(video, reading_script(video, prepare), start_of=source)
+    try:  # (an odd 4:2:0 size is padded into folder, an interlaced source refused or deinterlaced)
+        video, media = prepare_source(source, prepare, folder, deinterlace)
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}")
-    spec = output_spec(media, encoder)
+    spec = output_spec(media, encoder, container=output.suffix)
     if spec.note:
         sys.stderr.write(f"{prog}: warning: {spec.note}\n")
     filter_file = None
@@ -435,6 +594,10 @@ def cmd_script(args: argparse.Namespace) -> int:
     script = absolute(args.script) if args.script else default_script(source)
     output = absolute(args.output) if args.output else default_output(source, preset.encoder)
     media = None
+    if source.is_dir():
+        from .media import not_a_video
+
+        raise SystemExit(f"uav script: {not_a_video(source)}")
     if source.is_file():
         try:
             media = probe(source, reading_script(source))
@@ -556,34 +719,56 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job in miniature: a real clip through core.uav.Upscale, vspipe "
-                                       "and ffmpeg/x265 (tiny reference model)")
-    demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)))
-    demo.add_argument("--input", default=str(DEMO_VIDEO))
-    demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"))
-    demo.add_argument("--frames", type=int, default=12)
-    demo.add_argument("--width", type=int, default=64)
-    demo.add_argument("--height", type=int, default=48)
-    demo.add_argument("--steps", type=int, default=4)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--vae", default="3d", choices=["3d", "video"])
+def _add_demo(add) -> None:
+    """``uav demo`` and its options (``add``: the subparsers' add_parser)."""
+    demo = add("demo", help="the main job in miniature: a real clip through core.uav.Upscale, vspipe and ffmpeg/x265 "
+                            "(tiny reference model)")
+    demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)),
+                      help="model folder (default: $UAV_MODEL_DIR, else the tiny reference model with random weights)")
+    demo.add_argument("--input", default=str(DEMO_VIDEO), help="source video (default: the shared old animation)")
+    demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"), help="output file (default: out/demo.mkv)")
+    demo.add_argument("--frames", type=int, default=12, help="frames of the excerpt, from the first (default: 12)")
+    demo.add_argument("--width", type=int, default=64, help="the excerpt's width before the 4x upscale (default: 64)")
+    demo.add_argument("--height", type=int, default=48, help="the excerpt's height before the 4x upscale (default: 48)")
+    demo.add_argument("--steps", type=int, default=4, help="denoising steps; flow propagation at the last one "
+                      "(default: 4)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--vae", default="3d", choices=["3d", "video"], help="decoder: '3d' (default) or 'video'")
     demo.set_defaults(func=cmd_demo)
+
+
+_VERBOSE_HELP = "log progress and details to stderr (before or after the command's name)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"uav {__version__}")
+    # -v after the command too (`uav upscale in.mp4 -v`); SUPPRESS: absent there, the value before stays.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[common])
+    _add_demo(add)
 
     from .encoder import ENCODER_SETTINGS
     from .media import DEINTERLACERS
     from .settings import SETTINGS
 
-    up = sub.add_parser("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
+    up = add("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
     up.add_argument("input", help="source video")
     up.add_argument("-o", "--output", help="output file (default: next to the source, e.g. clip.uav.mkv; "
                     ".mov for prores)")
     _add_preset_option(up)
     _add_setting_options(up, SETTINGS)
     _add_setting_options(up, ENCODER_SETTINGS)
+    up.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the finished chunks in the work folder next to the output (.OUTPUT.uav-work), so "
+                         "that after Ctrl+C or a crash the same command resumes where it stopped; the folder goes "
+                         "once the output is verified (default); --no-resume keeps nothing; an explicit "
+                         "--cache-dir is used instead")
     up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
                     help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
                          "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
@@ -603,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "segments) next to the output after a successful render")
     up.set_defaults(func=cmd_upscale)
 
-    sc = sub.add_parser("script", help="write a .vpy for a source and print the encoder command")
+    sc = add("script", help="write a .vpy for a source and print the encoder command")
     sc.add_argument("input", help="source video")
     sc.add_argument("-o", "--output", help="the encoder's output file (default: next to the source, "
                     "e.g. clip.uav.mkv)")
@@ -616,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     manifests_help = ("folder of key/shape manifests to verify against (default: the official full-size "
                       "ones shipped with vs-uav; for finetuned or test models of another size)")
-    dl = sub.add_parser("download", help="fetch the official weights into the model folder, verified and resumable")
+    dl = add("download", help="fetch the official weights into the model folder, verified and resumable")
     dl.add_argument("--from", dest="source", default="gdrive", metavar="SOURCE",
                     help="'gdrive' (the official Google Drive folder, default), hf:OWNER/NAME (a Hugging Face "
                          "repository), or a local folder or archive (.zip, .tar.*)")
@@ -627,19 +812,19 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--manifests", help=manifests_help)
     dl.set_defaults(func=cmd_download)
 
-    cv = sub.add_parser("convert", help="rewrite a verified model folder to safetensors (faster, no pickle)")
+    cv = add("convert", help="rewrite a verified model folder to safetensors (faster, no pickle)")
     cv.add_argument("--dir", help="model folder (default: $UAV_MODEL_DIR, else the user data folder)")
     cv.add_argument("--fp16", action="store_true", help="store floating-point tensors in half precision")
     cv.add_argument("--manifests", help=manifests_help)
     cv.set_defaults(func=cmd_convert)
 
-    dr = sub.add_parser("doctor", help="check the installation: Python, VapourSynth, vspipe, plugin, ffmpeg, "
+    dr = add("doctor", help="check the installation: Python, VapourSynth, vspipe, plugin, ffmpeg, "
                                        "torch, devices, model folder, disk")
     dr.add_argument("--model", help="model folder to verify (default: $UAV_MODEL_DIR, else the user data folder)")
     dr.add_argument("--manifests", help=manifests_help)
     dr.set_defaults(func=cmd_doctor)
 
-    st = sub.add_parser("selftest", help="render a synthetic clip through core.uav.Upscale under vspipe into "
+    st = add("selftest", help="render a synthetic clip through core.uav.Upscale under vspipe into "
                                          "ffmpeg with a tiny random model (no download; tests the installation, "
                                          "not quality)")
     st.add_argument("--device", default="cpu", help="device for the filter: cpu (default), cuda, cuda:N or auto")

@@ -115,6 +115,19 @@ def default_address() -> str:
     return os.environ.get("RAY_ADDRESS", "").strip() or LOCAL
 
 
+def driver_settings(settings: "UpscaleSettings") -> "UpscaleSettings":
+    """``settings`` with what this process's environment decides made explicit, for the script
+    every worker runs: the model folder (``$UAV_MODEL_DIR``, else the user data folder, when not
+    given) and ``cache_dir`` as absolute paths. A worker on another node has its own environment,
+    home and current folder; these name the driver's (on storage every node sees)."""
+    from .model_folder import default_model_dir
+    from .script import absolute
+
+    model = absolute(settings.model or default_model_dir())
+    cache = str(absolute(settings.cache_dir)) if settings.cache_dir else ""
+    return settings.replace(model=str(model), cache_dir=cache)
+
+
 def work_folder(output: Path) -> Path:
     """Where a cluster render of ``output`` keeps its script and segments: next to it, on the
     storage every node must see (``.out.mkv.uav-work``)."""
@@ -197,6 +210,7 @@ class SegmentTask:
     folder: str  # where the segment file goes
     suffix: str  # its extension: the output's (the muxer, and what concat reads back)
     ffmpeg_args: tuple[str, ...]  # ffmpeg's inputs and options (y4m on stdin), without program and output
+    threads: int = 0  # torch and VapourSynth threads for it; 0: the worker's own
 
 
 @dataclass(frozen=True)
@@ -207,14 +221,16 @@ class SegmentResult:
     node: str
     pid: int
     peak_rss: int  # bytes: the worker process's peak resident memory so far
+    threads: int = 0
 
 
 def segment_path(folder: Path, segment: Segment, suffix: str) -> Path:
     return Path(folder) / f"{segment.name}{suffix}"
 
 
-def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], segment: Segment) -> SegmentTask:
-    return SegmentTask(script, segment, folder, suffix, ffmpeg_args)
+def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], threads: int,
+          segment: Segment) -> SegmentTask:
+    return SegmentTask(script, segment, folder, suffix, ffmpeg_args, threads)
 
 
 class SegmentWorker:
@@ -290,13 +306,14 @@ class SegmentWorker:
         from . import filter as uav_filter
         from .render import _ffmpeg_command
 
-        torch.set_num_threads(self.threads)
+        threads = task.threads or self.threads
+        torch.set_num_threads(threads)
         target = segment_path(Path(task.folder), seg, task.suffix)
         partial = target.with_name(f"{target.stem}.{uuid.uuid4().hex[:8]}.partial{task.suffix}")
         log = target.with_name(f"{target.stem}.ffmpeg.log")
         try:
             core = vs.core
-            core.num_threads = self.threads
+            core.num_threads = threads
             vs.clear_outputs()
             text = Path(task.script).read_text(encoding="utf-8")
             namespace: dict[str, Any] = {"__name__": "__vapoursynth__", "__file__": task.script}
@@ -339,7 +356,8 @@ class SegmentWorker:
             vs.clear_outputs()
             self._current = None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-        return SegmentResult(seg, str(target), time.monotonic() - started, socket.gethostname(), os.getpid(), peak)
+        return SegmentResult(seg, str(target), time.monotonic() - started, socket.gethostname(), os.getpid(), peak,
+                             threads)
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -383,9 +401,13 @@ class ClusterResult:
 
     def summary(self) -> str:
         fps = sum(r.segment.frames for r in self.rendered) / self.seconds if self.seconds else 0
-        return (f"{self.frames} frames in {self.segments} segments ({self.resumed} already done) on {self.workers} "
-                f"workers, {self.nodes} node{'s' if self.nodes != 1 else ''}, in {self.seconds:.0f} s "
+        return (f"{self.frames} frames in {_count(self.segments, 'segment')} ({self.resumed} already done) on "
+                f"{_count(self.workers, 'worker')}, {_count(self.nodes, 'node')}, in {self.seconds:.0f} s "
                 f"({fps:.2f} fps)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 @dataclass
@@ -419,6 +441,80 @@ def _import_ray(options: ClusterOptions):
     return ray
 
 
+def auth_token() -> str:
+    """Where Ray finds this machine's authentication token, in words ('' when it has none):
+    ``$RAY_AUTH_TOKEN``, the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token`` (Ray's order)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+    try:
+        return path if Path(path).read_text(encoding="utf-8").strip() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: Ray's C++ client logs its retries there, not to logging."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_answers(options: ClusterOptions) -> None:
+    """A running cluster at ``options.address`` that lets this machine in, or a ClusterError
+    saying what to set: a closed port or a missing token would otherwise cost ray.init 20 to 40
+    s of warnings and end in "Failed to connect". A cluster with Ray's token authentication (what
+    `ray start --head` turns on by default when its machine has a token) is joined with this
+    machine's token: ray.init with an address never turns it on by itself, and a driver in token
+    mode cannot run actors on a cluster without it, so the cluster is asked first."""
+    host, _, port = options.address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise ClusterError(f"--cluster {options.address}: nothing answers there ({e.strerror or e}); accepted: the "
+                           "address of a running Ray cluster (`ray start --head` prints it)") from None
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if not _refused(options.address):
+        return
+    if not mode and auth_token():
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # RAY_AUTH_MODE=token, for this process's Ray too
+        if not _refused(options.address):
+            return
+    where = auth_token()
+    has = (f"RAY_AUTH_MODE={mode} here" if mode.lower() not in ("", "token") else
+           f"the token in {where} is not the cluster's" if where else "this machine has no token")
+    raise ClusterError(f"--cluster {options.address}: the cluster uses Ray's token authentication and {has}; "
+                       "accepted: the head's token (`ray get-auth-token` prints it there) in ~/.ray/auth_token "
+                       "here, or in RAY_AUTH_TOKEN")
+
+
+def _refused(address: str) -> bool:
+    """Whether the cluster's GCS refuses this process's credentials (Ray's current auth mode);
+    any other failure is left to ray.init, which meets it and says it."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():
+            GcsClient(address=address)
+    except AuthenticationError:
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def _connected(ray, options: ClusterOptions) -> Iterator[bool]:
     """Ray started (``local``) or joined; yields whether it was already up in this process."""
@@ -433,7 +529,11 @@ def _connected(ray, options: ClusterOptions) -> Iterator[bool]:
             # address='local': a new instance, never one a previous `ray start` left running.
             ray.init(address="local", num_cpus=cpus, object_store_memory=256 * 2**20, **kwargs)
         else:
+            if not options.address.startswith("ray://"):
+                _check_answers(options)
             ray.init(address=options.address, **kwargs)
+    except ClusterError:
+        raise
     except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own, for any address
         what = "start" if options.address == LOCAL else "connect"
         raise ClusterError(f"--cluster {options.address}: Ray could not {what} "
@@ -451,7 +551,10 @@ def _start_delay(job: ClusterJob) -> Fraction:
     if media.times is None:
         return Fraction(0)
     first, tb = media.times[0], media.time_base
-    if media.fps and media.times == tuple(first + round(i / media.fps / tb) for i in range(len(media.times))):
+    # Each stored time is the exact one rounded to the time base (Matroska's 1 ms: 23.976 fps is
+    # stored as 42/41 ms steps), and so is the first: one tick either way is still the nominal rate.
+    slack = max(tb, Fraction(1, 1000))
+    if media.fps and all(abs((t - first) * tb - i / media.fps) <= slack for i, t in enumerate(media.times)):
         return first * tb  # a constant rate starting after the file does: one offset for the whole video
     raise ClusterError(f"--cluster: input {job.source} has a variable frame rate; accepted: a constant-frame-rate "
                        "source (render this one without --cluster)")
@@ -554,9 +657,10 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
                 if stopped():
                     raise ClusterError("cancelled")
                 actors = actors or _launch_workers(stack, ray, job, options)
-                _place_workers(ray, actors, job, options, work, result, stopped)
-                task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args)
-                _Scheduler(ray, actors, task, todo, segments, finished, result, progress, stopped).run()
+                actors, threads = _fit_workers(ray, actors, len(segments), len(todo), options)
+                where = _place_workers(ray, actors, job, options, work, result, stopped)
+                task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args, threads)
+                _Scheduler(ray, actors, task, todo, segments, finished, result, progress, stopped, where).run()
         if stopped():
             raise ClusterError("cancelled")
         _merge(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
@@ -572,15 +676,40 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
 def _workers(ray, options: ClusterOptions, settings: Optional["UpscaleSettings"] = None) -> list[Any]:
     """The actors: one per GPU of the cluster, or ``options.workers`` CPU workers; each starts
     loading ``settings``' model at once (:class:`SegmentWorker`)."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = int(resources.get("CPU", 1))
-    gpu = options.workers is None and gpus > 0
-    count = gpus if gpu else options.workers or 1
-    threads = 1 if gpu else max(1, cpus // count)
+    gpu, count, threads = _worker_plan(ray, options)
     cls = ray.remote(SegmentWorker).options(num_cpus=threads, num_gpus=1 if gpu else 0, max_restarts=MAX_ATTEMPTS,
                                             max_task_retries=MAX_ATTEMPTS, max_concurrency=2)
     return [cls.remote(threads, gpu, settings) for _ in range(count)]
+
+
+def _worker_plan(ray, options: ClusterOptions, count: Optional[int] = None) -> tuple[bool, int, int]:
+    """(GPU workers?, how many, torch threads each): one per GPU, or ``options.workers`` CPU
+    workers sharing the cluster's cores; ``count``: that many workers instead."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    gpu = options.workers is None and gpus > 0
+    count = count or (gpus if gpu else options.workers or 1)
+    return gpu, count, 1 if gpu else max(1, int(resources.get("CPU", 1)) // count)
+
+
+def _fit_workers(ray, actors: list[Any], segments: int, todo: int, options: ClusterOptions) -> tuple[list[Any], int]:
+    """(the workers to render ``todo`` of the job's ``segments`` segments, their threads; 0: as
+    they were made). Workers with no segment to render would only wait, each one's share of the
+    cores wasted: they are stopped. On a local instance (all of it ours) a job of fewer segments
+    than workers gives its workers the cores between them; the threads follow from the job's
+    segments, not from those left, so that a resumed job renders as the first run did (float
+    sums depend on the thread count). On a joined cluster each keeps the CPUs Ray reserved for it."""
+    if todo >= len(actors):
+        return actors, 0
+    for actor in actors[todo:]:
+        with contextlib.suppress(Exception):  # one already gone
+            ray.kill(actor, no_restart=True)
+    gpu, _, threads = _worker_plan(ray, options, min(segments, len(actors)))
+    threads = threads if options.address == LOCAL and not gpu and segments < len(actors) else 0
+    logger.info("cluster: %d segment%s to render for %d workers: %d worker%s, %s", todo, "s" if todo > 1 else "",
+                len(actors), todo, "s" if todo > 1 else "",
+                f"{threads} threads each" if threads else "each with the threads it was made with")
+    return actors[:todo], threads
 
 
 def _launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: ClusterOptions) -> list[Any]:
@@ -600,7 +729,7 @@ def _launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: 
 
 
 def _place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptions, work: Path,
-                   result: ClusterResult, stopped: Callable[[], bool] = lambda: False) -> None:
+                   result: ClusterResult, stopped: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
     """Wait until the actors are placed and started, each having checked that its node sees
     the work folder, the script and the source; ClusterError (nothing rendered) otherwise."""
     # Placed and started within a limit: a cluster without room for them is refused, not waited on.
@@ -633,6 +762,7 @@ def _place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOpti
             raise ClusterError(f"--cluster: node {w['node']} ({w['host']}, Ray node {w['node_id'][:8]}) {problem}; "
                                "accepted: a work folder and source every node sees at the same path (put -o and the "
                                "input on shared storage); nothing was rendered")
+    return where
 
 
 class _Scheduler:
@@ -642,8 +772,10 @@ class _Scheduler:
 
     def __init__(self, ray, actors: list[Any], task: Callable[[Segment], SegmentTask], todo: list[Segment],
                  segments: list[Segment], finished: list[Segment], result: ClusterResult,
-                 progress: Optional[Callable[[ClusterProgress], None]], stopped: Callable[[], bool]):
+                 progress: Optional[Callable[[ClusterProgress], None]], stopped: Callable[[], bool],
+                 where: Sequence[dict[str, Any]]):
         self.ray, self.actors, self.task, self.result = ray, actors, task, result
+        self.where = [dict(w) for w in where]  # each worker's node and process (describe): a new pid is a restart
         self.progress, self.stopped = progress, stopped
         self.pending = list(todo)  # longest first
         self.attempts: dict[Segment, int] = {}
@@ -694,12 +826,24 @@ class _Scheduler:
                                    "see the Ray logs (/tmp/ray/session_latest/logs)") from None
             self.pending.insert(0, seg)
             return
+        self._restarted(i, res.pid, seg)
         self.result.rendered.append(res)
         self.done += seg.frames
         self.rendered += seg.frames
         self.idle.append(i)
-        logger.info("cluster: frames %d-%d done by worker %d (pid %d on %s) in %.1f s, peak memory %.0f MiB",
-                    seg.start, seg.stop - 1, i + 1, res.pid, res.node, res.seconds, res.peak_rss / 2**20)
+        logger.info("cluster: frames %d-%d done by worker %d (pid %d on %s, %d thread%s) in %.1f s, peak memory "
+                    "%.0f MiB", seg.start, seg.stop - 1, i + 1, res.pid, res.node, res.threads,
+                    "s" if res.threads != 1 else "", res.seconds, res.peak_rss / 2**20)
+
+    def _restarted(self, i: int, pid: int, seg: Segment) -> None:
+        """Say once (a warning) that worker ``i`` answers from another process than before: it
+        died, Ray restarted it, and the segment it had is rendered again."""
+        w = self.where[i]
+        if pid != w["pid"]:
+            logger.warning("cluster: worker %d (pid %d on %s, Ray node %s) died; Ray restarted it as pid %d, which "
+                           "renders frames %d-%d again", i + 1, w["pid"], w["node"], w["node_id"][:8], pid, seg.start,
+                           seg.stop - 1)
+            w["pid"] = pid
 
     def _report(self) -> None:
         """Ask the busy workers how far they are; log what each renders; call ``progress``."""
@@ -710,7 +854,8 @@ class _Scheduler:
         except Exception:  # a worker restarting: busy, nothing written yet
             states = []
         partial = 0
-        for (i, _), (seg, written, pid) in zip(busy, states):
+        for (i, running), (seg, written, pid) in zip(busy, states):
+            self._restarted(i, pid, seg or running)
             if seg is not None:
                 partial += written
                 if (pid, seg) not in self.said:

@@ -62,7 +62,8 @@ FIXES: dict[str, str] = {
     "devices": "no CUDA device: vs-uav runs on the CPU, minutes per frame with the full-size model; a CUDA GPU "
                "is what it is made for",
     "model": "run `uav download` to fetch and verify the weights (or set UAV_MODEL_DIR to an upscale_a_video "
-             "folder)",
+             "folder); a complete folder that is not the official model (a finetune, another size) is a warning: "
+             "verify it against its own manifests, `uav doctor --manifests DIR`",
     "disk": f"less than {MIN_FREE_GIB:.0f} GiB free for the weights and the chunk cache: free some space or "
             "point --dir / cache_dir elsewhere",
     "qt": "the preset editor (uav-gui) cannot open a window on X11: install the system libraries that Qt's xcb "
@@ -73,15 +74,22 @@ FIXES: dict[str, str] = {
 }
 
 
+# A complete, readable folder whose weights fit its configs but not the manifests: it loads.
+OTHER_MODEL_ADVICE = ("a finetune or a model of another size: verify it against its own manifests, "
+                      "`uav doctor --manifests DIR` (vs_uav.weights.write_manifests makes them); if it should be "
+                      "the official model, `uav download --force`")
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
     status: Status
     detail: str
+    advice: str = ""  # the fix for this line when FIXES[name] is not it
 
     @property
     def fix(self) -> str:
-        return FIXES[self.name] if self.status in ("warn", "fail") else ""
+        return (self.advice or FIXES[self.name]) if self.status in ("warn", "fail") else ""
 
     def line(self) -> str:
         mark = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]", "skip": "[skip]"}[self.status]
@@ -250,11 +258,76 @@ def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
     try:
         verify_folder(model_dir, manifests, present, log=log)
     except WeightsError as e:
-        return Check("model", "fail", f"{e}{unfinished}")
+        return _not_verified(model_dir, present, e, unfinished)
     except ImportError as e:  # reading the weights needs torch and transformers
         return Check("model", "skip", f"{model_dir}: not verified: needs {e.name or 'torch'}")
     return Check("model", "warn" if optional else "ok",
                  f"{model_dir}: verified" + (f"; {'; '.join(optional)}" if optional else ""))
+
+
+def _not_verified(folder: Path, parts: Sequence[str], error: Exception, unfinished: str) -> Check:
+    """The model line when ``folder`` failed verification with ``error``. A damaged, missing or
+    unparsable file is a failure (download again); a folder that is complete and readable and
+    whose weights fit its own configs is another model than the manifests describe (a finetune,
+    another size): it loads, so a warning, with --manifests as the advice."""
+    from .model_folder import ModelLoadError
+    from .weights import Manifest, WeightsError, verify_folder
+
+    try:  # the same checks against the folder's own keys and shapes: what is left is damage
+        own = {part: Manifest(0, shapes) for part, shapes in _weight_shapes(folder, parts).items()}
+        verify_folder(folder, own, parts)
+    except WeightsError as e:
+        return Check("model", "fail", f"{e}{unfinished}")
+    try:
+        for part in parts:
+            _check_fits_config(folder, part)
+    except ModelLoadError as e:  # readable, but not a model vs-uav can load
+        return Check("model", "fail", f"{e}{unfinished}")
+    # verify_folder's message ends with its re-download advice, which is not the advice here.
+    difference = str(error).split("; delete it and run")[0]
+    return Check("model", "warn", f"{folder}: complete and readable, but not the official model ({difference})"
+                                  f"{unfinished}", OTHER_MODEL_ADVICE)
+
+
+def _weight_shapes(folder: Path, parts: Sequence[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Keys and shapes of every weight file of ``parts`` (a WeightsError for a damaged one)."""
+    from .weights import tensor_shapes
+
+    found = {}
+    for part in parts:
+        for rel in LAYOUT[part].weights:
+            if (folder / rel).is_file():
+                found[part] = tensor_shapes(folder / rel)
+    return found
+
+
+def _check_fits_config(folder: Path, part: str) -> None:
+    """A ModelLoadError unless ``part``'s weight file has exactly the keys and shapes of the model
+    its config builds, as loading checks them (modules built on the meta device: no memory)."""
+    import torch
+
+    from .model_folder import TOKENIZER_DIR, check_state_dict, read_config, weights_file
+    from .models.text_encoder import PromptEncoder, checkpoint_keys, clip_text_config
+    from .models.unet_video import UNetVideoConfig, UNetVideoModel
+    from .models.vae_video import AutoencoderKLVideo, VAEVideoConfig
+    from .weights import tensor_shapes
+
+    path = weights_file(folder, part)
+    if path is None or not LAYOUT[part].config:  # the RAFT weights have no config to fit
+        return
+    rename, ignore = (lambda k: k), ()
+    with torch.device("meta"):
+        if part == "unet":
+            module = UNetVideoModel(read_config(folder, part, UNetVideoConfig.from_dict))
+        elif part.startswith("vae_"):
+            module = AutoencoderKLVideo(read_config(folder, part, VAEVideoConfig.from_dict))
+        else:
+            config = read_config(folder, "text_encoder", clip_text_config)
+            module = PromptEncoder.from_config(folder / TOKENIZER_DIR, config).text_model
+            rename, ignore = checkpoint_keys(module)
+        found = {rename(k): torch.empty(shape) for k, shape in tensor_shapes(path).items()}
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    check_state_dict(expected, found, path, LAYOUT[part].config, ignore)
 
 
 def check_disk(model_dir: Optional[Path]) -> Check:

@@ -54,8 +54,10 @@ class EncoderSettings:
                                    "of each scene (one frame number per line, # comments).",
                            group="encoder", label="Scene cuts")
     scene_threshold: float = _opt(0.1, "Scene-cut detection: a frame whose mean luma difference to the previous "
-                                       "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene; "
-                                       "so does one above a quarter of it that is 4x the motion around it.",
+                                       "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene, "
+                                       "as does one above a quarter of it that is 4x the motion around it; either "
+                                       "way most of the picture (0.65 of its 8x8 blocks, each by over 0.4x this) "
+                                       "must have changed.",
                                   min=0.001, max=1.0, group="encoder", label="Scene-cut threshold")
 
     def __post_init__(self) -> None:

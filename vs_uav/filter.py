@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -114,10 +115,37 @@ def get_engine(model_dir: Path, vae: str, device: str, dtype: str, flow: str,
         return _ENGINES[key], _WORKERS[worker_key]
 
 
+def model_dir_of(settings: UpscaleSettings) -> Path:
+    """The model folder ``settings`` name: ``model``, else $UAV_MODEL_DIR or the default."""
+    return Path(settings.model).expanduser() if settings.model else default_model_dir()
+
+
+def check_model_folder(model_dir: Path, settings: UpscaleSettings) -> None:
+    """What loading the model would refuse, checked without reading a weight: the folder's
+    layout, its configs, and the settings against the model's limits (an UpscaleError)."""
+    from .model_folder import check_folder, max_noise_level, read_config
+    from .models.text_encoder import clip_text_config
+    from .models.unet_video import UNetVideoConfig
+    from .models.vae_video import VAEVideoConfig
+    from .scheduling import SchedulerConfig
+
+    try:
+        folder = check_folder(model_dir, settings.vae)
+        read_config(folder, "unet", UNetVideoConfig.from_dict)
+        read_config(folder, f"vae_{settings.vae}", VAEVideoConfig.from_dict)
+        read_config(folder, "text_encoder", clip_text_config)
+        read_config(folder, "low_res_scheduler", SchedulerConfig.from_dict)
+        scheduler = read_config(folder, "scheduler", SchedulerConfig.from_dict)
+        # the limits ChunkDriver checks again once the model is loaded
+        settings.check_model(max_noise_level(folder), scheduler.num_train_timesteps - scheduler.steps_offset)
+    except (ModelLoadError, ValueError) as e:
+        raise _fail(str(e)) from None
+
+
 def engine_for(settings: UpscaleSettings):
     """:func:`get_engine` for ``settings`` (model folder, VAE, device, dtype, flow and the
     accelerations, applied): what ``uav.Upscale`` with them renders with."""
-    model_dir = Path(settings.model).expanduser() if settings.model else default_model_dir()
+    model_dir = model_dir_of(settings)
     device, dtype = resolve_device(settings.device, settings.dtype)
     engine, worker = get_engine(model_dir, settings.vae, device, dtype, settings.flow,
                                 (settings.weights, settings.offload, settings.compile))
@@ -240,26 +268,52 @@ def segment(start: int, stop: int) -> Iterator[None]:
         _SEGMENT.reset(token)
 
 
-def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kwargs: Any) -> vs.VideoNode:
-    """Upscale-A-Video 4x super-resolution; see ``vs_uav.settings.UpscaleSettings`` for every
-    parameter. Returns the input's format at 4x width and height, same frame count, rate and props.
+def _check_range(start: int, stop: int, num_frames: int) -> None:
+    if not 0 <= start < stop <= num_frames:  # as ChunkDriver says it
+        raise _fail(f"frames {start}..{stop}; accepted: 0 <= start < stop <= {num_frames}")
 
-    ``_segment=(start, stop)`` (private, for the cluster's workers; default: the enclosing
-    :func:`segment` block's): only those frames can be requested, and ``start`` is a cold
-    start, so a segment starting at a scene cut gives exactly the whole render's frames."""
-    clip = _check_clip(clip)
-    try:
-        settings = UpscaleSettings.from_kwargs(**kwargs)
-    except ValueError as e:
-        raise _fail(str(e)) from None
-    engine, worker = engine_for(settings)
 
-    rgb, info = _to_rgb(clip)
-    core = vs.core
+class LazyDriver:
+    """The filter's :class:`~vs_uav.streaming.ChunkDriver`, made (model loaded) on the first
+    frame request; thread-safe: VapourSynth asks for frames from several threads, and the
+    others wait for the one load. A failed load is remembered: the folder does not mend
+    during a render, and every frame then fails at once with the same line."""
+
+    def __init__(self, make):
+        self._make = make
+        self._lock = threading.Lock()
+        self._driver = None
+        self._error: Optional[UpscaleError] = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._driver is not None
+
+    def get(self):
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._driver is None:
+                try:
+                    self._driver = self._make()
+                except UpscaleError as e:
+                    self._error = e
+                    raise
+            return self._driver
+
+
+def _make_driver(env: Any, settings: UpscaleSettings, rgb: vs.VideoNode, start: int, stop: Optional[int]):
+    """The chunk driver of one uav.Upscale call, made in the VapourSynth environment ``env``
+    (the filter's): loads (or reuses) the engine; every model call runs on the device's
+    worker thread."""
     from .render import STEP_PROGRESS
     from .streaming import ChunkDriver
 
-    env = vs.get_current_environment()
+    core = vs.core  # the filter's, as make() runs in its environment
+    started = time.monotonic()
+    _log(core, f"loading the model from {model_dir_of(settings)}")
+    engine, worker = engine_for(settings)
+    logger.debug("%s: model ready in %.1f s", NAME, time.monotonic() - started)
 
     def run(fn, *args: Any, **kwargs: Any) -> Any:
         # The worker thread has no VapourSynth environment of its own: in this one, what the
@@ -274,12 +328,46 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
         # One log line per denoising step: `uav upscale` (vs_uav.render) parses it for its bar.
         _log(core, STEP_PROGRESS.format(chunk=k + 1, chunks=chunks, step=step, steps=steps))
 
-    try:  # the model's limits and a writable cache_dir are checked here, before any frame
-        start, stop = _segment if _segment is not None else _SEGMENT.get() or (0, None)
-        driver = ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), start=start, stop=stop, run=run,
-                             progress=progress, log=lambda message: _log(core, message))
+    try:
+        return ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), start=start, stop=stop, run=run,
+                           progress=progress, log=lambda message: _log(core, message))
     except ValueError as e:
         raise _fail(str(e)) from None
+
+
+def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kwargs: Any) -> vs.VideoNode:
+    """Upscale-A-Video 4x super-resolution; see ``vs_uav.settings.UpscaleSettings`` for every
+    parameter. Returns the input's format at 4x width and height, same frame count, rate and props.
+
+    ``_segment=(start, stop)`` (private, for the cluster's workers; default: the enclosing
+    :func:`segment` block's): only those frames can be requested, and ``start`` is a cold
+    start, so a segment starting at a scene cut gives exactly the whole render's frames."""
+    clip = _check_clip(clip)
+    try:
+        settings = UpscaleSettings.from_kwargs(**kwargs)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    # The cheap checks now, so that bad input fails at once; the weights load on the first
+    # frame request (vspipe --info, or a script being edited, never waits for them).
+    resolve_device(settings.device, settings.dtype)
+    check_model_folder(model_dir_of(settings), settings)
+    start, stop = _segment if _segment is not None else _SEGMENT.get() or (0, None)
+    rgb, info = _to_rgb(clip)
+    _check_range(start, rgb.num_frames if stop is None else stop, rgb.num_frames)
+    if settings.cache_dir:
+        from .streaming import check_writable
+
+        try:
+            check_writable(Path(settings.cache_dir).expanduser())
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    core, env = vs.core, vs.get_current_environment()
+
+    def make():
+        with env.use():
+            return _make_driver(env, settings, rgb, start, stop)
+
+    driver = LazyDriver(make)
     blank = core.std.BlankClip(rgb, width=clip.width * SCALE, height=clip.height * SCALE, keep=True)
 
     # VapourSynth reports an exception raised here with a Python traceback; the plugin's Guard
@@ -289,9 +377,10 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
     def render(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         try:
             _check_progressive(f[1].props)  # a clip may turn interlaced after its first frame
-            k = driver.chunk_of(n)
-            chunk = driver.output(k).frames
-            data = ((chunk[0, :, n - driver.bounds[k][0]] + 1) * 0.5).clamp(0, 1).numpy()
+            chunks = driver.get()
+            k = chunks.chunk_of(n)
+            chunk = chunks.output(k).frames
+            data = ((chunk[0, :, n - chunks.bounds[k][0]] + 1) * 0.5).clamp(0, 1).numpy()
         except Exception as e:  # reported for the frames it affects; vspipe stops cleanly
             logger.debug("%s: frame %d failed", NAME, n, exc_info=True)
             message = str(e).strip().splitlines()[-1] if isinstance(e, vs.Error) and str(e).strip() else \

@@ -100,6 +100,30 @@ class VideoFormat:
 
 
 @dataclass(frozen=True)
+class HdrMetadata:
+    """HDR10 static metadata, as ffprobe's side data says it: the mastering display's
+    primaries and white point (CIE 1931 x, y) and luminance range (cd/m²), MaxCLL and MaxFALL."""
+
+    primaries: Optional[tuple[Fraction, ...]] = None  # red x, y, green x, y, blue x, y, white x, y
+    luminance: Optional[tuple[Fraction, Fraction]] = None  # min, max
+    max_cll: int = 0
+    max_fall: int = 0
+
+    def x265_params(self) -> str:
+        """x265's ``master-display=G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min):max-cll=CLL,FALL`` (its units:
+        0.00002 for chromaticity, 0.0001 cd/m² for luminance)."""
+        params = []
+        if self.primaries and self.luminance:
+            c = [round(v * 50000) for v in self.primaries]
+            lo, hi = (round(v * 10000) for v in self.luminance)
+            params.append(f"master-display=G({c[2]},{c[3]})B({c[4]},{c[5]})R({c[0]},{c[1]})WP({c[6]},{c[7]})"
+                          f"L({hi},{lo})")
+        if self.max_cll or self.max_fall:
+            params.append(f"max-cll={self.max_cll},{self.max_fall}")
+        return ":".join(params)
+
+
+@dataclass(frozen=True)
 class MediaInfo:
     """The clip a script hands the filter, and its source file's field order and timing."""
 
@@ -121,6 +145,28 @@ class MediaInfo:
     # (ffmpeg counts an input's streams from there), when it is not simply N / fps: a variable
     # frame rate, or video that starts after the file does. None: N / fps.
     times: Optional[tuple[int, ...]] = None
+    # The source's audio has packets before the time a player starts at (an edit list's or an
+    # encoder's priming): ffmpeg's stream copy would keep them, and shift the video to make room.
+    preroll: bool = False
+    subtitles: tuple[str, ...] = ()  # the source's subtitle streams' codecs, e.g. ("subrip", "ass")
+    tagged: bool = False  # the source's container has global metadata (title, ...)
+    hdr: Optional["HdrMetadata"] = None  # its HDR10 static metadata
+    coded_size: Optional[tuple[int, int]] = None  # the container's width and height (ffprobe)
+    # The source file's format when the clip is a 4:4:4 copy of it (an odd size its chroma
+    # subsampling does not divide, which BestSource would crop): the output is encoded as it.
+    source_format: Optional[VideoFormat] = None
+    note: str = ""  # one line: what the probe found that the output cannot keep ("" when nothing)
+
+    @property
+    def hdr_transfer(self) -> str:
+        """'PQ' or 'HLG' for an HDR transfer, else ''."""
+        return {16: "PQ", 18: "HLG"}.get(self.transfer, "")
+
+    @property
+    def odd_size(self) -> bool:
+        """Whether BestSource cropped the source to a size its chroma subsampling divides."""
+        return self.coded_size is not None and self.coded_size != (self.width, self.height) and \
+            all(c - v in (0, 1, 2, 3) for c, v in zip(self.coded_size, (self.width, self.height)))
 
     @property
     def interlaced(self) -> bool:
@@ -150,19 +196,45 @@ DEINTERLACERS = ("none", "bwdif")
 
 def deinterlace(source: Path, target: Path, ffmpeg: str = "ffmpeg") -> None:
     """``source``'s video deinterlaced by ffmpeg's bwdif, one frame per field (twice the frame
-    rate), into ``target``, a lossless FFV1 .mkv with the source's timestamps, colour tags and
-    sample aspect ratio. Raises ValueError with ffmpeg's error in one line."""
+    rate), into ``target`` (see :func:`convert`)."""
+    convert(source, target, BWDIF, "ffmpeg's bwdif could not deinterlace it", ffmpeg)
+
+
+BWDIF = "bwdif=mode=send_field"
+
+
+def full_chroma_filter(info: MediaInfo) -> str:
+    """ffmpeg's filter making an odd-sized subsampled source 4:4:4 at its own size (ffmpeg keeps
+    its last column and row, which BestSource and ffmpeg's pad filter would drop; luma unchanged)."""
+    return f"format={VideoFormat('YUV', info.format.bits).pix_fmt}"
+
+
+def convert(source: Path, target: Path, filters: str, failed: str = "ffmpeg could not convert it",
+            ffmpeg: str = "ffmpeg") -> None:
+    """``source``'s video through ffmpeg's ``filters`` into ``target``, a lossless FFV1 .mkv
+    with the source's timestamps, colour tags and sample aspect ratio. Raises ValueError with
+    ``failed`` and ffmpeg's error in one line."""
     exe = shutil.which(ffmpeg)
     if not exe:
         raise ValueError("ffmpeg not found; install it or run `uav doctor`")
     run = subprocess.run([exe, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts", "-i",
-                          "file:" + os.path.abspath(source), "-map", "0:v:0", "-vf", "bwdif=mode=send_field",
+                          "file:" + os.path.abspath(source), "-map", "0:v:0", "-vf", filters,
                           "-fps_mode", "passthrough", "-c:v", "ffv1", "-level", "3", "file:" + os.path.abspath(target)],
                          capture_output=True, text=True)
     if run.returncode:
         Path(target).unlink(missing_ok=True)
-        raise ValueError(f"input {source}: ffmpeg's bwdif could not deinterlace it "
-                         f"({_one_line(run.stderr)[-300:] or f'exit status {run.returncode}'})")
+        said = _one_line(run.stderr)[-300:] or f"exit status {run.returncode}"
+        raise ValueError(f"input {source}: {failed} ({said})")
+
+
+def not_a_video(source: Path) -> str:
+    """Why ``source`` cannot be an input, in one line ("" when it is a file): missing, or a folder."""
+    source = Path(source)
+    if source.is_dir():
+        return (f"input {source} is a folder, not a video; accepted: a video file (image sequences are not read yet: "
+                f"make a video of them first, e.g. ffmpeg -framerate 24 -i {_quote(source / '%06d.png')} -c:v ffv1 "
+                "frames.mkv)")
+    return "" if source.is_file() else f"input {source} not found"
 
 
 def _quote(path: Path) -> str:
@@ -173,11 +245,15 @@ def _quote(path: Path) -> str:
 
 def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaInfo:
     """What the script whose first lines are ``reading`` (Python defining ``clip``, e.g.
-    :func:`vs_uav.script.reading_script`) hands the filter, and ``source``'s field order and
-    timestamps. ``start_of``: the file the audio is copied from, when it is not ``source``
-    (its start is time 0). Raises ValueError with one line (no VapourSynth, an unreadable
-    file, a script error)."""
+    :func:`vs_uav.script.reading_script`) hands the filter, and ``source``'s field order,
+    timestamps, subtitles, global tags and HDR metadata. ``start_of``: the file the audio is
+    copied from, when it is not ``source`` (its start is time 0). Raises ValueError with one
+    line (no VapourSynth, no video stream, an unreadable file, a script error)."""
     source = Path(source)
+    header = _ffprobe(["-show_streams", "-show_format"], source)
+    streams = header.get("streams", [])
+    if header and not any(s.get("codec_type") == "video" for s in streams):  # before BestSource's 'track index'
+        raise ValueError(f"input {source}: has no video stream; accepted: a video file")
     try:
         import vapoursynth as vs
     except ImportError as e:
@@ -202,18 +278,71 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
         props.get("_SARDen", 0) > 0 else None
     fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
     container = _probe_container(source, start_of)
-    times = _timing(container, clip.num_frames, fps)
+    times, note = _timing(container, clip.num_frames, fps)
     chroma = props.get("_ChromaLocation") if family == "YUV" and (fmt.subsampling_w or fmt.subsampling_h) else None
+    transfer = int(props.get("_Transfer", UNSPECIFIED))
     info = MediaInfo(
         width=clip.width, height=clip.height, frames=clip.num_frames, format=video_format, fps=fps,
         matrix=int(props.get("_Matrix", UNSPECIFIED)), primaries=int(props.get("_Primaries", UNSPECIFIED)),
-        transfer=int(props.get("_Transfer", UNSPECIFIED)),
-        range=None if rng is None else ("pc" if int(rng) == 1 else "tv"),
+        transfer=transfer, range=None if rng is None else ("pc" if int(rng) == 1 else "tv"),
         chroma_location=None if chroma is None else int(chroma), sar=sar,
         field_based=int(props.get("_FieldBased", 0)), field_order=container.get("field_order", "unknown"),
-        time_base=container.get("time_base", Fraction(0)), times=times)
+        time_base=container.get("time_base", Fraction(0)), times=times, note=note,
+        coded_size=_size_of(streams),
+        # What the output takes from the source file itself (a deinterlaced copy has none of it).
+        **_streams_of(header if start_of is None else _ffprobe(["-show_streams", "-show_format"], start_of),
+                      start_of or source, hdr=transfer in (16, 18)))
     logger.debug("probe %s: %s", source, info)
     return info
+
+
+def _size_of(streams: Sequence[dict]) -> Optional[tuple[int, int]]:
+    video = next((s for s in streams if s.get("codec_type") == "video"), {})
+    return (int(video["width"]), int(video["height"])) if video.get("width") and video.get("height") else None
+
+
+def _streams_of(header: dict, source: Path, hdr: bool) -> dict:
+    """MediaInfo's fields from ffprobe's streams and format of ``source``: its subtitles, global
+    tags, HDR10 metadata (``hdr``), and whether its audio has packets before the start."""
+    streams = header.get("streams", [])
+    tags = {k.lower() for k in header.get("format", {}).get("tags", {})}
+    out: dict = {"subtitles": tuple(s.get("codec_name", "unknown") for s in streams
+                                    if s.get("codec_type") == "subtitle"),
+                 "tagged": bool(tags - {"encoder", "major_brand", "minor_version", "compatible_brands"}),
+                 "preroll": _audio_preroll(source)}
+    if hdr:
+        video = next((s for s in streams if s.get("codec_type") == "video"), {})
+        out["hdr"] = _hdr_metadata(source, video)
+    return out
+
+
+def _audio_preroll(source: Path) -> bool:
+    """Whether the first audio packet is one a player drops (ffprobe's 'D' flag)."""
+    data = _ffprobe(["-select_streams", "a:0", "-read_intervals", "%+#1", "-show_entries", "packet=flags"], source)
+    return any("D" in p.get("flags", "") for p in data.get("packets", [])[:1])
+
+
+def _hdr_metadata(source: Path, video: dict) -> Optional[HdrMetadata]:
+    """The mastering display and content light level of the stream (the container's) or of
+    its first frame (the bitstream's SEI)."""
+    data = _ffprobe(["-select_streams", "v:0", "-read_intervals", "%+#1", "-show_frames"], source)
+    lists = [video.get("side_data_list", []), *(f.get("side_data_list", []) for f in data.get("frames", [])[:1])]
+    primaries = luminance = None
+    cll = fall = 0
+    for item in (d for side in lists for d in side):
+        kind = item.get("side_data_type", "")
+        try:
+            if kind.startswith("Mastering display") and "red_x" in item:
+                primaries = tuple(Fraction(item[f"{c}_{xy}"]) for c in ("red", "green", "blue", "white_point")
+                                  for xy in "xy")
+                luminance = (Fraction(item["min_luminance"]), Fraction(item["max_luminance"]))
+            elif kind.startswith("Content light level"):
+                cll, fall = int(item.get("max_content", 0)), int(item.get("max_average", 0))
+        except (KeyError, ValueError, ZeroDivisionError):
+            continue
+    if primaries is None and not (cll or fall):
+        return None
+    return HdrMetadata(primaries, luminance, cll, fall)
 
 
 def _one_line(text: str) -> str:
@@ -237,14 +366,15 @@ def _probe_container(source: Path, start_of: Optional[Path]) -> dict:
     """The first video stream's field order, time base and packet timestamps (sorted, i.e.
     in display order), and the start of the file the audio comes from; {} without ffprobe."""
     data = _ffprobe(["-select_streams", "v:0", "-show_entries",
-                     "stream=field_order,time_base:packet=pts:format=start_time"], source)
+                     "stream=field_order,time_base:packet=pts,flags:format=start_time"], source)
     streams = data.get("streams") or [{}]
     out: dict = {"field_order": streams[0].get("field_order", "unknown")}
     try:
         out["time_base"] = Fraction(streams[0]["time_base"])
     except (KeyError, ValueError, ZeroDivisionError):
         return out
-    pts = [p.get("pts") for p in data.get("packets", [])]
+    # 'D': a packet an edit list drops (decoded for the next frames, never presented; BestSource skips it too).
+    pts = [p.get("pts") for p in data.get("packets", []) if "D" not in p.get("flags", "")]
     if pts and all(isinstance(p, int) for p in pts):
         out["pts"] = sorted(pts)
     start = (data if start_of is None else _ffprobe(["-show_entries", "format=start_time"], start_of))
@@ -255,21 +385,21 @@ def _probe_container(source: Path, start_of: Optional[Path]) -> dict:
     return out
 
 
-def _timing(container: dict, frames: int, fps: Fraction) -> Optional[tuple[int, ...]]:
-    """Every frame's time in ticks from the file's start, or None when frame N is at N / fps."""
+def _timing(container: dict, frames: int, fps: Fraction) -> tuple[Optional[tuple[int, ...]], str]:
+    """Every presented frame's time in ticks from the file's start, or None when frame N is at
+    N / fps; and one line when the script's frame count loses a variable rate's times."""
     pts, tb = container.get("pts"), container.get("time_base")
     if not pts or not tb:
-        return None
+        return None, ""
     start = round(container.get("start", Fraction(0)) / tb)  # in ticks
     first = pts[0]
     constant = bool(fps) and all(abs((p - first) * tb - i / fps) <= tb for i, p in enumerate(pts))
     if len(pts) == frames and not (constant and first == start):
-        return tuple(p - start for p in pts)
+        return tuple(p - start for p in pts), ""
     if not constant:
-        logger.warning("the source's frame rate varies, but the script changes its frame count (%d frames, "
-                       "%d timestamps): the output gets the constant rate %s", frames, len(pts), fps)
-        return None
+        return None, (f"the source's frame rate varies, but the script changes its frame count ({frames} frames "
+                      f"of {len(pts)}): the output gets the constant rate {fps}")
     if first == start:
-        return None
+        return None, ""
     # A constant rate starting after the file's start, some frames of it (e.g. a trimmed excerpt).
-    return tuple(first - start + round(i / fps / tb) for i in range(frames))
+    return tuple(first - start + round(i / fps / tb) for i in range(frames)), ""

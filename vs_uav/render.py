@@ -56,6 +56,8 @@ StepProgress = Callable[[int, int, int, int], None]
 # on stderr as "Information: uav.Upscale: progress chunk 1/4 step 3/30"); parsed below.
 STEP_PROGRESS = "progress chunk {chunk}/{chunks} step {step}/{steps}"
 _STEP = re.compile(rb"uav\.Upscale: progress chunk (\d+)/(\d+) step (\d+)/(\d+)")
+# What it writes for a chunk read from the disk cache (vs_uav.streaming.CACHED_CHUNK).
+_CACHED = re.compile(rb"uav\.Upscale: chunk (\d+)/(\d+) \(frames \d+-\d+\) read from ")
 _WARNING = re.compile(rb"^Warning: (.*)")
 _FRAME = re.compile(rb"Frame: (\d+)/(\d+)")
 _ENCODER_CHATTER = re.compile(r"^(\w+ \[(info|warning)\]|encoded \d+ frames)")
@@ -75,6 +77,13 @@ class RenderError(RuntimeError):
     def __init__(self, message: str, program: str = "", returncode: Optional[int] = None):
         super().__init__(message)
         self.program, self.returncode = program, returncode
+
+
+def partial_path(output: Path) -> Path:
+    """Where ffmpeg writes ``output`` until the render succeeded, ``out.partial.mkv``: the
+    extension stays (it picks the muxer)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
 @dataclass
@@ -97,9 +106,8 @@ class RenderJob:
 
     @property
     def partial(self) -> Path:
-        """Where ffmpeg writes until the render succeeded; the extension stays (it picks the muxer)."""
-        output = Path(self.output)
-        return output.with_name(f"{output.stem}.partial{output.suffix}")
+        """Where ffmpeg writes until the render succeeded (:func:`partial_path`)."""
+        return partial_path(self.output)
 
     def log_paths(self) -> Optional[tuple[Path, Path]]:
         """The vspipe and ffmpeg log files, when ``log_dir`` is set."""
@@ -126,13 +134,16 @@ def steps_left(step: int, steps: int, chunk: int, chunks: int) -> int:
 
 
 class ProgressClock:
-    """Elapsed time and ETA of a render from the callbacks of :func:`render`.
+    """Elapsed time, ETA and what is happening in a render, from the callbacks of :func:`render`.
 
     With step progress, the ETA is the measured seconds per denoising step (from the first
     step seen to the latest, so model loading and chunks read from a cache do not count)
-    times the steps left in all chunks; a chunk's decoding falls between its last step and
-    the next chunk's first, so it is averaged in. Without it (no step seen yet, or a render
-    of cached chunks), seconds per frame times frames left.
+    times the steps left in this chunk and the chunks after it that are not read from the
+    cache (each at the fewest steps a chunk had: a chunk split by scene cuts counts its steps
+    over its pieces); a chunk's decoding falls between its last step and the next chunk's
+    first, so it is averaged in. Without it (no step seen yet, or a render of cached chunks),
+    the seconds per frame measured from the first frames written on (not from the start: the
+    model's loading is not a frame's cost) times the frames left.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
@@ -140,11 +151,17 @@ class ProgressClock:
         self.started = clock()
         self.done = self.total = 0  # frames
         self.step: Optional[tuple[int, int, int, int]] = None  # (step, steps, chunk, chunks), the latest
+        self.cached: set[int] = set()  # chunks (counted from 1) read from the disk cache
+        self.chunks = 0
         self._first_step = self._last_step = 0.0
         self._steps_seen = 0
+        self._fewest_steps = 0  # the fewest steps a chunk had (one without scene cuts)
+        self._first_frames: Optional[tuple[float, int]] = None  # (when, frames done) of the first frames
 
     def frames(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
+        if done and self._first_frames is None:
+            self._first_frames = (self.clock(), done)
+        self.done, self.total = done, total or self.total
 
     def on_step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
         now = self.clock()
@@ -152,11 +169,30 @@ class ProgressClock:
             self._first_step = now
         self._steps_seen += 1
         self._last_step = now
-        self.step = (step, steps, chunk, chunks)
+        self.step, self.chunks = (step, steps, chunk, chunks), chunks
+        self._fewest_steps = min(self._fewest_steps or steps, steps)
+
+    def on_cached(self, chunk: int, chunks: int) -> None:
+        """Chunk ``chunk`` of ``chunks`` was read from the disk cache (nothing computed)."""
+        self.cached.add(chunk)
+        self.chunks = chunks
 
     @property
     def elapsed(self) -> float:
         return self.clock() - self.started
+
+    def phase(self) -> str:
+        """What the render is doing, in words: 'loading the model' before anything arrived,
+        'chunk 3/4 step 2/30 (2 chunks from the cache)', 'chunk 2/4 from the cache'."""
+        cached = len(self.cached)
+        from_cache = f"{cached} chunk{'s' if cached > 1 else ''} from the cache"
+        if self.step is not None:
+            step, steps, chunk, chunks = self.step
+            return f"chunk {chunk}/{chunks} step {step}/{steps}" + (f" ({from_cache})" if cached else "")
+        if cached:
+            return f"chunk {max(self.cached)}/{self.chunks} from the cache" + \
+                (f" ({from_cache})" if cached > 1 else "")
+        return "" if self.done else "loading the model"
 
     def seconds_per_step(self) -> Optional[float]:
         if self._steps_seen < 2:
@@ -167,31 +203,33 @@ class ProgressClock:
         """Seconds left, or None while nothing has been measured."""
         rate = self.seconds_per_step()
         if rate is not None and self.step is not None:  # counting down since the latest step
-            return max(0.0, rate * steps_left(*self.step) - (self.clock() - self._last_step))
-        if self.done and self.total:
-            return self.elapsed / self.done * (self.total - self.done)
+            step, steps, chunk, chunks = self.step
+            later = chunks - chunk - len([c for c in self.cached if c > chunk])
+            left = (steps - step) + later * self._fewest_steps
+            return max(0.0, rate * left - (self.clock() - self._last_step))
+        if self._first_frames is not None and self.total:
+            since, first = self._first_frames
+            if self.done > first:
+                return (self.clock() - since) / (self.done - first) * (self.total - self.done)
         return None
 
 
 def render(job: RenderJob, progress: Optional[Progress] = None,
            cancel: Optional[threading.Event] = None, step_progress: Optional[StepProgress] = None,
-           warning: Optional[Callable[[str], None]] = None) -> RenderResult:
+           warning: Optional[Callable[[str], None]] = None,
+           cached: Optional[Callable[[int, int], None]] = None) -> RenderResult:
     """Run ``job``: vspipe -c y4m into ffmpeg, the output renamed into place only on success.
 
     ``progress(done, total)`` is called in this thread as vspipe reports frames, last with
     the final count; ``step_progress(step, steps, chunk, chunks)`` after every denoising
-    step ``uav.Upscale`` reports; ``warning(text)`` with each warning vspipe prints. An
+    step ``uav.Upscale`` reports; ``cached(chunk, chunks)`` for each chunk it reads from its
+    disk cache; ``warning(text)`` with each warning vspipe prints. An
     exception a callback raises stops the render (and propagates). Setting ``cancel`` stops
     it too (within a fraction of a second: both programs' process groups are killed), with
     a :class:`RenderError`. Raises :class:`RenderError` (one line) when a program is missing,
     fails or the timeout passes; the output is then untouched and no partial file is left.
     """
-    vspipe = job.vspipe or find_vspipe()
-    ffmpeg = job.ffmpeg or shutil.which("ffmpeg")
-    for name, exe in (("vspipe", vspipe), ("ffmpeg", ffmpeg)):
-        if not exe:
-            raise RenderError(f"{name} not found; install it or run `uav doctor`", name)
-    assert vspipe and ffmpeg
+    vspipe, ffmpeg = _programs(job)
     output, partial = Path(job.output), job.partial
     output.parent.mkdir(parents=True, exist_ok=True)
     vspipe_cmd = vspipe_args(Path(job.script), vspipe, progress=True, options=job.vspipe_args)
@@ -229,20 +267,8 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
                     said = reader.last_line()
                     raise RenderError(f"no result after {job.timeout:g} s" + (f" (vspipe: {said})" if said else ""))
 
-            while True:  # until vspipe closes its stderr, i.e. exits
-                try:
-                    event = reader.events.get(timeout=_POLL_S)
-                except queue.Empty:
-                    event = ()
-                if event is None:
-                    break
-                callback = {"frames": progress, "step": step_progress, "warning": warning}.get(event[0]) \
-                    if event else None
-                if callback is not None:
-                    callback(*event[1:])
-                check_limits()
-                if enc.poll() and pipe.poll() is None:
-                    _kill(pipe)  # ffmpeg failed: vspipe might compute a slow frame before it notices
+            _pump(reader, {"frames": progress, "step": step_progress, "warning": warning, "cached": cached},
+                  check_limits, pipe, enc)
             rc_pipe = _wait(pipe, deadline, check_limits)
             rc_enc = _wait(enc, deadline, check_limits)
             reader.join()
@@ -266,6 +292,35 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     frames = reader.frames if reader.frames is not None else reader.last_done
     logger.info("render: %d frames into %s in %.1f s", frames, output, seconds)
     return RenderResult(output, frames, seconds, "\n".join(reader.lines), ffmpeg_text)
+
+
+def _programs(job: RenderJob) -> tuple[str, str]:
+    """The job's vspipe and ffmpeg, or a RenderError naming the one that is missing."""
+    vspipe = job.vspipe or find_vspipe()
+    ffmpeg = job.ffmpeg or shutil.which("ffmpeg")
+    for name, exe in (("vspipe", vspipe), ("ffmpeg", ffmpeg)):
+        if not exe:
+            raise RenderError(f"{name} not found; install it or run `uav doctor`", name)
+    assert vspipe and ffmpeg
+    return vspipe, ffmpeg
+
+
+def _pump(reader: "_VspipeReader", callbacks: dict[str, Optional[Callable]], check_limits: Callable[[], None],
+          pipe: subprocess.Popen, enc: subprocess.Popen) -> None:
+    """Hand vspipe's events to their callbacks, in this thread, until vspipe closes its stderr."""
+    while True:
+        try:
+            event = reader.events.get(timeout=_POLL_S)
+        except queue.Empty:
+            event = ()
+        if event is None:
+            break
+        callback = callbacks.get(event[0]) if event else None
+        if callback is not None:
+            callback(*event[1:])
+        check_limits()
+        if enc.poll() and pipe.poll() is None:
+            _kill(pipe)  # ffmpeg failed: vspipe might compute a slow frame before it notices
 
 
 def _ffmpeg_command(ffmpeg: str, ffmpeg_args: Sequence[str], target: Path) -> list[str]:
@@ -372,7 +427,7 @@ class _VspipeReader(threading.Thread):
             self.events.put(None)
 
     def _line(self, part: bytes) -> None:
-        frame, done, step = _FRAME.search(part), _DONE.search(part), _STEP.search(part)
+        frame, done, step, cached = _FRAME.search(part), _DONE.search(part), _STEP.search(part), _CACHED.search(part)
         if frame:
             self.last_done, self.total = int(frame[1]), int(frame[2])
             self.events.put(("frames", self.last_done, self.total))
@@ -382,6 +437,8 @@ class _VspipeReader(threading.Thread):
         elif step:  # not kept: thousands of them would push the lines that explain a failure out
             chunk, chunks, n, steps = (int(x) for x in step.groups())
             self.events.put(("step", n, steps, chunk, chunks))
+        elif cached:
+            self.events.put(("cached", int(cached[1]), int(cached[2])))
         elif part.strip():
             self.lines.append(part.decode(errors="replace").rstrip())
             warned = _WARNING.match(part.strip())

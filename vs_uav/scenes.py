@@ -9,12 +9,14 @@
 The detector measures the mean absolute luma difference between a frame and the one before
 it, on grey copies at most :data:`DETECT_WIDTH` pixels wide, in 0..1 (``std.PlaneStats``'
 ``PlaneStatsDiff``: the measure of VapourSynth's former ``misc.SCDetect``, which R81's core
-no longer has). A frame starts a new scene when its difference is above the threshold, or
-when it stands out from the motion around it (:func:`is_cut`). It is computed per frame
-inside the graph, so a script marks cuts lazily, in any request order, and the cluster's
-driver and workers find the same ones. Measured on the shared videos with cuts spliced in
-(README, "Scene cuts"): cuts between different films 0.16-0.20, a jump within one film
-0.044 (6.5x its neighbours' motion), continuous shots at most 0.029 (at most 3x).
+no longer has), and the share of the copy's blocks that changed. A frame starts a new scene
+when most of the picture changed and its difference is above the threshold or stands out
+from the motion around it (:func:`is_cut`): a new drawing in limited animation stands out
+too, but leaves the background as it was. It is computed per frame inside the graph, so a
+script marks cuts lazily, in any request order, and the cluster's driver and workers find
+the same ones. Measured on a labelled set (tests/cut_set.py, bench/bench_scenes.py; README,
+"Scene cuts"): cuts 0.11-0.20 with 1.00 of the blocks changed, drawing changes and
+continuous shots at most 0.056 and 0.50 of the blocks.
 
 VapourSynth is imported only by the functions that build graphs; the segment planning
 (:func:`scenes`, :func:`plan_segments`) is pure Python.
@@ -49,9 +51,11 @@ class SceneError(ValueError):
 
 # -- detection (VapourSynth) ---------------------------------------------------------------------
 
-def _differences(clip: "vs.VideoNode") -> "vs.VideoNode":
-    """Grey copies of ``clip`` whose frame n carries ``UAVSceneDiff``: its mean absolute
-    luma difference to frame n-1 in 0..1 (0 for frame 0)."""
+def _differences(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD) -> "vs.VideoNode":
+    """Grey copies of ``clip`` whose frame n carries ``UAVSceneDiff``, its mean absolute luma
+    difference to frame n-1 in 0..1, and ``UAVSceneCoverAverage``, the share of its blocks
+    (:data:`BLOCK` pixels square) whose mean difference is above ``CHANGED x threshold``
+    (both 0 for frame 0)."""
     import vapoursynth as vs
 
     core = vs.core
@@ -65,25 +69,40 @@ def _differences(clip: "vs.VideoNode") -> "vs.VideoNode":
                                     matrix_s="709")
     luma = core.std.ShufflePlanes(clip, 0, vs.GRAY) if clip.format.num_planes > 1 else clip
     grey = core.resize.Bilinear(luma, width, height, format=vs.GRAY8)
-    previous = grey[0] + grey[:-1]
-    return core.std.PlaneStats(grey, previous, prop=_PROP)
+    previous = grey[0] + grey[:-1] if grey.num_frames > 1 else grey  # one frame: grey[:-1] is empty
+    stats = core.std.PlaneStats(grey, previous, prop=_PROP)
+    # Block means of |difference| (a downscale averages), then the share of changed blocks.
+    delta = core.std.Expr([grey, previous], "x y - abs 255 /", format=vs.GRAYS)
+    blocks = core.resize.Bilinear(delta, max(1, round(width / BLOCK)), max(1, round(height / BLOCK)))
+    changed = core.std.Expr(blocks, f"x {CHANGED * threshold!r} > 1 0 ?")
+    cover = core.std.PlaneStats(changed, prop=f"{_PROP}Cover")
+    return core.std.CopyFrameProps(stats, cover, props=[f"{_PROP}CoverAverage"])
 
 
 # A frame below the threshold is still a cut when it stands out from the motion around it: its
 # difference at least RATIO times the mean of its WINDOW neighbours' on each side (plus EPS, so
 # that a still shot's noise is no cut), and at least FLOOR x the threshold. This catches a cut
-# between two similar shots of one film (measured 0.044) that the plain threshold misses.
+# between two similar shots that the plain threshold misses.
 WINDOW = 2
 RATIO = 4.0
 FLOOR = 0.25
 EPS = 0.002
+# Either way most of the picture must have changed: at least COVER of the blocks, each BLOCK
+# grey pixels square, by more than CHANGED x the threshold on average. A new drawing in limited
+# animation (a face or a figure jumps, the background stays, between held frames) stands out
+# from its still neighbours but changes a region only: measured at most 0.50 of the blocks,
+# real cuts 1.00 (0.83 for a mirrored shot of the same video; README, "Scene cuts").
+BLOCK = 8
+COVER = 0.65
+CHANGED = 0.4
 
 
-def is_cut(n: int, difference: float, neighbours: Sequence[float], threshold: float) -> bool:
-    """The one rule: frame n (not the first) starts a scene when its difference to frame n-1 is
-    above ``threshold``, or stands out from ``neighbours`` (the differences of the frames within
-    :data:`WINDOW` of it, frame 0 excluded) as described above."""
-    if n == 0:
+def is_cut(n: int, difference: float, neighbours: Sequence[float], threshold: float, cover: float = 1.0) -> bool:
+    """The one rule: frame n (not the first) starts a scene when at least :data:`COVER` of its
+    blocks changed (``cover``) and its difference to frame n-1 is above ``threshold``, or
+    stands out from ``neighbours`` (the differences of the frames within :data:`WINDOW` of it,
+    frame 0 excluded) as described above."""
+    if n == 0 or cover < COVER:
         return False
     if difference > threshold:
         return True
@@ -116,7 +135,7 @@ def mark_cuts(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD, cuts_f
 
         return core.std.ModifyFrame(clip, clip, listed_props)
     threshold = check_threshold(threshold)
-    stats = _differences(clip)
+    stats = _differences(clip, threshold)
     # shifted[k]'s frame n carries frame n + k - WINDOW's difference (clamped at the ends: unused there).
     shifted = []
     for k in range(-WINDOW, WINDOW + 1):
@@ -130,8 +149,10 @@ def mark_cuts(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD, cuts_f
 
     def detected(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         diffs = {n + k - WINDOW: frame.props[key] for k, frame in enumerate(f[1:])}
+        cover = f[1 + WINDOW].props[f"{_PROP}CoverAverage"]
         out = f[0].copy()
-        out.props["_SceneChangePrev"] = int(is_cut(n, diffs[n], [diffs[j] for j in _window(n, num)], threshold))
+        out.props["_SceneChangePrev"] = int(is_cut(n, diffs[n], [diffs[j] for j in _window(n, num)], threshold,
+                                                   cover))
         return out
 
     return core.std.ModifyFrame(clip, [clip, *shifted], detected)
@@ -141,9 +162,11 @@ def detect(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD) -> list[i
     """The frames :func:`mark_cuts` marks with ``threshold``, sorted: one pass over the clip's
     grey copies (decoding, not upscaling)."""
     threshold = check_threshold(threshold)
-    key = f"{_PROP}Diff"
-    diffs = [f.props[key] for f in _differences(clip).frames(close=True)]
-    return [n for n, d in enumerate(diffs) if is_cut(n, d, [diffs[j] for j in _window(n, len(diffs))], threshold)]
+    props = [(f.props[f"{_PROP}Diff"], f.props[f"{_PROP}CoverAverage"])
+             for f in _differences(clip, threshold).frames(close=True)]
+    diffs = [d for d, _ in props]
+    return [n for n, (d, cover) in enumerate(props)
+            if is_cut(n, d, [diffs[j] for j in _window(n, len(diffs))], threshold, cover)]
 
 
 def check_threshold(threshold: float) -> float:
@@ -204,8 +227,8 @@ def script_lines(encoder: "EncoderSettings") -> list[str]:
     if encoder.scene_cuts == AUTO:
         call = f"threshold={encoder.scene_threshold!r}"
         why = (f"Scene cuts: a frame whose mean luma difference to the previous one (0..1) is above "
-               f"{encoder.scene_threshold:g}, or that stands out from the motion around it, starts a new scene: "
-               "uav.Upscale carries nothing across it.")
+               f"{encoder.scene_threshold:g}, or that stands out from the motion around it, starts a new scene "
+               "when most of the picture changed: uav.Upscale carries nothing across it.")
     else:
         # Absolute, as every path a generated script names (script.absolute; not imported:
         # script imports this module).

@@ -22,12 +22,12 @@ import shlex
 import shutil
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from .encoder import EncoderSettings
-from .media import MediaInfo, VideoFormat, interlaced_message
+from .media import BWDIF, MediaInfo, VideoFormat, convert, full_chroma_filter, interlaced_message
 from .media import probe as probe_media
 from .settings import SETTINGS, UpscaleSettings
 
@@ -121,6 +121,33 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     return "\n".join(lines)
 
 
+def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterlace: str = "none"
+                   ) -> tuple[Path, MediaInfo]:
+    """(the file the script reads, what it hands the filter): ``source`` probed; an interlaced
+    one refused (ValueError, one line) or deinterlaced (``deinterlace='bwdif'``), and an odd
+    size that BestSource would crop (97x55 4:2:0 read as 96x54) made 4:4:4 at its size, both
+    into a lossless file in ``folder`` first; the output is encoded in the source's format."""
+    media = probe_media(source, reading_script(source, prepare))
+    filters, name = [], "progressive.mkv"
+    if media.interlaced:
+        if deinterlace == "none":
+            raise ValueError(interlaced_message(source, media))
+        filters.append(BWDIF)
+    odd = media.odd_size and not prepare  # (prepare lines, e.g. the demo's resize, make their own size)
+    if odd:
+        filters.append(full_chroma_filter(media))
+        name = name if media.interlaced else "full-chroma.mkv"
+    if not filters:
+        return source, media
+    video = Path(folder) / name
+    convert(source, video, ",".join(filters), "ffmpeg could not " + (
+        "deinterlace it with bwdif" if media.interlaced else "make it 4:4:4 at its odd size"))
+    converted = probe_media(video, reading_script(video, prepare), start_of=source)
+    if odd:  # what the filter is given, encoded as the source was (and sited as it was)
+        converted = replace(converted, source_format=media.format, chroma_location=media.chroma_location)
+    return video, converted
+
+
 # -- what the output keeps of the source -----------------------------------------------------------
 
 # H.273 codes (VapourSynth's props, ffmpeg's values) by ffmpeg's option names.
@@ -155,10 +182,14 @@ class OutputSpec:
     range: Optional[str]  # "tv", "pc" or None (not said)
     chroma_location: Optional[int]
     note: str = ""  # one line: what could not be kept, and why ("" when everything was)
+    container: str = ""  # the output's extension, e.g. ".mkv" (what its subtitles can be)
+    subtitles: tuple[tuple[int, str], ...] = ()  # (the source's subtitle stream, the codec it is written with)
 
     @property
     def converts(self) -> bool:
-        return self.format.vs_name != self.media.format.vs_name or self.range != self.media.range
+        # An untagged source is tagged as what it was taken to be: no conversion for that.
+        return self.format.vs_name != self.media.format.vs_name or \
+            (self.media.range is not None and self.range != self.media.range)
 
     def tags(self) -> dict[str, str]:
         """ffmpeg's output options for the tags that are known, e.g. {'colorspace': 'bt709', ...}."""
@@ -168,12 +199,13 @@ class OutputSpec:
         return {k: v for k, v in tags.items() if v}
 
 
-def output_spec(media: MediaInfo, encoder: EncoderSettings, ffmpeg: str = "ffmpeg") -> OutputSpec:
+def output_spec(media: MediaInfo, encoder: EncoderSettings, ffmpeg: str = "ffmpeg", container: str = "") -> OutputSpec:
     """How ``encoder`` encodes the upscaled ``media`` (the filter returns the source's format and
-    props): the format :meth:`EncoderSettings.encoding_format` chooses, and the tags that are
-    true of the converted frames."""
+    props) into a ``container`` file (an extension; the codec's usual one by default): the format
+    :meth:`EncoderSettings.encoding_format` chooses, the tags that are true of the converted
+    frames, the subtitles the container holds, and one line saying what cannot be kept."""
     src = media.format
-    fmt, pix_fmt, note = encoder.encoding_format(src, ffmpeg)
+    fmt, pix_fmt, note = encoder.encoding_format(media.source_format or src, ffmpeg)
     matrix, rng, chroma = media.matrix, media.range, media.chroma_location
     subsampled = fmt.family == "YUV" and (fmt.ssw or fmt.ssh)
     if fmt.family == "RGB":
@@ -186,11 +218,86 @@ def output_spec(media: MediaInfo, encoder: EncoderSettings, ffmpeg: str = "ffmpe
         chroma = None
     elif (fmt.ssw, fmt.ssh) != (src.ssw, src.ssh) and chroma is None:
         chroma = 0  # zimg's siting when it subsamples
+    notes = [note] if note else []
     if encoder.codec in _LIMITED_ONLY and rng == "pc":
         rng = "tv"
         said = f"full-range source converted to limited range ({encoder.codec} holds no full range)"
-        note = f"{note}; {said}" if note else f"{encoder.codec}: {said}"
-    return OutputSpec(media, fmt, pix_fmt, matrix, media.primaries, media.transfer, rng, chroma, note)
+        notes.append(said if notes else f"{encoder.codec}: {said}")
+    if fmt.family == "YUV" and rng is None:
+        rng = "tv"  # what every conversion (zimg's, the model's) took an untagged YUV source to be
+    container = (container or encoder.container).lower()
+    subtitles, said = _subtitle_plan(media.subtitles, container)
+    cropped = ""
+    if media.odd_size:  # (uav upscale pads it instead: prepare_source)
+        (w, h), fmt_name = media.coded_size, src.describe()
+        cropped = (f"BestSource reads the {w}x{h} {fmt_name} source as {media.width}x{media.height} (cropped to a "
+                   f"size its chroma subsampling divides); uav upscale keeps {w}x{h}")
+    notes += [n for n in (media.note, cropped, said, _hdr_note(media, encoder), _siting_note(encoder, fmt, chroma,
+                                                                                        container)) if n]
+    return OutputSpec(media, fmt, pix_fmt, matrix, media.primaries, media.transfer, rng, chroma, "; ".join(notes),
+                      container, subtitles)
+
+
+# Subtitle codecs by what they are: text (any container with subtitles takes it as its text
+# format) or pictures (kept where the container holds that codec).
+_TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text")
+_MATROSKA = (".mkv", ".mka", ".mks")
+_MP4 = (".mp4", ".m4v", ".mov")
+
+
+def _subtitle_plan(codecs: Sequence[str], container: str) -> tuple[tuple[tuple[int, str], ...], str]:
+    """Which of the source's subtitle streams ``container`` keeps, each with the codec ffmpeg
+    writes it with ('copy': unchanged), and one line on what it cannot keep as it is."""
+    kept, changed, dropped = [], [], []
+    for i, codec in enumerate(codecs):
+        if container in _MATROSKA and codec != "mov_text":
+            kept.append((i, "copy"))
+        elif container in _MATROSKA:
+            kept.append((i, "srt"))
+        elif container in _MP4 and codec == "mov_text":
+            kept.append((i, "copy"))
+        elif container in _MP4 and codec in _TEXT_SUBTITLES:
+            kept.append((i, "mov_text"))
+            changed.append(codec)
+        else:
+            dropped.append(codec)
+    said = []
+    if changed:
+        said.append(f"{container} holds text subtitles as mov_text only: the source's {', '.join(changed)} "
+                    "subtitles become mov_text (their styling is lost; an .mkv output keeps them as they are)")
+    if dropped:
+        said.append(f"{container} cannot hold the source's {', '.join(dropped)} subtitles: dropped (an .mkv "
+                    "output keeps them)")
+    return tuple(kept), "; ".join(said)
+
+
+def _siting_note(encoder: EncoderSettings, fmt: VideoFormat, chroma: Optional[int], container: str) -> str:
+    """The line saying that the output cannot signal the source's chroma siting, where it cannot
+    (measured: HEVC signals it for 4:2:0 only; a .mov holds none for ProRes, an .mkv does)."""
+    if chroma is None:
+        return ""
+    where = _CHROMA.get(chroma, str(chroma))
+    if encoder.codec == "x265" and (fmt.ssw, fmt.ssh) != (1, 1):
+        kind = ":".join(fmt.subsampling)  # 4:2:2, 4:4:4
+        return (f"x265 signals chroma siting for 4:2:0 only: the {kind} output's chroma location reads unspecified "
+                f"(the frames are sited {where}; decoders assume left)")
+    if encoder.codec == "prores" and container in (".mov", ".mp4"):
+        return (f"{container} holds no chroma siting for ProRes: the output's chroma location reads unspecified "
+                f"(the frames are sited {where}; an .mkv output keeps it)")
+    return ""
+
+
+def _hdr_note(media: MediaInfo, encoder: EncoderSettings) -> str:
+    """The line saying what becomes of an HDR (PQ or HLG) source."""
+    kind = media.hdr_transfer
+    if not kind:
+        return ""
+    said = (f"the source is HDR ({kind}) but the model was trained on SDR video: it is upscaled as it is (its code "
+            f"values read as SDR) and tagged {kind} again")
+    if media.hdr is not None:
+        said += (", with its mastering display and MaxCLL/MaxFALL" if encoder.codec == "x265" else
+                 f"; {encoder.codec} cannot carry its mastering display and MaxCLL/MaxFALL metadata (x265 does)")
+    return said
 
 
 def _encoding_lines(spec: OutputSpec) -> list[str]:
@@ -202,7 +309,7 @@ def _encoding_lines(spec: OutputSpec) -> list[str]:
         lines += ["", f"# The encoder's format: {fmt.describe()} ({spec.pix_fmt})."]
         if spec.note:
             lines += _comment(spec.note, "")
-        rng = "" if spec.range == spec.media.range else \
+        rng = "" if spec.range == (spec.media.range or "tv") else \
             f", range=vs.RANGE_{'FULL' if spec.range == 'pc' else 'LIMITED'}"
         dither = 'dither_type="error_diffusion"'
         if src.family == "GRAY" and fmt.family == "YUV":
@@ -317,19 +424,37 @@ def ffmpeg_options(source: Optional[Path], encoder: EncoderSettings, spec: Optio
     """ffmpeg's inputs and encoding options, without the program and the output: y4m on stdin,
     the source's audio mapped in when asked for (and a source is given), the video codec.
 
-    ``spec`` (:func:`output_spec`): the source's pixel format, colour tags, sample aspect ratio
-    and timing kept; without it, the codec's default format and no tags. ``filter_file``: where
-    the video filter graph was written when :func:`needs_filter_file` says it must be.
+    ``spec`` (:func:`output_spec`): the source's pixel format, colour tags, sample aspect ratio,
+    timing, subtitles, global tags and HDR10 metadata kept; without it, the codec's default
+    format and no tags. ``filter_file``: where the video filter graph was written when
+    :func:`needs_filter_file` says it must be.
     """
     args = ["-i", "-"]
-    if encoder.audio == "copy" and source is not None:
+    media = spec.media if spec is not None else None
+    copy_audio = encoder.audio == "copy" and source is not None
+    if source is not None and (copy_audio or (media is not None and (media.tagged or spec.subtitles))):
+        args += ["-i", path_arg(absolute(source), True)]
+    args += ["-map", "0:v:0"]
+    if copy_audio:
         # '1:a?': a source without audio is fine.
-        args += ["-i", path_arg(absolute(source), True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
-    else:
-        args += ["-map", "0:v:0"]
-    if spec is None:
+        args += ["-map", "1:a?", "-c:a", "copy"]
+    if media is None:
         return [*args, *encoder.ffmpeg_video_args()]
-    return [*args, *_video_options(spec, filter_file), *encoder.ffmpeg_video_args(spec.pix_fmt)]
+    if source is not None:
+        for n, (i, codec) in enumerate(spec.subtitles):
+            args += ["-map", f"1:s:{i}", f"-c:s:{n}", codec]
+        if media.tagged:
+            args += ["-map_metadata", "1"]
+        if copy_audio and media.preroll:
+            # The output starts where a player starts the source: the audio packets before it go.
+            args += ["-ss", "0"]
+    args += [*_video_options(spec, filter_file), *encoder.ffmpeg_video_args(spec.pix_fmt)]
+    if encoder.codec == "x264" and media.range is None and spec.range == "tv":
+        # libx264 writes no range without other colour tags: said in the bitstream, as x265 does.
+        args += ["-bsf:v", "h264_metadata=video_full_range_flag=0"]
+    if encoder.codec == "x265" and media.hdr is not None and media.hdr_transfer and media.hdr.x265_params():
+        args += ["-x265-params", "hdr10=1:" + media.hdr.x265_params()]
+    return args
 
 
 def ffmpeg_args(source: Optional[Path], output: Path, encoder: EncoderSettings, ffmpeg: str = "ffmpeg",
@@ -421,7 +546,7 @@ def plan(preset: "Preset", source: Path, script_path: Optional[Path] = None, out
     output = absolute(output if output is not None else default_output(source, preset.encoder))
     if media is None and probe:
         media = probe_source(source)
-    spec = output_spec(media, preset.encoder) if media is not None else None
+    spec = output_spec(media, preset.encoder, container=output.suffix) if media is not None else None
     files: tuple[tuple[Path, str], ...] = ()
     filter_file = None
     if spec is not None and needs_filter_file(spec):

@@ -47,8 +47,12 @@ MEMORY_STATES = 4
 # source(a, b): frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1], and the frames in [a, b) that
 # start a new scene (nothing is carried into them).
 Source = Callable[[int, int], tuple[torch.Tensor, Sequence[int]]]
-# (steps done, steps total) within the current piece, then (chunk index, chunk count).
+# (steps done, steps total) within the current chunk, then (chunk index, chunk count). A chunk
+# split by scene cuts into P pieces counts its steps over them: steps total is P x the steps.
 ProgressCallback = Callable[[int, int, int, int], None]
+# What the driver logs for a chunk read from the disk cache (vs_uav.render parses it: a resumed
+# render's progress says which chunks came from the cache and leaves them out of its rate).
+CACHED_CHUNK = "chunk {chunk}/{chunks} (frames {first}-{last}) read from {folder}"
 
 
 class CacheError(ValueError):
@@ -385,15 +389,16 @@ class ChunkDriver:
         found = self._load(k) if self.cache is not None else None
         if found is not None:
             latents, state, prefix, anchor = found
-            self.log(f"{label} read from {self._folder(k)}")
+            self.log(CACHED_CHUNK.format(chunk=k + 1, chunks=len(self.bounds), first=a, last=b - 1,
+                                         folder=self._folder(k)))
         else:
             state = self._state_before(k) if self._needs_state(k) else None
             anchor = state.anchor if state is not None else a
             prefix = state.final if state is not None else None
-            parts = []
-            for s, e, stop, _ in self._pieces(k, cuts, anchor):
+            parts, pieces = [], self._pieces(k, cuts, anchor)
+            for p, (s, e, stop, _) in enumerate(pieces):
                 extra = self.inputs(s, stop) if self.inputs else {}
-                callback = (lambda d, n, _k=k: self.progress(d, n, _k, len(self.bounds))) if self.progress else None
+                callback = self._step_callback(k, p, len(pieces))
                 out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - lo:stop - lo], s, self.settings,
                                       state if s == a else None, decode=False, callback=callback, end=e, **extra)
                 parts.append(out.latents)
@@ -405,6 +410,14 @@ class ChunkDriver:
         self._remember(k, state)
         self._last = None
         return _Chunk(video, lo, latents, prefix, self._pieces(k, cuts, anchor))
+
+    def _step_callback(self, k: int, piece: int, pieces: int) -> Optional[Callable[[int, int], None]]:
+        """Piece ``piece``'s step callback: steps counted over the chunk's pieces, so that the
+        count never restarts within a chunk (step 5 of piece 2 of 2, 30 steps: step 35/60)."""
+        if self.progress is None:
+            return None
+        progress, chunks = self.progress, len(self.bounds)
+        return lambda done, steps: progress(piece * steps + done, pieces * steps, k, chunks)
 
     def _pieces(self, k: int, cuts: Sequence[int], anchor: int) -> list[tuple[int, int, int, int]]:
         """(first, end, look-ahead end, scene anchor) of each piece of chunk k between scene

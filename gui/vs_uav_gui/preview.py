@@ -11,6 +11,9 @@ are imported only when a preview runs.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -70,6 +73,29 @@ def crop_box(width: int, height: int, x: int, y: int, size: int) -> tuple[int, i
     left = min(max(0, x - w // 2), width - w)
     top = min(max(0, y - h // 2), height - h)
     return left, top, w, h
+
+
+def check_source(source: Path) -> None:
+    """A cheap look at ``source`` before a preview is announced: ffprobe reads the header only,
+    where BestSource would index the whole file first. A ValueError in read_crop's words; without
+    ffprobe nothing is checked here (read_crop still says it)."""
+    if source.is_dir():
+        raise ValueError(f"{source}: a folder, not a video")
+    if not source.is_file():
+        raise ValueError(f"{source}: file not found")
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return
+    try:
+        run = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_type",
+                              "-of", "csv=p=0", "file:" + os.path.abspath(source)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no verdict: the preview itself will tell
+    if run.returncode != 0 or "video" not in run.stdout:
+        lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("file:" + os.path.abspath(source) + ": ") if lines else "no video stream"
+        raise ValueError(f"{source}: not a readable video ({reason})")
 
 
 def read_crop(request: PreviewRequest):
@@ -269,7 +295,9 @@ class PreviewPanel(QWidget):
         self.status = QLabel("Choose a source, a frame and a crop, then run the preview.")
         self.status.setObjectName("preview_status")
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        # One line, as wide as the panel: a long message never widens the window (its tooltip has it all).
+        # As wide as the panel, never wider: a long message wraps (a path breaks at its slashes)
+        # instead of widening the window or running past its edge; the tooltip has it too.
+        self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         self.before_label, self.after_label = QLabel(), QLabel()
@@ -323,6 +351,11 @@ class PreviewPanel(QWidget):
             request = request or self.request()
         except ValueError as e:
             self._show_status(str(e), error=True)
+            return None
+        try:  # before "Rendering ...": an unreadable file is said at once, not after seconds
+            check_source(request.source)
+        except ValueError as e:
+            self._show_status(f"Preview failed: {e}", error=True)
             return None
         if self.job is not None:
             self.job.cancel()
@@ -391,5 +424,8 @@ class PreviewPanel(QWidget):
         self.status.setToolTip(message)
         self.status.setStyleSheet("color: #b00020;" if error else "")
         window = self.window()
-        if hasattr(window, "statusBar"):
-            window.statusBar().showMessage(message, 10000)
+        if hasattr(window, "statusBar"):  # one line there: elided in the middle, whole in its tooltip
+            bar = window.statusBar()
+            width = max(100, bar.width() - 24)
+            bar.showMessage(bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideMiddle, width), 10000)
+            bar.setToolTip(message)
