@@ -310,7 +310,7 @@ def test_preview_errors_are_one_line(previewing, qtbot, tmp_path):
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video\n")
     previewing.source_edit.setText(str(not_video))
-    assert run().startswith(f"Preview failed: {not_video}: not a readable video (")
+    assert run().startswith(f"Preview failed: input {not_video}: not a readable video (")
     previewing.source_edit.setText("")
     assert run() == "choose a source video first"
     previewing.source_edit.setText(str(ANIMATION))
@@ -333,7 +333,7 @@ def test_an_unreadable_source_is_refused_at_once_and_a_long_error_is_readable(pr
     previewing.source_edit.setText(str(not_video))
     panel.run_button.click()  # no event processing, no waiting: the status is already the error
     text = panel.status.text()
-    assert text.startswith(f"Preview failed: {not_video}: not a readable video (") and "\n" not in text, text
+    assert text.startswith(f"Preview failed: input {not_video}: not a readable video (") and "\n" not in text, text
     assert panel.job is None and panel.result is None
     label = panel.status
     metrics = label.fontMetrics()

@@ -753,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = functools.partial(sub.add_parser, parents=[common])
     _add_demo(add)
 
+    _add_upscale(add)
+    _add_script(add)
+    _add_model_commands(add)
+    return parser
+
+
+def _add_upscale(add) -> None:
     from .encoder import ENCODER_SETTINGS
     from .media import DEINTERLACERS
     from .settings import SETTINGS
@@ -788,6 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "segments) next to the output after a successful render")
     up.set_defaults(func=cmd_upscale)
 
+
+def _add_script(add) -> None:
+    from .encoder import ENCODER_SETTINGS
+    from .settings import SETTINGS
+
     sc = add("script", help="write a .vpy for a source and print the encoder command")
     sc.add_argument("input", help="source video")
     sc.add_argument("-o", "--output", help="the encoder's output file (default: next to the source, "
@@ -799,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_options(sc, ENCODER_SETTINGS)
     sc.set_defaults(func=cmd_script)
 
+
+def _add_model_commands(add) -> None:
+    """download, convert, doctor and selftest."""
     manifests_help = ("folder of key/shape manifests to verify against (default: the official full-size "
                       "ones shipped with vs-uav; for finetuned or test models of another size)")
     dl = add("download", help="fetch the official weights into the model folder, verified and resumable")
@@ -830,7 +845,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="cpu", help="device for the filter: cpu (default), cuda, cuda:N or auto")
     st.add_argument("--keep", metavar="DIR", help="work in DIR and keep the model, script, logs and output there")
     st.set_defaults(func=cmd_selftest)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,9 +251,8 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
     line (no VapourSynth, no video stream, an unreadable file, a script error)."""
     source = Path(source)
     header = _ffprobe(["-show_streams", "-show_format"], source)
-    streams = header.get("streams", [])
-    if header and not any(s.get("codec_type") == "video" for s in streams):  # before BestSource's 'track index'
-        raise ValueError(f"input {source}: has no video stream; accepted: a video file")
+    if header and not any(s.get("codec_type") == "video" for s in header.get("streams", [])):
+        check_video_file(source)  # its one line, before BestSource's 'track index'
     try:
         import vapoursynth as vs
     except ImportError as e:
@@ -288,7 +287,7 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
         chroma_location=None if chroma is None else int(chroma), sar=sar,
         field_based=int(props.get("_FieldBased", 0)), field_order=container.get("field_order", "unknown"),
         time_base=container.get("time_base", Fraction(0)), times=times, note=note,
-        coded_size=_size_of(streams),
+        coded_size=_size_of(header.get("streams", [])),
         # What the output takes from the source file itself (a deinterlaced copy has none of it).
         **_streams_of(header if start_of is None else _ffprobe(["-show_streams", "-show_format"], start_of),
                       start_of or source, hdr=transfer in (16, 18)))
@@ -350,16 +349,37 @@ def _one_line(text: str) -> str:
 
 
 def _ffprobe(args: Sequence[str], path: Path) -> dict:
+    return _ffprobe_said(args, path)[0]
+
+
+def _ffprobe_said(args: Sequence[str], path: Path) -> tuple[dict, str]:
+    """(ffprobe's JSON, {} when it failed or is missing; its last error line, "" when none)."""
     ffprobe = shutil.which("ffprobe")
     if not ffprobe:
-        return {}
+        return {}, ""
+    target = "file:" + os.path.abspath(path)
     try:
-        run = subprocess.run([ffprobe, "-v", "error", *args, "-of", "json", "-i",
-                              "file:" + os.path.abspath(path)],
+        run = subprocess.run([ffprobe, "-v", "error", *args, "-of", "json", "-i", target],
                              capture_output=True, text=True, timeout=600)
-        return json.loads(run.stdout or "{}") if run.returncode == 0 else {}
+        lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]
+        said = lines[-1].removeprefix(target + ": ") if lines else ""
+        return (json.loads(run.stdout or "{}") if run.returncode == 0 else {}), said
     except (OSError, subprocess.TimeoutExpired, ValueError):
-        return {}
+        return {}, ""
+
+
+def check_video_file(source: Path) -> None:
+    """The cheap look before anything reads ``source`` (BestSource indexes the whole file
+    first): a file, which ffprobe's header says holds a video stream. ValueError, one line;
+    without ffprobe only the first is checked."""
+    said = not_a_video(source)
+    if said:
+        raise ValueError(said)
+    header, why = _ffprobe_said(["-show_streams"], source)
+    if shutil.which("ffprobe") and not header:
+        raise ValueError(f"input {source}: not a readable video ({why or 'ffprobe read nothing'})")
+    if header and not any(s.get("codec_type") == "video" for s in header.get("streams", [])):
+        raise ValueError(f"input {source}: has no video stream; accepted: a video file")
 
 
 def _probe_container(source: Path, start_of: Optional[Path]) -> dict:

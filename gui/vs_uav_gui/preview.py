@@ -11,9 +11,6 @@ are imported only when a preview runs.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -76,26 +73,10 @@ def crop_box(width: int, height: int, x: int, y: int, size: int) -> tuple[int, i
 
 
 def check_source(source: Path) -> None:
-    """A cheap look at ``source`` before a preview is announced: ffprobe reads the header only,
-    where BestSource would index the whole file first. A ValueError in read_crop's words; without
-    ffprobe nothing is checked here (read_crop still says it)."""
-    if source.is_dir():
-        raise ValueError(f"{source}: a folder, not a video")
-    if not source.is_file():
-        raise ValueError(f"{source}: file not found")
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        return
-    try:
-        run = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_type",
-                              "-of", "csv=p=0", "file:" + os.path.abspath(source)],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return  # no verdict: the preview itself will tell
-    if run.returncode != 0 or "video" not in run.stdout:
-        lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]
-        reason = lines[-1].removeprefix("file:" + os.path.abspath(source) + ": ") if lines else "no video stream"
-        raise ValueError(f"{source}: not a readable video ({reason})")
+    """A cheap look at ``source`` before a preview is announced (:func:`vs_uav.media.check_video_file`)."""
+    from vs_uav.media import check_video_file
+
+    check_video_file(source)
 
 
 def read_crop(request: PreviewRequest):
