@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from test_streaming import moving_scene
 
-    from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.engine.pipeline import UpscalePipeline
 
     torch.set_num_threads(1)
     pipe = UpscalePipeline.from_pretrained(TINY, vae="3d", flow="dis")

@@ -38,7 +38,7 @@ TINY = REPO.parent / "shared" / "reference" / "public" / "model"
 UAV = str(Path(sys.executable).parent / "uav")
 
 from clips import AIGC, ANIMATION, MOVIE, framemd5, splice  # noqa: E402
-from vs_uav.cluster import count_frames  # noqa: E402
+from vs_uav.app.cluster import count_frames
 
 
 def run(args: list[str], cores: list[int], env: dict) -> tuple[float, str]:

@@ -61,7 +61,8 @@ def overhead(frames: int, size: tuple[int, int], steps: int, chunk_size: int, ro
     import numpy as np
     import torch
 
-    from vs_uav.filter import get_engine, upscale
+    from vs_uav.engine.cache import get_engine
+    from vs_uav.vsfilter.upscale import upscale
     from vs_uav.settings import UpscaleSettings
 
     clip = clip_of(frames, *size)
@@ -84,7 +85,7 @@ def overhead(frames: int, size: tuple[int, int], steps: int, chunk_size: int, ro
 
 
 def memory_run(frames: int, size: tuple[int, int], steps: int, chunk_size: int) -> dict:
-    from vs_uav.filter import upscale
+    from vs_uav.vsfilter.upscale import upscale
 
     sys.path.insert(0, str(REPO / "bench"))
     from bench_pipeline import peak_rss_kib

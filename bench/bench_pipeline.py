@@ -43,7 +43,7 @@ def synthetic_frames(a: int, b: int, h: int, w: int):
 def unet_speed(size: int, device: str, dtype_name: str, repeats: int) -> float:
     import torch
 
-    from vs_uav.models.unet_video import UNetVideoConfig, UNetVideoModel
+    from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
 
     dtype = getattr(torch, dtype_name)
     cfg = UNetVideoConfig.from_json_file(FULL_UNET_CONFIG)
@@ -70,7 +70,7 @@ def stream_run(frames: int, chunk_size: int | None, size: int, steps: int, looka
     """Stream a synthetic clip through the tiny model; returns seconds and peak RSS."""
     import torch
 
-    from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.engine.pipeline import UpscalePipeline
     from vs_uav.settings import UpscaleSettings
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Benchmark of the scene-cut detector (vs_uav.scenes): how right it is on a labelled set, and
+"""Benchmark of the scene-cut detector (vs_uav.vsfilter.scenes): how right it is on a labelled set, and
 what it costs per frame. Writes a Markdown report to stdout.
 
     .venv/bin/python bench/bench_scenes.py > bench/last-scenes-run.md
@@ -35,7 +35,7 @@ import vapoursynth as vs  # noqa: E402
 
 import cut_set  # noqa: E402
 from clips import ALL  # noqa: E402
-from vs_uav import scenes  # noqa: E402
+from vs_uav.vsfilter import scenes
 
 core = vs.core
 

@@ -7,7 +7,7 @@ each keeps its best. Writes a Markdown section to stdout.
 Figures (official U-Net architecture, random weights: the real cost; one 8-frame window,
 guidance batch 2, ``--size`` latent pixels = low-res pixels, ``--threads`` torch threads):
 - seconds per frame per denoising step for float32 eager (the baseline), bfloat16 eager,
-  bfloat16 + compile, float32 + compile (``vs_uav.acceleration.compile_blocks``), each with its
+  bfloat16 + compile, float32 + compile (``vs_uav.core.acceleration.compile_blocks``), each with its
   first (compiling) call's time and its deviation from float32 eager;
 - the fastest of them against float32 eager;
 - fp8 weights (``enable_fp8_weights``): resident U-Net weight bytes against bfloat16, output
@@ -34,8 +34,8 @@ FRAMES, BATCH = 8, 2
 
 import torch  # noqa: E402
 
-from vs_uav import acceleration  # noqa: E402
-from vs_uav.models.unet_video import UNetVideoConfig, UNetVideoModel  # noqa: E402
+from vs_uav.core import acceleration
+from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
 
 
 def build(config: Path, dtype: torch.dtype, seed: int = 0) -> UNetVideoModel:

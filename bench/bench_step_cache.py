@@ -32,7 +32,7 @@ SCHEDULER = REFERENCE / "public" / "model" / "scheduler" / "scheduler_config.jso
 @torch.no_grad()
 def render(unet, scheduler, inputs: dict, steps: int, interval: int, guidance_scale: float = 6.0) -> torch.Tensor:
     """The pipeline's denoising loop on one window; returns the final latents."""
-    from vs_uav.step_cache import StepCache
+    from vs_uav.core.step_cache import StepCache
 
     cache = StepCache(interval) if interval > 1 else None
     latents = inputs["latents"].clone()
@@ -62,8 +62,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vs_uav.models.unet_video import UNetVideoConfig, UNetVideoModel
-    from vs_uav.scheduling import load_scheduler
+    from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
+    from vs_uav.core.scheduling import load_scheduler
 
     torch.manual_seed(0)
     config = UNetVideoConfig.from_json_file(CONFIG)
@@ -118,7 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 @torch.no_grad()
 def shallow_batch_times(unet, inputs: dict, rounds: int) -> tuple[float, float]:
     """Best seconds of one shallow (cached) U-Net call at batch 2 (guidance) and at batch 1."""
-    from vs_uav.step_cache import DeepFeature
+    from vs_uav.core.step_cache import DeepFeature
 
     x = inputs["latents"].expand(2, -1, -1, -1, -1)
     slot = DeepFeature()

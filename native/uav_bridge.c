@@ -2,14 +2,14 @@
  * uav_bridge: the native half of core.uav.Upscale (vs-uav).
  *
  * Pure Python cannot register a VapourSynth plugin namespace, so this tiny plugin does it
- * and forwards every call to Python. All logic lives in vs_uav.vs_bridge / vs_uav.filter.
+ * and forwards every call to Python. All logic lives in vs_uav.vsfilter.bridge / vs_uav.vsfilter.upscale.
  *
  *   uav.Upscale(clip, ...)    the public filter; its argument string is generated from
  *                             vs_uav.settings (uav_signature.h), so VapourSynth type-checks
  *                             calls and documents them in __signature__.
- *   uav.BridgeRegister(func)  called by vs_uav.vs_bridge: stores the Python implementation
+ *   uav.BridgeRegister(func)  called by vs_uav.vsfilter.bridge: stores the Python implementation
  *                             for this core (a VSFunction reference).
- *   uav.BridgeUnregister()    called by vs_uav.vs_bridge when the environment is destroyed:
+ *   uav.BridgeUnregister()    called by vs_uav.vsfilter.bridge when the environment is destroyed:
  *                             releases that reference so the core can be freed.
  *   uav.Guard(clip)           passes frames through; a frame carrying an _UAVError prop
  *                             becomes a frame error with exactly that text. A Python frame
@@ -17,7 +17,7 @@
  *                             how a failed render is reported in one line.
  *
  * On the first Upscale call in a core nothing is registered yet: the plugin takes the GIL,
- * imports vs_uav.vs_bridge and calls its _register_from_native(), which calls
+ * imports vs_uav.vsfilter.bridge and calls its _register_from_native(), which calls
  * core.uav.BridgeRegister(func=...) on the current core. CPython is looked up at run time
  * (never linked), so the library also loads in hosts without Python and then says so.
  *
@@ -38,7 +38,7 @@
 #include "uav_signature.h" /* UAV_UPSCALE_ARGS, UAV_UPSCALE_RETURN (generated) */
 
 #define NAME "uav.Upscale"
-#define BRIDGE_MODULE "vs_uav.vs_bridge"
+#define BRIDGE_MODULE "vs_uav.vsfilter.bridge"
 #define MSG_MAX 4096
 
 /* -- CPython, looked up at run time ---------------------------------------------------- */

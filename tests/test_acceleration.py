@@ -1,4 +1,4 @@
-"""fp8 weight storage, group offloading and regional compilation (vs_uav.acceleration), on the
+"""fp8 weight storage, group offloading and regional compilation (vs_uav.core.acceleration), on the
 tiny reference U-Net on the CPU, and their wiring through UpscalePipeline.configure."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import MODEL_DIR
-from vs_uav import acceleration
-from vs_uav.models.unet_video import UNetVideoConfig, UNetVideoModel
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.core import acceleration
+from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
 
 UNET = MODEL_DIR / "unet"
@@ -125,7 +125,7 @@ def video(frames: int = 8, size: int = 16) -> torch.Tensor:
 def test_configure_applies_once_and_refuses_going_back(caplog):
     pipe = UpscalePipeline.from_pretrained(MODEL_DIR, dtype="bfloat16", flow="dis")
     settings = UpscaleSettings(weights="fp8", offload=True, steps=2, chunk_size=8, lookahead=0)
-    with caplog.at_level(logging.INFO, logger="vs_uav.pipeline"):
+    with caplog.at_level(logging.INFO, logger="vs_uav.engine.pipeline"):
         pipe.configure(settings)
     assert "offload: no effect on the cpu device" in caplog.text
     unet = pipe.model.unet
@@ -144,7 +144,7 @@ def test_configure_applies_once_and_refuses_going_back(caplog):
 
 def test_filter_engines_differ_by_acceleration():
     pytest.importorskip("vapoursynth")
-    from vs_uav.filter import get_engine
+    from vs_uav.engine.cache import get_engine
 
     plain, _ = get_engine(MODEL_DIR, "3d", "cpu", "bfloat16", "dis")
     fp8, _ = get_engine(MODEL_DIR, "3d", "cpu", "bfloat16", "dis", ("fp8", False, False))

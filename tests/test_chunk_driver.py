@@ -1,4 +1,4 @@
-"""The one chunk driver (vs_uav.streaming.ChunkDriver): cache, fingerprint, segments, seek."""
+"""The one chunk driver (vs_uav.engine.driver.ChunkDriver): cache, fingerprint, segments, seek."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 
 from conftest import MODEL_DIR
 from test_streaming import moving_scene
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.streaming import LATENTS_FILE, STATE_FILE, ChunkDriver, fingerprint
+from vs_uav.engine.state import LATENTS_FILE, STATE_FILE, fingerprint
+from vs_uav.engine.driver import ChunkDriver
 
 KW = dict(prompt="a koala", steps=2, guidance_scale=4.0, noise_level=100, seed=3, chunk_size=8,
           propagation_steps=[1])
@@ -65,7 +66,7 @@ def test_damaged_cache_is_moved_aside_and_recomputed(pipe, video, tmp_path, dama
         victim.write_bytes(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
     else:
         victim.write_bytes(b"")
-    with caplog.at_level("WARNING", logger="vs_uav.streaming"):
+    with caplog.at_level("WARNING", logger="vs_uav.engine.driver"):
         again = _frames(_driver(pipe, video, settings))
     assert torch.equal(again, plain)  # byte-identical to an uncached render
     assert str(victim) in caplog.text and "computed again" in caplog.text

@@ -23,7 +23,7 @@ import pytest
 
 from clips import AIGC, ANIMATION, MOVIE, framemd5, splice
 from conftest import MODEL_DIR
-from vs_uav.cluster import ClusterOptions, count_frames, work_folder
+from vs_uav.app.cluster import ClusterOptions, count_frames, work_folder
 
 # Ray on this machine binds to the loopback interface only and reports nothing (read when Ray is imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -186,10 +186,11 @@ def _ntsc_mkv(path: Path, *vf: str, frames: int = 24) -> Path:
 
 def _cluster_timing(src: Path):
     """What the cluster's timing check says of ``src`` (the start delay, or its ClusterError)."""
-    from vs_uav.cluster import ClusterError, ClusterJob, _start_delay
-    from vs_uav.encoder import EncoderSettings
-    from vs_uav.media import probe
-    from vs_uav.script import output_spec, reading_script
+    from vs_uav.app.cluster import ClusterError, ClusterJob, _start_delay
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.media.probe import probe
+    from vs_uav.media.output import output_spec
+    from vs_uav.media.script import reading_script
     from vs_uav.settings import UpscaleSettings
 
     media = probe(src, reading_script(src, ()))
@@ -221,7 +222,7 @@ def test_a_segment_of_the_filter_gives_the_whole_renders_frames_from_a_cut():
     import numpy as np
     import vapoursynth as vs
 
-    from vs_uav import filter as uav_filter
+    from vs_uav.vsfilter import upscale as uav_filter
 
     core = vs.core
     kw = dict(model=str(MODEL_DIR), steps=2, guidance_scale=4.0, chunk_size=8, propagation_steps=[1], flow="dis")
@@ -265,7 +266,7 @@ def test_options_and_work_folder():
 
 
 def test_the_driver_names_its_own_model_folder_and_cache_for_the_workers(monkeypatch, tmp_path):
-    from vs_uav.cluster import driver_settings
+    from vs_uav.app.cluster import driver_settings
     from vs_uav.settings import UpscaleSettings
 
     monkeypatch.chdir(tmp_path)
@@ -276,7 +277,7 @@ def test_the_driver_names_its_own_model_folder_and_cache_for_the_workers(monkeyp
 
 
 def test_doctor_says_whether_ray_is_installed(monkeypatch):
-    from vs_uav.doctor import FIXES, check_cluster
+    from vs_uav.app.doctor import FIXES, check_cluster
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     check = check_cluster()
@@ -287,7 +288,7 @@ def test_doctor_says_whether_ray_is_installed(monkeypatch):
         check.detail
     blocked = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
                "        if name.split('.')[0] == 'ray':\n            raise ModuleNotFoundError(name)\n"
-               "sys.meta_path.insert(0, Blocked())\nfrom vs_uav.doctor import check_cluster\n"
+               "sys.meta_path.insert(0, Blocked())\nfrom vs_uav.app.doctor import check_cluster\n"
                "print(check_cluster().line())\n")
     r = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == ("[warn] cluster: Ray is not installed: uav upscale --cluster is unavailable -> "
@@ -298,7 +299,7 @@ def test_doctor_says_whether_ray_address_answers(monkeypatch):
     """A real listening socket on 127.0.0.1 answers; the same port closed does not."""
     import socket as sockets
 
-    from vs_uav.doctor import check_cluster
+    from vs_uav.app.doctor import check_cluster
 
     server = sockets.socket()
     server.bind(("127.0.0.1", 0))
@@ -322,7 +323,7 @@ def test_doctor_says_whether_ray_address_answers(monkeypatch):
 
 
 def test_a_bare_cluster_option_means_ray_address_else_local(monkeypatch):
-    from vs_uav.cli import _cluster_options, build_parser
+    from vs_uav.app.cli import _cluster_options, build_parser
 
     def options(*extra: str):
         return _cluster_options(build_parser().parse_args(["upscale", "in.mkv", *extra]))
@@ -340,9 +341,9 @@ def test_a_bare_cluster_option_means_ray_address_else_local(monkeypatch):
 def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_path, ray_env):
     """The command the preset editor shows for "Render on: a local Ray instance" (the reference
     is the one-machine render of the same settings)."""
-    from vs_uav.cli import upscale_command
-    from vs_uav.encoder import EncoderSettings
-    from vs_uav.presets import Preset
+    from vs_uav.app.cli import upscale_command
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.app.presets import Preset
     from vs_uav.settings import UpscaleSettings
 
     out = tmp_path / "cluster.mkv"

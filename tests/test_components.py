@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import ATOL, MODEL_DIR, case_names, load_case, max_abs_err
-from vs_uav.color import adain, color_fix, wavelet
-from vs_uav.propagation import propagate
-from vs_uav.scheduling import SchedulerConfig, load_low_res_scheduler, load_scheduler
+from vs_uav.core.color import adain, color_fix, wavelet
+from vs_uav.core.propagation import propagate
+from vs_uav.core.scheduling import SchedulerConfig, load_low_res_scheduler, load_scheduler
 
 
 @pytest.mark.parametrize("name", case_names("ddim"))
@@ -78,7 +78,7 @@ def test_color_fix(name):
 
 @pytest.mark.parametrize("name", case_names("text_encode"))
 def test_prompt_encoding(name):
-    from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.engine.pipeline import UpscalePipeline
 
     meta, t = load_case(name)
     p = meta["params"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import MODEL_DIR
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.streaming import ChunkDriver
+from vs_uav.engine.driver import ChunkDriver
 
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -147,7 +147,8 @@ def test_filter_on_cuda():
     import numpy as np
     from test_filter import KW as FILTER_KW, _video, frames_of, source
 
-    from vs_uav.filter import get_engine, upscale
+    from vs_uav.engine.cache import get_engine
+    from vs_uav.vsfilter.upscale import upscale
 
     clip = source()
     out = frames_of(upscale(clip, **{**FILTER_KW, "device": "cuda"}), range(clip.num_frames))

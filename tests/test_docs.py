@@ -8,16 +8,16 @@ import shlex
 import pytest
 
 from conftest import REPO
-from vs_uav import cli, docs
-from vs_uav.doctor import FIXES
-from vs_uav.encoder import ENCODER_SETTINGS
+from vs_uav.app import cli, docs
+from vs_uav.app.doctor import FIXES
+from vs_uav.media.encoder import ENCODER_SETTINGS
 from vs_uav.settings import SETTINGS
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
 def test_generated_sections_are_up_to_date():
-    assert docs.render(README) == README, "run: .venv/bin/python -m vs_uav.docs --write"
+    assert docs.render(README) == README, "run: .venv/bin/python -m vs_uav.app.docs --write"
     assert docs.main(["--check"]) == 0
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_DIR, REPO, copy_model
-from vs_uav import weights
-from vs_uav.doctor import FIXES
+from vs_uav.weights.verify import verify as weights
+from vs_uav.app.doctor import FIXES
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_wrong_or_damaged_model_folder(manifests, tmp_path):
                                      "weights ("), lines["model"]
     # It loads (its weights fit its configs): a finetune or another model, not a damaged download.
     assert lines["model"].endswith(" -> a finetune or a model of another size: verify it against its own manifests, "
-                                   "`uav doctor --manifests DIR` (vs_uav.weights.write_manifests makes them); if it "
+                                   "`uav doctor --manifests DIR` (vs_uav.weights.verify.write_manifests makes them); if it "
                                    "should be the official model, `uav download --force`"), lines["model"]
     assert "delete it" not in lines["model"]
 
@@ -102,7 +102,7 @@ def _official_layout_copy(tmp_path) -> Path:
 
 
 def test_a_damaged_file_is_told_to_download_again_whatever_the_manifests(tmp_path):
-    from vs_uav.doctor import check_model
+    from vs_uav.app.doctor import check_model
 
     folder = _official_layout_copy(tmp_path)
     vae = folder / "vae" / "vae_3d.bin"
@@ -116,7 +116,7 @@ def test_a_damaged_file_is_told_to_download_again_whatever_the_manifests(tmp_pat
 def test_weights_that_do_not_fit_their_config_fail(tmp_path):
     import json
 
-    from vs_uav.doctor import check_model
+    from vs_uav.app.doctor import check_model
 
     folder = _official_layout_copy(tmp_path)
     config = folder / "unet" / "unet_video_config.json"
@@ -130,7 +130,7 @@ def test_weights_that_do_not_fit_their_config_fail(tmp_path):
 
 
 def test_an_interrupted_download_is_pointed_out(tmp_path):
-    from vs_uav.doctor import check_model
+    from vs_uav.app.doctor import check_model
 
     dest = tmp_path / "uav"
     staging = weights.staging_dir(dest)
@@ -152,7 +152,7 @@ class Blocked:
         return None
 
 sys.meta_path.insert(0, Blocked())
-from vs_uav.cli import main
+from vs_uav.app.cli import main
 sys.exit(main(["doctor", "--model", sys.argv[1]]))
 """
 
@@ -207,7 +207,7 @@ def _shared_library(folder: Path, name: str, links: tuple[str, ...] = ()) -> Pat
 
 
 def test_qt_check_finds_the_missing_libraries_of_a_plugin(tmp_path):
-    from vs_uav.doctor import QT_XCB_PACKAGES, check_qt
+    from vs_uav.app.doctor import QT_XCB_PACKAGES, check_qt
 
     dependency = _shared_library(tmp_path, "libuavtest-missing.so.0")
     plugin = _shared_library(tmp_path, "libqxcb.so", ("libuavtest-missing.so.0", "libm.so.6"))
@@ -221,7 +221,7 @@ def test_qt_check_finds_the_missing_libraries_of_a_plugin(tmp_path):
 
 
 def test_qt_check_ok_when_every_library_is_found(tmp_path):
-    from vs_uav.doctor import check_qt
+    from vs_uav.app.doctor import check_qt
 
     plugin = _shared_library(tmp_path, "libqxcb.so", ("libm.so.6",))
     assert check_qt(plugin).line() == f"[ ok ] qt: every library of the xcb platform plugin is present ({plugin})"
@@ -231,7 +231,7 @@ def test_qt_check_ok_when_every_library_is_found(tmp_path):
 def test_qt_check_of_this_installation():
     """The real plugin of the installed PySide6: present, and whatever this machine lacks has a
     package in the table (so the fix names it)."""
-    from vs_uav.doctor import QT_APT_GET, QT_XCB_PACKAGES, check_qt, xcb_plugin
+    from vs_uav.app.doctor import QT_APT_GET, QT_XCB_PACKAGES, check_qt, xcb_plugin
 
     plugin = xcb_plugin()
     assert plugin is not None and plugin.is_file()
@@ -251,7 +251,7 @@ class Blocked:
         return None
 
 sys.meta_path.insert(0, Blocked())
-from vs_uav.doctor import check_qt
+from vs_uav.app.doctor import check_qt
 print(check_qt().line())
 """
 
@@ -266,7 +266,7 @@ def test_the_readme_lists_the_qt_packages():
     """The Preset editor section's apt-get line installs every package of the qt check's table."""
     import re
 
-    from vs_uav.doctor import QT_APT_GET
+    from vs_uav.app.doctor import QT_APT_GET
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Preset editor"):readme.index("## Parameters")]

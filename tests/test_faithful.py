@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_DIR
-from vs_uav.encoder import EncoderSettings, encoder_name, encodes
-from vs_uav.media import MediaInfo, VideoFormat
-from vs_uav.presets import Preset
-from vs_uav.script import plan
+from vs_uav.media.encoder import EncoderSettings, encoder_name, encodes
+from vs_uav.media.probe import MediaInfo, VideoFormat
+from vs_uav.app.presets import Preset
+from vs_uav.app.plan import plan
 
 BIN = Path(sys.executable).parent
 UAV = str(BIN / "uav")
@@ -231,8 +231,8 @@ def test_the_filter_refuses_bottom_field_first_frames_in_process():
 
 
 def test_timing_is_read_from_every_frame(sources):
-    from vs_uav.media import probe
-    from vs_uav.script import reading_script
+    from vs_uav.media.probe import probe
+    from vs_uav.media.script import reading_script
 
     def info(name):
         return probe(sources[name], reading_script(sources[name]))
@@ -333,7 +333,7 @@ def test_thousands_of_irregular_timestamps_come_back_exactly(tmp_path):
     # A phone's variable frame rate: every gap differs a little; the filter graph goes to a file.
     import random
 
-    from vs_uav.script import ffmpeg_options, needs_filter_file, output_spec, video_filter
+    from vs_uav.media.output import ffmpeg_options, needs_filter_file, output_spec, video_filter
 
     rng, times, t = random.Random(7), [], 0
     for _ in range(3000):

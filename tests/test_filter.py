@@ -11,7 +11,7 @@ import torch
 import vapoursynth as vs
 
 from conftest import MODEL_DIR, copy_model
-from vs_uav.filter import upscale
+from vs_uav.vsfilter.upscale import upscale
 
 core = vs.core
 KW = dict(model=str(MODEL_DIR), prompt="a koala", steps=2, guidance_scale=4.0, chunk_size=8, propagation_steps=[1],
@@ -62,7 +62,7 @@ def test_same_frames_in_any_order_and_from_many_threads():
 
 
 def test_matches_the_pipeline_exactly():
-    from vs_uav.filter import get_engine
+    from vs_uav.engine.cache import get_engine
     from vs_uav.settings import UpscaleSettings
 
     clip = source()
@@ -91,7 +91,7 @@ def _video(clip: vs.VideoNode) -> torch.Tensor:
 
 
 def test_scene_change_starts_fresh():
-    from vs_uav.filter import get_engine
+    from vs_uav.engine.cache import get_engine
     from vs_uav.settings import UpscaleSettings
 
     clip = source()
@@ -158,7 +158,7 @@ def test_core_uav_upscale_is_the_same_function():
 
 
 def test_a_model_crash_is_reported_for_the_frames_it_affects(monkeypatch):
-    from vs_uav.filter import get_engine
+    from vs_uav.engine.cache import get_engine
 
     engine, _ = get_engine(MODEL_DIR, "3d", "cpu", "float32", "dis")
     real = engine.upscale_chunk
@@ -210,7 +210,7 @@ def _model_copy(tmp_path):
 
 
 def test_bad_input_still_fails_at_creation_without_loading(tmp_path):
-    from vs_uav import filter as uav_filter
+    from vs_uav.engine.cache import ENGINES
 
     folder = _model_copy(tmp_path)
     (folder / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": "many"}')
@@ -221,16 +221,16 @@ def test_bad_input_still_fails_at_creation_without_loading(tmp_path):
         upscale(source(4), **{**KW, "model": str(good), "steps": 1000})
     with pytest.raises(vs.Error, match=r"^uav.Upscale: cache_dir='/proc/uav'"):
         upscale(source(4), **{**KW, "model": str(good), "cache_dir": "/proc/uav"})
-    assert not [k for k in uav_filter._ENGINES if k[0] in (str(folder.resolve()), str(good.resolve()))]
+    assert not [k for k in ENGINES.keys() if k.model_dir in (str(folder.resolve()), str(good.resolve()))]
 
 
 def test_weights_load_on_the_first_frame_request_and_their_errors_are_frame_errors(tmp_path):
     # (Every other test here renders through the deferred load, test_same_frames_... from 8 threads.)
-    from vs_uav import filter as uav_filter
+    from vs_uav.engine.cache import ENGINES
 
     folder = _model_copy(tmp_path)
     out = upscale(source(4), **{**KW, "model": str(folder)})
-    assert not [k for k in uav_filter._ENGINES if k[0] == str(folder.resolve())]
+    assert not [k for k in ENGINES.keys() if k.model_dir == str(folder.resolve())]
     weights = folder / "unet" / "unet_video.bin"
     weights.chmod(0o644)
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated after the filter was made

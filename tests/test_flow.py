@@ -15,18 +15,10 @@ import pytest
 import torch
 
 from conftest import MANIFESTS
-from vs_uav.flow import (
-    DisFlow,
-    RaftFlow,
-    default_method,
-    estimate_flows,
-    flow_between,
-    flow_estimator,
-    load_raft,
-    resize_flow,
-)
-from vs_uav.model_folder import ModelLoadError
-from vs_uav.models.raft import RAFT
+from vs_uav.core.flow import DisFlow, RaftFlow, estimate_flows, flow_between, flow_estimator, resize_flow
+from vs_uav.weights.folder import default_method, load_raft
+from vs_uav.weights.folder import ModelLoadError
+from vs_uav.core.models.raft import RAFT
 
 SHIFT = (1.5, -0.75)  # (x, y) pixels per frame
 

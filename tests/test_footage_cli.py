@@ -12,7 +12,8 @@ import pytest
 
 from conftest import MODEL_DIR
 from test_render import UAV, env
-from vs_uav import __version__, cli
+from vs_uav import __version__
+from vs_uav.app import cli
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from PySide6.QtGui import QGuiApplication  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLabel  # noqa: E402
 
 from conftest import MODEL_DIR  # noqa: E402
-from vs_uav import presets  # noqa: E402
-from vs_uav.encoder import ENCODER_SETTINGS  # noqa: E402
-from vs_uav.settings import SETTINGS  # noqa: E402
-from vs_uav_gui.preview import PIPELINES  # noqa: E402
+from vs_uav.app import presets
+from vs_uav.media.encoder import ENCODER_SETTINGS
+from vs_uav.settings import SETTINGS
+from vs_uav.engine.cache import ENGINES  # noqa: E402
 from vs_uav_gui.window import PresetEditor  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
@@ -262,12 +262,12 @@ def test_preview_shows_the_crop_before_and_after(previewing, qtbot):
     shrunk = panel.result.before.astype(float).reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))
     assert np.abs(shrunk - source).mean() < 6
     # A crop at the corner is kept inside the frame; the loaded pipeline is reused.
-    loads = PIPELINES.loads
+    loads = ENGINES.loads
     panel.x_spin.setValue(0)
     panel.y_spin.setValue(0)
     panel.run_button.click()
     qtbot.waitUntil(lambda: _finished(panel), timeout=120_000)
-    assert panel.result.box == (0, 0, 32, 32) and PIPELINES.loads == loads
+    assert panel.result.box == (0, 0, 32, 32) and ENGINES.loads == loads
 
 
 def test_cancel_and_a_newer_preview_stop_a_running_one(previewing, qtbot):
@@ -355,7 +355,7 @@ def test_an_unreadable_source_is_refused_at_once_and_a_long_error_is_readable(pr
 def test_render_on_ray_shows_the_equivalent_uav_command(window, qtbot):
     import shlex
 
-    from vs_uav.cli import _resolve, build_parser
+    from vs_uav.app.cli import _resolve, build_parser
 
     window.set_source(ANIMATION)
     window.select_preset("old-film")
@@ -396,10 +396,10 @@ def test_the_uav_command_reproduces_every_preset_exactly(window):
     command's options give back the form's settings."""
     import shlex
 
-    from vs_uav.cli import _resolve, build_parser, upscale_command
-    from vs_uav.cluster import ClusterOptions
-    from vs_uav.encoder import EncoderSettings
-    from vs_uav.presets import Preset
+    from vs_uav.app.cli import _resolve, build_parser, upscale_command
+    from vs_uav.app.cluster import ClusterOptions
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.app.presets import Preset
     from vs_uav.settings import UpscaleSettings
 
     odd = Preset("odd", UpscaleSettings(prompt="-a prompt, 'quoted'", steps=7, propagation_steps=[], seed=2**40,

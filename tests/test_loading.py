@@ -1,5 +1,5 @@
 """Loading the official model folder through the public API (``UpscalePipeline.from_pretrained``
-over :mod:`vs_uav.model_folder`), refusing damaged copies, and the module's import hygiene."""
+over :mod:`vs_uav.weights.folder`), refusing damaged copies, and the module's import hygiene."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import MANIFESTS, MODEL_DIR, REPO, copy_model
-from vs_uav.model_folder import LAYOUT, ModelLoadError, check_folder
-from vs_uav.pipeline import UpscaleAVideoModel, UpscalePipeline
+from vs_uav.weights.folder import LAYOUT, ModelLoadError, check_folder
+from vs_uav.engine.pipeline import UpscaleAVideoModel, UpscalePipeline
 
 
 def load_model(folder: Path, vae: str = "3d") -> UpscaleAVideoModel:
@@ -115,7 +115,7 @@ def test_bad_vae_choice():
 
 
 def test_the_folder_is_checked_once_per_load(monkeypatch):
-    from vs_uav import pipeline
+    from vs_uav.engine import pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "check_folder", lambda *a: calls.append(a) or check_folder(*a))
@@ -161,56 +161,20 @@ def test_model_folder_needs_neither_torch_nor_vapoursynth():
     """`uav doctor` and `uav download` read the layout where torch or VapourSynth are broken."""
     r = _fresh_python(
         "import sys\n"
-        "import vs_uav.model_folder, vs_uav.weights, vs_uav.doctor\n"
+        "import vs_uav.weights.folder, vs_uav.weights.verify, vs_uav.app.doctor\n"
         "heavy = sorted(m for m in ('torch', 'vapoursynth', 'transformers') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     assert r.returncode == 0, r.stderr
 
 
-def _import_graph() -> dict[str, set[str]]:
-    """vs_uav module -> the vs_uav modules it imports, at import time or inside functions
-    (imports under ``if TYPE_CHECKING:`` do not run and are left out)."""
-    package = REPO / "vs_uav"
-    files = {("vs_uav." + ".".join(p.relative_to(package).with_suffix("").parts)).removesuffix(".__init__"): p
-             for p in package.rglob("*.py")}
-    graph = {}
-    for name, path in files.items():
-        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and ast.unparse(node.test).endswith("TYPE_CHECKING") for n in ast.walk(node)}
-        deps = set()
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.ImportFrom):
-                target = ".".join(base[:len(base) - node.level + 1] + [node.module or ""]).strip(".") \
-                    if node.level else node.module or ""
-                deps |= {target, *(f"{target}.{a.name}" for a in node.names)}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-        graph[name] = {d for d in deps if d in files and d != name}
-    return graph
+def test_every_module_imports_on_its_own():
+    """Every vs_uav module imports by itself in a fresh interpreter (the import graph itself,
+    layers and cycles, is tests/test_layers.py's)."""
+    from test_layers import import_graph
 
-
-def test_no_import_cycles():
-    """No vs_uav module reaches itself through imports (lazy ones included), the model code
-    imports only model code, and every module imports on its own in a fresh interpreter."""
-    graph = _import_graph()
-    assert {"vs_uav.model_folder", "vs_uav.models.raft", "vs_uav.models.text_encoder"} <= graph.keys()
-    for start in graph:
-        seen, todo = set(), list(graph[start])
-        while todo:
-            m = todo.pop()
-            assert m != start, f"{start} imports itself through {sorted(seen)}"
-            if m not in seen:
-                seen.add(m)
-                todo += graph[m]
-    for name, deps in graph.items():
-        if name.startswith("vs_uav.models."):
-            assert all(d.startswith("vs_uav.models") for d in deps), (name, deps)
-    modules = sorted(m for m in graph if m != "vs_uav.__main__")
+    modules = sorted(m for m in import_graph() if m.startswith("vs_uav") and m != "vs_uav.__main__")
+    assert len(modules) > 40
     r = _fresh_python(
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import ATOL, MODEL_DIR, REPO
-from vs_uav.memory import GIB, MIN_TILE, MemoryPlan, plan_memory, smaller_plan
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.core.memory import GIB, MIN_TILE, MemoryPlan, plan_memory, smaller_plan
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.tiling import temporal_windows
+from vs_uav.core.tiling import temporal_windows
 
 MIB = 1 << 20
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -114,7 +114,7 @@ def test_a_budget_that_tiles_renders_the_same_frames_as_that_explicit_tile(pipe,
     with pytest.raises(ValueError, match=r"^max_memory=0\.001 is too small for 64x64 latents") as e:
         pipe(video, max_memory=0.001, **kw)
     least = float(re.search(r"max_memory >= ([0-9.]+)", str(e.value)).group(1))
-    caplog.set_level(logging.INFO, logger="vs_uav.pipeline")
+    caplog.set_level(logging.INFO, logger="vs_uav.engine.pipeline")
     budgeted = pipe(video, max_memory=least, **kw)  # two chunks
     plan = pipe.memory_plan(64, 64, UpscaleSettings(max_memory=least, **kw))
     assert 0 < plan.tile < 64 and plan.windows == 1
@@ -133,7 +133,7 @@ _LIMITED_RENDER = textwrap.dedent("""
     import logging, resource, sys, torch
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
-    from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.engine.pipeline import UpscalePipeline
     from vs_uav.settings import UpscaleSettings
     pipe = UpscalePipeline.from_pretrained(sys.argv[1])
     g = torch.Generator().manual_seed(0)
@@ -195,7 +195,7 @@ def test_cuda_out_of_memory_is_retried_with_smaller_tiles(caplog):
     pipe = UpscalePipeline.from_pretrained(MODEL_DIR, device="cuda", dtype="float32")
     video = clip(8, 256, 256)
     settings = UpscaleSettings(steps=1, chunk_size=8, lookahead=0)
-    caplog.set_level(logging.INFO, logger="vs_uav.pipeline")
+    caplog.set_level(logging.INFO, logger="vs_uav.engine.pipeline")
     torch.cuda.empty_cache()
     # The allocator may hold 1 GiB more than the weights: untiled, the U-Net needs ~3 GiB. The
     # plan (max_memory=0) reads the free memory, which knows nothing of the fraction.

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import ATOL, MODEL_DIR, case_names, load_case, max_abs_err
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.tiling import decode_groups, temporal_windows
+from vs_uav.core.tiling import decode_groups, temporal_windows
 
 _VAE = {"vae_3d": "3d", "vae_video": "video"}
 

@@ -17,8 +17,8 @@ import vapoursynth as vs
 
 from conftest import MODEL_DIR
 from test_render import ANIMATION, UAV, VSPIPE, env, vpy
-from vs_uav.encoder import BITS_PER_PIXEL, CODECS, EncoderSettings
-from vs_uav.preflight import SourceInfo, estimate_output_bytes, probe_source
+from vs_uav.media.encoder import BITS_PER_PIXEL, CODECS, EncoderSettings
+from vs_uav.media.preflight import SourceInfo, estimate_output_bytes, probe_source
 
 ROOT = os.geteuid() == 0  # root writes into read-only folders: only a path under a file stops it
 

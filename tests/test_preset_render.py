@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_DIR
-from vs_uav import presets
-from vs_uav.script import default_output, plan
+from vs_uav.app import presets
+from vs_uav.app.plan import default_output, plan
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vs_uav import cli, presets
-from vs_uav.encoder import EncoderSettings
-from vs_uav.presets import Preset, PresetError
+from vs_uav.app import cli, presets
+from vs_uav.media.encoder import EncoderSettings
+from vs_uav.app.presets import Preset, PresetError
 from vs_uav.settings import UpscaleSettings
 
 SHIPPED = ["ai-generated", "animation", "archival-lossless", "fast-preview", "old-film"]
@@ -149,7 +149,7 @@ def test_uav_script_reports_a_bad_preset_in_one_line(tmp_path, capsys):
 
 
 def test_gui_presets_and_scripts_do_not_import_torch():
-    code = ("import sys, vs_uav.presets, vs_uav.script, vs_uav.cli, vs_uav_gui, vs_uav_gui.window; "
+    code = ("import sys, vs_uav.app.presets, vs_uav.media.script, vs_uav.app.cli, vs_uav_gui, vs_uav_gui.window; "
             "from vs_uav_gui.window import probe_video; probe_video(__import__('pathlib').Path("
             f"{str(Path(__file__).resolve().parent.parent.parent / 'shared' / 'videos' / 'aigc_1.mp4')!r})); "
             "sys.exit('torch' in sys.modules)")

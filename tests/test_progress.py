@@ -11,8 +11,8 @@ import pytest
 
 from conftest import MODEL_DIR
 from test_render import UAV, env
-from vs_uav.render import STEP_PROGRESS, ProgressClock, RenderJob, render, steps_left
-from vs_uav.streaming import CACHED_CHUNK
+from vs_uav.media.render import ProgressClock, RenderJob, render, steps_left
+from vs_uav.engine.driver import CACHED_CHUNK, STEP_PROGRESS
 
 
 class Clock:

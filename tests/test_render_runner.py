@@ -1,4 +1,4 @@
-"""vs_uav.render, the one vspipe | ffmpeg runner, with the real vspipe and ffmpeg on tiny
+"""vs_uav.media.render, the one vspipe | ffmpeg runner, with the real vspipe and ffmpeg on tiny
 BlankClip scripts (no model): the partial file renamed only on success, one-line errors,
 progress, logs, timeout, cancel and segments."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vs_uav.render import RenderError, RenderJob, render
+from vs_uav.media.render import RenderError, RenderJob, render
 
 FFV1 = ("-i", "-", "-c:v", "ffv1")
 

@@ -1,4 +1,4 @@
-"""Scene cuts (vs_uav.scenes): found where real shots were spliced together and nowhere inside a
+"""Scene cuts (vs_uav.vsfilter.scenes): found where real shots were spliced together and nowhere inside a
 continuous shot or at a new drawing of limited animation (the labelled set, tests/cut_set.py);
 cut files; the generated script marks them by default, on one frame too; the cluster's segment
 plan (pure functions)."""
@@ -16,11 +16,11 @@ import vapoursynth as vs
 import cut_set
 from clips import AIGC, ALL, ANIMATION, MOVIE, splice
 from conftest import MODEL_DIR, REPO
-from vs_uav import scenes
-from vs_uav.encoder import EncoderSettings
-from vs_uav.presets import Preset
-from vs_uav.scenes import SceneError, Segment, plan_segments
-from vs_uav.script import plan
+from vs_uav.vsfilter import scenes
+from vs_uav.media.encoder import EncoderSettings
+from vs_uav.app.presets import Preset
+from vs_uav.vsfilter.scenes import SceneError, Segment, plan_segments
+from vs_uav.app.plan import plan
 from vs_uav.settings import UpscaleSettings
 
 core = vs.core
@@ -164,7 +164,7 @@ def test_generated_scripts_mark_cuts_by_default(spliced, tmp_path):
     for option, want in expected.items():
         encoder = EncoderSettings(scene_cuts=option)
         script = plan(Preset("t", encoder=encoder), path, tmp_path / "t.vpy", probe=False).script
-        assert ("vs_uav.scenes.mark_cuts(clip" in script) == (option != "none")
+        assert ("vs_uav.mark_cuts(clip" in script) == (option != "none")
         # The script's lines up to the filter, evaluated as vspipe would: the props it hands uav.Upscale.
         head = script.split("clip = core.uav.Upscale(")[0]
         namespace: dict = {"__name__": "__vapoursynth__"}
@@ -178,7 +178,7 @@ def test_generated_scripts_mark_cuts_by_default(spliced, tmp_path):
 
 
 def test_presets_hold_the_scene_options(tmp_path, monkeypatch):
-    from vs_uav import presets
+    from vs_uav.app import presets
 
     monkeypatch.setenv("UAV_CONFIG_DIR", str(tmp_path))
     path = tmp_path / "mine.toml"

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from vs_uav import presets
-from vs_uav.encoder import EncoderSettings
-from vs_uav.media import MediaInfo, VideoFormat
-from vs_uav.presets import Preset
-from vs_uav.script import path_arg, plan
+from vs_uav.app import presets
+from vs_uav.media.encoder import EncoderSettings
+from vs_uav.media.probe import MediaInfo, VideoFormat
+from vs_uav.app.presets import Preset
+from vs_uav.media.output import path_arg
+from vs_uav.app.plan import plan
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("UAV_UPDATE_GOLDEN") == "1"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vs_uav import selftest
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.app import selftest
+from vs_uav.engine.pipeline import UpscalePipeline
 
 REPO = Path(__file__).resolve().parent.parent
 

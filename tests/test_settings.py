@@ -73,9 +73,9 @@ def test_settings_do_not_import_torch():
 
 def test_choices_are_the_implementations_choices():
     """The settings model lists exactly what the code behind each choice implements."""
-    from vs_uav.color import COLOR_FIX_CHOICES
-    from vs_uav.flow import METHODS
-    from vs_uav.model_folder import VAE_CHOICES
+    from vs_uav.core.color import COLOR_FIX_CHOICES
+    from vs_uav.core.flow import METHODS
+    from vs_uav.weights.folder import VAE_CHOICES
     from vs_uav.settings import SETTINGS_BY_NAME
 
     assert SETTINGS_BY_NAME["vae"].choices == VAE_CHOICES
@@ -112,7 +112,7 @@ def test_values_from_the_plugin_are_turned_back_into_what_was_written(name, sent
 @pytest.mark.parametrize("command", ["script", "upscale"])
 def test_cli_options_are_refused_in_one_line_naming_option_value_and_accepted(tmp_path, capsys, argv, message,
                                                                               command):
-    from vs_uav.cli import main
+    from vs_uav.app.cli import main
 
     script, source = tmp_path / "x.vpy", tmp_path / "in.mp4"
     source.write_bytes(b"")  # refused before it is read
@@ -127,7 +127,7 @@ def test_cli_options_are_refused_in_one_line_naming_option_value_and_accepted(tm
 
 
 def test_cli_options_parse_what_they_show(tmp_path):
-    from vs_uav.cli import main
+    from vs_uav.app.cli import main
 
     script = tmp_path / "x.vpy"
     assert main(["script", str(tmp_path / "in.mp4"), "--script", str(script), "--steps", "20", "--propagation-steps",
@@ -146,7 +146,7 @@ def test_cli_options_parse_what_they_show(tmp_path):
 @pytest.fixture(scope="module")
 def prompt_encoder():
     from conftest import MODEL_DIR
-    from vs_uav.pipeline import UpscalePipeline
+    from vs_uav.engine.pipeline import UpscalePipeline
 
     return UpscalePipeline.from_pretrained(MODEL_DIR).model.prompt_encoder
 
@@ -186,7 +186,7 @@ def test_a_long_prompt_loses_the_end_of_its_caption_never_the_suffix(prompt_enco
     assert model_ids[1:len(ids) + 1] == ids and model_ids[len(ids) + 1] == enc.tokenizer.eos_token_id
     # One short warning with the count, not the prompt; said once however many chunks encode it.
     caplog.clear()
-    with caplog.at_level("WARNING", logger="vs_uav.models.text_encoder"):
+    with caplog.at_level("WARNING", logger="vs_uav.core.models.text_encoder"):
         for _ in range(3):
             enc.encode(settings.prompt, settings.negative_prompt, suffix=settings.prompt_suffix, join=settings.join_prompt)
     assert [r.getMessage() for r in caplog.records] == [

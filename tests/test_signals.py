@@ -15,7 +15,7 @@ import pytest
 
 from conftest import MODEL_DIR
 from test_render import UAV, env
-from vs_uav.cluster import count_frames
+from vs_uav.app.cluster import count_frames
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Step caching (``cache_interval``, vs_uav.step_cache): the shallow/deep split of the real
+"""Step caching (``cache_interval``, vs_uav.core.step_cache): the shallow/deep split of the real
 U-Net on the tiny reference model, the schedule of full steps, tiles, guidance, the filter."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 import vapoursynth as vs
 
 from conftest import MODEL_DIR
-from vs_uav.pipeline import UpscalePipeline
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.step_cache import DeepFeature, StepCache
-from vs_uav.tiling import spatial_tiles
+from vs_uav.core.step_cache import DeepFeature, StepCache
+from vs_uav.core.tiling import spatial_tiles
 
 KW = dict(prompt="a koala", steps=4, noise_level=100, seed=3)
 # Mean |latent| is ~0.9 here. With guidance 6 and only 4 steps (large jumps between steps) the

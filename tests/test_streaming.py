@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import MODEL_DIR
-from vs_uav.pipeline import UpscalePipeline, seeded_noise
+from vs_uav.engine.pipeline import UpscalePipeline, seeded_noise
 from vs_uav.settings import UpscaleSettings
-from vs_uav.streaming import ChunkState
+from vs_uav.engine.state import ChunkState
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_tiles_blend_without_seams(pipe):
     kw = dict(KW, steps=2)
     tiled = pipe(scene, tile_size=32, tile_overlap=16, **kw).frames[0, :, 0]
     whole = pipe(scene, **kw).frames[0, :, 0]
-    from vs_uav.tiling import spatial_tiles
+    from vs_uav.core.tiling import spatial_tiles
 
     tiles = spatial_tiles(64, 32, 16)
     assert len(tiles) == 3

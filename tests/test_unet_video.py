@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ATOL, CONFIGS, MANIFESTS, MODEL_DIR, load_case, max_abs_err
-from vs_uav.models.unet_video import UNetVideoConfig, UNetVideoModel
+from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
 
 TINY_CONFIG = MODEL_DIR / "unet" / "unet_video_config.json"
 TINY_WEIGHTS = MODEL_DIR / "unet" / "unet_video.bin"

@@ -1,4 +1,4 @@
-"""The native uav plugin (native/uav_bridge.c) and its Python side (vs_uav.vs_bridge), on real
+"""The native uav plugin (native/uav_bridge.c) and its Python side (vs_uav.vsfilter.bridge), on real
 VapourSynth: autoload, signature, type checks, argument passing, errors, vspipe, several cores.
 
 The implementation behind uav.Upscale is tests/bridge_impl.py, selected with $UAV_BRIDGE_IMPL.
@@ -212,7 +212,7 @@ def test_registration_replaces_and_releases_the_python_function(impl):
         assert released == ["raise", "pass"]
     finally:
         core.uav.BridgeUnregister()
-    # Unregistered: the next call registers vs_uav.vs_bridge again by itself.
+    # Unregistered: the next call registers vs_uav.vsfilter.bridge again by itself.
     assert core.uav.Upscale(blank()).width == 32 and len(impl) == 1
 
 

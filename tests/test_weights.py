@@ -13,12 +13,16 @@ import pytest
 import torch
 
 from conftest import MANIFESTS, MODEL_DIR, copy_model
-from vs_uav import cli, weights
-from vs_uav.model_folder import find_weights, read_state_dict
-from vs_uav.pipeline import UpscalePipeline
-from vs_uav.weights import WeightsError
+import vs_uav.weights.download as download_module
+from vs_uav.app import cli
+from vs_uav.weights.convert import convert
+from vs_uav.weights.download import download, downloads_dir, estimated_bytes, staging_dir
+from vs_uav.weights.folder import LAYOUT, find_weights, read_state_dict
+from vs_uav.weights.verify import MANIFEST_FILES, load_manifests, parts_wanted, verify_folder, write_manifests
+from vs_uav.engine.pipeline import UpscalePipeline
+from vs_uav.weights.verify import WeightsError
 
-PARTS = weights.parts_wanted(raft=False)  # the tiny model has no propagator/
+PARTS = parts_wanted(raft=False)  # the tiny model has no propagator/
 
 
 def load_model(folder: Path, vae: str = "3d"):
@@ -28,7 +32,7 @@ def load_model(folder: Path, vae: str = "3d"):
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> dict:
-    return weights.load_manifests(weights.write_manifests(MODEL_DIR, tmp_path_factory.mktemp("manifests")))
+    return load_manifests(write_manifests(MODEL_DIR, tmp_path_factory.mktemp("manifests")))
 
 
 @pytest.fixture
@@ -42,22 +46,22 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_shipped_manifests_are_the_reference_ones():
-    shipped = weights.load_manifests()
-    assert set(shipped) == set(weights.MANIFEST_FILES)
-    for part, name in weights.MANIFEST_FILES.items():
+    shipped = load_manifests()
+    assert set(shipped) == set(MANIFEST_FILES)
+    for part, name in MANIFEST_FILES.items():
         ref = json.loads((MANIFESTS / name).read_text())
         assert shipped[part].to_json() == {"parameters": ref["parameters"], "keys": ref["keys"]}
 
 
 def test_download_from_a_folder_verifies_and_is_safe_to_rerun(source, manifests, tmp_path):
     dest = tmp_path / "models" / "uav"
-    assert weights.download(dest, str(source.parent), raft=False, manifests=manifests) == dest.absolute()
+    assert download(dest, str(source.parent), raft=False, manifests=manifests) == dest.absolute()
     assert files_of(dest) == files_of(source)
-    assert not weights.staging_dir(dest).exists()
+    assert not staging_dir(dest).exists()
     load_model(dest)  # the loaders accept what download verified
     stamp = (dest / "unet" / "unet_video.bin").stat().st_mtime_ns
     said = []
-    weights.download(dest, str(source), raft=False, manifests=manifests, log=said.append)
+    download(dest, str(source), raft=False, manifests=manifests, log=said.append)
     assert "already complete and verified" in said[0]
     assert (dest / "unet" / "unet_video.bin").stat().st_mtime_ns == stamp
 
@@ -66,7 +70,7 @@ def test_download_from_a_folder_verifies_and_is_safe_to_rerun(source, manifests,
 def test_download_from_an_archive_without_optional_parts(source, manifests, tmp_path, kind):
     archive = shutil.make_archive(str(tmp_path / "weights"), kind, source.parent.parent, "drive")
     dest = tmp_path / "uav"
-    weights.download(dest, archive, vae_video=False, raft=False, manifests=manifests)
+    download(dest, archive, vae_video=False, raft=False, manifests=manifests)
     got = files_of(dest)
     assert "vae/vae_video.bin" not in got and "vae/vae_video_config.json" not in got
     assert got == {k: v for k, v in files_of(source).items() if not k.startswith("vae/vae_video")}
@@ -83,8 +87,8 @@ def test_an_interrupted_download_resumes_where_it_stopped(source, manifests, tmp
             raise KeyboardInterrupt  # the user pressed Ctrl+C halfway through the U-Net
 
     with pytest.raises(KeyboardInterrupt):
-        weights.download(dest, str(source), raft=False, manifests=manifests, progress=interrupt)
-    staging = weights.staging_dir(dest)
+        download(dest, str(source), raft=False, manifests=manifests, progress=interrupt)
+    staging = staging_dir(dest)
     assert not dest.exists()  # nothing half-written where the model is expected
     part = staging / "unet" / "unet_video.bin.part"
     part_size = part.stat().st_size
@@ -93,7 +97,7 @@ def test_an_interrupted_download_resumes_where_it_stopped(source, manifests, tmp
     assert finished
 
     seen.clear()
-    weights.download(dest, str(source), raft=False, manifests=manifests, progress=lambda *a: seen.append(a))
+    download(dest, str(source), raft=False, manifests=manifests, progress=lambda *a: seen.append(a))
     assert files_of(dest) == files_of(source)
     # Continued from the .part: the first report already counts the bytes kept.
     kept, total = part_size, (source / "unet" / "unet_video.bin").stat().st_size
@@ -108,13 +112,13 @@ def test_a_truncated_file_is_named_and_not_moved_into_place(source, manifests, t
     unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])
     with pytest.raises(WeightsError, match=r"unet_video\.bin: truncated or corrupted weight file .*; delete it "
                                            r"and run `uav download` again$"):
-        weights.verify_folder(source, manifests, PARTS)
+        verify_folder(source, manifests, PARTS)
     dest = tmp_path / "uav"
     with pytest.raises(WeightsError, match="unet_video.bin: truncated or corrupted"):
-        weights.download(dest, str(source), raft=False, manifests=manifests)
+        download(dest, str(source), raft=False, manifests=manifests)
     assert not dest.exists()
     # The bad file is dropped from the staging folder so that a re-run fetches it again.
-    assert not (weights.staging_dir(dest) / "unet" / "unet_video.bin").exists()
+    assert not (staging_dir(dest) / "unet" / "unet_video.bin").exists()
 
 
 def test_a_wrong_shape_or_key_is_named(source, manifests):
@@ -127,27 +131,27 @@ def test_a_wrong_shape_or_key_is_named(source, manifests):
     torch.save(sd, path)
     with pytest.raises(WeightsError, match=rf"vae_3d\.bin: not the official vae_3d weights \(1 tensor\(s\) of the "
                                            rf"wrong shape, e.g. {key}: \(3, 33, 3, 3\), expected \(3, 32, 3, 3\)\)"):
-        weights.verify_folder(source, manifests, PARTS)
+        verify_folder(source, manifests, PARTS)
     sd[key] = good
     sd["decoder.extra.weight"] = torch.zeros(1)
     torch.save(sd, path)
     with pytest.raises(WeightsError, match=r"1 unexpected key\(s\), e.g. decoder.extra.weight"):
-        weights.verify_folder(source, manifests, PARTS)
+        verify_folder(source, manifests, PARTS)
 
 
 def test_the_official_manifests_refuse_a_model_of_another_size():
     with pytest.raises(WeightsError, match=r"unet_video\.bin: not the official unet weights"):
-        weights.verify_folder(MODEL_DIR, None, PARTS)
+        verify_folder(MODEL_DIR, None, PARTS)
 
 
 def test_missing_files_and_bad_configs_are_named(source, manifests):
     (source / "tokenizer" / "merges.txt").unlink()
     with pytest.raises(WeightsError, match=r"tokenizer/merges\.txt: file is missing; run `uav download`"):
-        weights.verify_folder(source, manifests, PARTS)
+        verify_folder(source, manifests, PARTS)
     shutil.copy(MODEL_DIR / "tokenizer" / "merges.txt", source / "tokenizer" / "merges.txt")
     (source / "scheduler" / "scheduler_config.json").write_text('{"beta_schedule": "linear",')
     with pytest.raises(WeightsError, match=r"scheduler_config\.json: config does not parse"):
-        weights.verify_folder(source, manifests, PARTS)
+        verify_folder(source, manifests, PARTS)
 
 
 def test_bad_sources_are_refused_in_one_line(tmp_path, manifests):
@@ -162,51 +166,51 @@ def test_bad_sources_are_refused_in_one_line(tmp_path, manifests):
     cases.append((str(tmp_path / "notes.txt"), "not a folder or an archive"))
     for src, message in cases:
         with pytest.raises(WeightsError, match=message):
-            weights.download(dest, src, raft=False, manifests=manifests)
-        assert not dest.exists() and not weights.staging_dir(dest).exists()
+            download(dest, src, raft=False, manifests=manifests)
+        assert not dest.exists() and not staging_dir(dest).exists()
 
 
 def test_damaged_and_hostile_archives(source, tmp_path, manifests):
     archive = Path(shutil.make_archive(str(tmp_path / "w"), "zip", source.parent))
     archive.write_bytes(archive.read_bytes()[:-200])  # lose the zip directory
     with pytest.raises(WeightsError, match=r"w\.zip: damaged or truncated archive"):
-        weights.download(tmp_path / "a", str(archive), raft=False, manifests=manifests)
+        download(tmp_path / "a", str(archive), raft=False, manifests=manifests)
     evil = tmp_path / "evil.tar"
     with tarfile.open(evil, "w") as tf:
         tf.add(source / "unet" / "unet_video_config.json", "m/unet/unet_video_config.json")
         tf.add(source / "model_index.json", "m/../../escaped.json")
     with pytest.raises(WeightsError, match="unsafe member path"):
-        weights.download(tmp_path / "b", str(evil), raft=False, manifests=manifests)
+        download(tmp_path / "b", str(evil), raft=False, manifests=manifests)
     assert not (tmp_path / "escaped.json").exists()
 
 
 def test_no_disk_space_is_reported_before_copying(source, tmp_path, manifests, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
     with pytest.raises(WeightsError, match=r"not enough free disk space: need 0\.0\d GiB, 0\.00 GiB free; free some"):
-        weights.download(tmp_path / "uav", str(source), raft=False, manifests=manifests)
+        download(tmp_path / "uav", str(source), raft=False, manifests=manifests)
     assert not (tmp_path / "uav").exists()
-    assert not list(weights.staging_dir(tmp_path / "uav").rglob("*.bin"))
+    assert not list(staging_dir(tmp_path / "uav").rglob("*.bin"))
 
 
 def test_a_damaged_destination_is_replaced_whole(source, manifests, tmp_path):
     dest = tmp_path / "uav"
     shutil.copytree(source, dest)
     (dest / "vae" / "vae_3d.bin").write_bytes(b"garbage")
-    weights.download(dest, str(source), raft=False, manifests=manifests)
+    download(dest, str(source), raft=False, manifests=manifests)
     assert files_of(dest) == files_of(source)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging or old copy left
 
 
 @pytest.mark.parametrize("fp16", [False, True])
 def test_convert_round_trip(source, manifests, fp16):
-    written = weights.convert(source, fp16=fp16, manifests=manifests, parts=PARTS)
+    written = convert(source, fp16=fp16, manifests=manifests, parts=PARTS)
     assert {p.relative_to(source).as_posix() for p in written} == {
         "unet/unet_video.safetensors", "vae/vae_3d.safetensors", "vae/vae_video.safetensors",
         "text_encoder/model.safetensors"}
     for part in ("unet", "vae_3d", "vae_video", "text_encoder"):
         assert find_weights(source, part).suffix == ".safetensors"  # the loaders prefer it
-        official, converted = (read_state_dict(source / p) for p in reversed(weights.LAYOUT[part].weights))
+        official, converted = (read_state_dict(source / p) for p in reversed(LAYOUT[part].weights))
         assert official.keys() == converted.keys()
         for k, v in official.items():
             want = v.half() if fp16 and v.is_floating_point() else v
@@ -219,7 +223,7 @@ def test_convert_round_trip(source, manifests, fp16):
 
 
 def test_cli_download_convert_and_errors(source, manifests, tmp_path, capsys):
-    mdir = weights.write_manifests(MODEL_DIR, tmp_path / "m")
+    mdir = write_manifests(MODEL_DIR, tmp_path / "m")
     dest = tmp_path / "out dir" / "uav é"
     assert cli.main(["download", "--from", str(source), "--dir", str(dest), "--no-raft",
                      "--manifests", str(mdir)]) == 0
@@ -250,10 +254,10 @@ def test_download_from_a_hugging_face_repository_in_the_hub_cache(source, manife
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     dest = tmp_path / "uav"
-    weights.download(dest, "hf:someone/upscale-a-video", raft=False, manifests=manifests)
+    download(dest, "hf:someone/upscale-a-video", raft=False, manifests=manifests)
     assert files_of(dest) == files_of(source)
     with pytest.raises(WeightsError, match=r"hf:someone/missing: cannot download from the Hugging Face hub"):
-        weights.download(tmp_path / "other", "hf:someone/missing", raft=False, manifests=manifests)
+        download(tmp_path / "other", "hf:someone/missing", raft=False, manifests=manifests)
     assert not (tmp_path / "other").exists()
 
 
@@ -298,19 +302,19 @@ def test_download_from_google_drive_file_by_file_skips_optional_parts_and_resume
     with pytest.raises(WeightsError, match=r"^vae/vae_3d\.bin: download from Google Drive failed \(DownloadError: "
                                            r"Too many users.*\); re-run `uav download` to resume, or download the "
                                            r"folder in a browser \(https://drive.google.com/drive/folders/"):
-        weights.download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests)
-    assert not dest.exists() and weights.staging_dir(dest).is_dir()
+        download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests)
+    assert not dest.exists() and staging_dir(dest).is_dir()
     first = list(drive.fetched)
     assert first and not any(rel.startswith("vae/vae_video") for rel in first)  # skipped parts never transferred
 
     drive.fail_on, drive.fetched = None, []
     seen = []
-    weights.download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests,
+    download(dest, "gdrive", vae_video=False, raft=False, manifests=manifests,
                      progress=lambda *a: seen.append(a))
     assert not set(first) & set(drive.fetched)  # finished files are not fetched again
     assert "vae/vae_3d.bin" in drive.fetched and ("vae/vae_3d.bin", 0, 0) not in seen
     assert files_of(dest) == {k: v for k, v in files_of(source).items() if not k.startswith("vae/vae_video")}
-    assert not weights.staging_dir(dest).exists()
+    assert not staging_dir(dest).exists()
 
 
 def test_a_remote_download_checks_free_space_first(manifests, tmp_path, monkeypatch):
@@ -321,13 +325,13 @@ def test_a_remote_download_checks_free_space_first(manifests, tmp_path, monkeypa
 
     monkeypatch.setattr(gdown, "download_folder", never)
     real = shutil.disk_usage
-    monkeypatch.setattr(weights.shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20))
     for src in ("gdrive", "hf:someone/upscale-a-video"):
         with pytest.raises(WeightsError, match=r"not enough free disk space: need .* GiB free; free some space or "
                                                r"choose another folder with --dir$"):
-            weights.download(tmp_path / "uav", src, manifests=None)  # the full-size estimate: ~4.8 GB
-        assert not weights.staging_dir(tmp_path / "uav").exists()
-    full = weights.estimated_bytes(weights.load_manifests(), weights.parts_wanted())
+            download(tmp_path / "uav", src, manifests=None)  # the full-size estimate: ~4.8 GB
+        assert not staging_dir(tmp_path / "uav").exists()
+    full = estimated_bytes(load_manifests(), parts_wanted())
     assert 4.5e9 < full < 5.0e9
 
 
@@ -348,26 +352,26 @@ def test_a_full_disk_while_copying_names_the_file_and_resumes(source, manifests,
     def fake_open(path, mode="r", *a, **kw):
         return Full(path, "a") if mode == "ab" else real_open(path, mode, *a, **kw)
 
-    monkeypatch.setattr(weights, "open", fake_open, raising=False)
+    monkeypatch.setattr(download_module, "open", fake_open, raising=False)  # the module that writes .part files
     dest = tmp_path / "uav"
     with pytest.raises(WeightsError, match=r"\.partial/.*\.part: cannot write \(No space left on device\); free some "
                                            r"space or choose another folder with --dir, then re-run the same command"):
-        weights.download(dest, str(source), raft=False, manifests=manifests)
+        download(dest, str(source), raft=False, manifests=manifests)
     assert not dest.exists()
     monkeypatch.undo()  # space freed
-    weights.download(dest, str(source), raft=False, manifests=manifests)
+    download(dest, str(source), raft=False, manifests=manifests)
     assert files_of(dest) == files_of(source)
 
 
 def test_a_rerun_with_other_options_fetches_only_what_is_missing(source, manifests, tmp_path):
     dest = tmp_path / "uav"
-    weights.download(dest, str(source), vae_video=False, raft=False, manifests=manifests)
-    weights.convert(dest, manifests=manifests, parts=("unet", "vae_3d", "text_encoder"))
+    download(dest, str(source), vae_video=False, raft=False, manifests=manifests)
+    convert(dest, manifests=manifests, parts=("unet", "vae_3d", "text_encoder"))
     # Two damaged files at once: both are fetched again in one run, the sound ones are kept.
     (dest / "vae" / "vae_3d.bin").write_bytes(b"garbage")
     (dest / "scheduler" / "scheduler_config.json").write_text("{")
     seen, said = [], []
-    weights.download(dest, str(source), raft=False, manifests=manifests, log=said.append,
+    download(dest, str(source), raft=False, manifests=manifests, log=said.append,
                      progress=lambda label, done, total: seen.append(label))
     assert set(seen) == {"vae/vae_video.bin", "vae/vae_video_config.json", "vae/vae_3d.bin",
                          "scheduler/scheduler_config.json"}
@@ -398,10 +402,10 @@ def test_a_drive_folder_holding_the_release_as_one_zip(source, manifests, tmp_pa
     monkeypatch.setattr(gdown, "download_folder", drive.download_folder)
     monkeypatch.setattr(gdown, "download", drive.download)
     dest = tmp_path / "uav"
-    weights.download(dest, "gdrive", raft=False, manifests=manifests)
+    download(dest, "gdrive", raft=False, manifests=manifests)
     assert drive.fetched == ["upscale_a_video.zip"]
     assert files_of(dest) == files_of(source)  # no __MACOSX, ._* or .DS_Store
-    assert not weights.downloads_dir(weights.staging_dir(dest)).exists()  # the zip is gone once in place
+    assert not downloads_dir(staging_dir(dest)).exists()  # the zip is gone once in place
     load_model(dest)
 
 
@@ -409,12 +413,12 @@ def test_a_folder_or_archive_holding_the_zip(source, manifests, tmp_path):
     holder = tmp_path / "Downloads"
     holder.mkdir()
     mac_zip(source, holder / "upscale_a_video.zip")
-    weights.download(tmp_path / "a", str(holder), raft=False, manifests=manifests)
+    download(tmp_path / "a", str(holder), raft=False, manifests=manifests)
     assert files_of(tmp_path / "a") == files_of(source)
     # A browser's download of the Drive folder: a zip holding the zip.
     outer = tmp_path / "upscale_a_video-20240101T000000Z-001.zip"
     with zipfile.ZipFile(outer, "w") as zf:
         zf.write(holder / "upscale_a_video.zip", "upscale_a_video/upscale_a_video.zip")
-    weights.download(tmp_path / "b", str(outer), raft=False, manifests=manifests)
+    download(tmp_path / "b", str(outer), raft=False, manifests=manifests)
     assert files_of(tmp_path / "b") == files_of(source)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from vs_uav.app.cli import main
 
 sys.exit(main())

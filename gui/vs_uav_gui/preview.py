@@ -2,7 +2,7 @@
 the editor's current settings, beside the same crop upscaled bicubically.
 
 The crop is read like the generated script reads the video (BestSource, then the filter's own
-conversion to RGB), given to :class:`vs_uav.pipeline.UpscalePipeline` with a few frames around
+conversion to RGB), given to :class:`vs_uav.engine.pipeline.UpscalePipeline` with a few frames around
 the chosen one, and rendered on a background thread that a Cancel (or a newer preview) stops
 at the next denoising step. Loaded pipelines are kept between previews. torch and VapourSynth
 are imported only when a preview runs.
@@ -73,8 +73,8 @@ def crop_box(width: int, height: int, x: int, y: int, size: int) -> tuple[int, i
 
 
 def check_source(source: Path) -> None:
-    """A cheap look at ``source`` before a preview is announced (:func:`vs_uav.media.check_video_file`)."""
-    from vs_uav.media import check_video_file
+    """A cheap look at ``source`` before a preview is announced (:func:`vs_uav.media.probe.check_video_file`)."""
+    from vs_uav.media.probe import check_video_file
 
     check_video_file(source)
 
@@ -87,7 +87,7 @@ def read_crop(request: PreviewRequest):
         import vapoursynth as vs
     except ImportError as e:
         raise ValueError(f"the preview reads videos with VapourSynth: {e}") from None
-    from vs_uav.filter import _chunk_source, _to_rgb
+    from vs_uav.vsfilter.upscale import _chunk_source, _to_rgb
 
     source = request.source
     if not hasattr(vs.core, "bs"):
@@ -109,33 +109,6 @@ def read_crop(request: PreviewRequest):
     return video.float(), box, (first, last)
 
 
-class PipelineCache:
-    """The last loaded pipeline, kept for the next preview with the same model, VAE, device,
-    precision and flow (loading takes longer than a small preview)."""
-
-    def __init__(self) -> None:
-        self._key: Optional[tuple] = None
-        self._pipeline = None
-        self.loads = 0
-
-    def get(self, settings: UpscaleSettings):
-        from vs_uav.filter import resolve_device
-        from vs_uav.model_folder import default_model_dir
-        from vs_uav.pipeline import UpscalePipeline
-
-        folder = Path(settings.model).expanduser() if settings.model else default_model_dir()
-        device, dtype = resolve_device(settings.device, settings.dtype)
-        key = (str(folder.resolve()), settings.vae, device, dtype, settings.flow)
-        if key != self._key:
-            self._key, self._pipeline = None, None  # one model in memory at a time
-            self._pipeline = UpscalePipeline.from_pretrained(folder, vae=settings.vae, device=device, dtype=dtype,
-                                                             flow=settings.flow)
-            self._key = key
-            self.loads += 1
-        return self._pipeline
-
-
-PIPELINES = PipelineCache()
 _RUNNING = threading.Lock()  # one preview computes at a time; a newer one waits for the older to stop
 
 
@@ -152,6 +125,8 @@ def render_preview(request: PreviewRequest, cancelled: Callable[[], bool] = lamb
     import torch
     import torch.nn.functional as F
 
+    from vs_uav.engine.cache import engine_for
+
     def check() -> None:
         if cancelled():
             raise Cancelled()
@@ -166,7 +141,7 @@ def render_preview(request: PreviewRequest, cancelled: Callable[[], bool] = lamb
         check()
         video, box, (first, last) = read_crop(request)
         check()
-        pipe = PIPELINES.get(request.settings)
+        pipe, _ = engine_for(request.settings)  # the one engine cache: what uav.Upscale would load
         check()
         settings = request.settings.replace(cache_dir="", chunk_size=max(request.settings.chunk_size, video.shape[2]))
         index = request.frame - first

@@ -19,10 +19,11 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBo
                                QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton,
                                QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
-from vs_uav import presets
-from vs_uav.presets import Preset, PresetError
-from vs_uav.script import RenderPlan, absolute, default_output, default_script, plan
-from vs_uav.encoder import ENCODER_SETTINGS, EncoderSettings
+from vs_uav.app import presets
+from vs_uav.app.presets import Preset, PresetError
+from vs_uav.app.plan import RenderPlan, default_output, default_script, plan
+from vs_uav.media.script import absolute
+from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
 from .preview import PreviewPanel
@@ -418,9 +419,9 @@ class PresetEditor(QMainWindow):
         return row
 
     def cluster_options(self):
-        """The "Render on" choice as :class:`vs_uav.cluster.ClusterOptions`, None for this
+        """The "Render on" choice as :class:`vs_uav.app.cluster.ClusterOptions`, None for this
         machine; ValueError (the ``--cluster`` option's one line) for a bad address."""
-        from vs_uav.cluster import LOCAL, ClusterOptions
+        from vs_uav.app.cluster import LOCAL, ClusterOptions
 
         mode = self.render_on.currentData()
         if mode == "machine":
@@ -670,7 +671,7 @@ class PresetEditor(QMainWindow):
         """The command "Render on" asks for: the plan's vspipe | ffmpeg command, or the
         ``uav upscale`` command rendering the same frames on Ray (from the loaded preset and the
         values changed since, so it stays short)."""
-        from vs_uav.cli import upscale_command
+        from vs_uav.app.cli import upscale_command
 
         assert self.current is not None and self.plan_ is not None
         cluster = self.cluster_options()

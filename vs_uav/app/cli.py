@@ -1,0 +1,860 @@
+"""The ``uav`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+try:
+    import fcntl  # the work folder's lock; POSIX
+except ImportError:  # pragma: no cover - Windows: renders are not locked against each other
+    fcntl = None
+
+logger = logging.getLogger("vs_uav")
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout (the demo reads ../shared)
+DEMO_VIDEO = REPO.parent / "shared" / "videos" / "old_animation_1.mp4"
+DEMO_MODEL = REPO.parent / "shared" / "reference" / "public" / "model"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job in miniature: a real video through core.uav.Upscale under vspipe into
+    ffmpeg/x265, with the tiny reference model (no weights can be downloaded here)."""
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.settings import UpscaleSettings
+
+    model, source = Path(args.model), Path(args.input)
+    for p, what in ((model, "model folder"), (source, "input video")):
+        if not p.exists():
+            raise SystemExit(f"uav demo: {what} {p} not found")
+    try:
+        settings = UpscaleSettings(prompt="an old animation", model=str(model.resolve()), vae=args.vae,
+                                   steps=args.steps, propagation_steps=[args.steps - 1], seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"uav demo: {e}")
+    # A CPU renders the tiny model slowly at full size: a short, small excerpt keeps it quick.
+    prepare = (f"# The demo's excerpt: the first {args.frames} frames at {args.width}x{args.height}.",
+               f"clip = core.resize.Bicubic(clip[:{args.frames}], {args.width}, {args.height})")
+    output = Path(args.output)
+    rc = _render(source, output, settings, EncoderSettings(audio="none"), "uav demo", prepare)
+    print(f"uav demo: {args.frames} frames {args.width}x{args.height} -> {4 * args.width}x{4 * args.height}, "
+          f"written to {output}", file=sys.stderr)
+    if model.resolve() == DEMO_MODEL.resolve():
+        print("uav demo: the reference model has tiny random weights: this checks the whole path (VapourSynth, "
+              "core.uav, vspipe, ffmpeg), the pictures are meaningless. Real weights: `uav download`.",
+              file=sys.stderr)
+    return rc
+
+
+def _add_setting_options(parser: argparse.ArgumentParser, specs) -> None:
+    """One option per setting of the settings model, with its help and default. Values stay
+    text here: :func:`_collect` parses them, so that a bad one gets the settings model's
+    one-line message (argparse's would be a usage dump naming a conversion function)."""
+    for spec in specs:
+        flag = "--" + spec.name.replace("_", "-")
+        help_text = f"{spec.help} (default: {spec.default!r})"
+        if spec.type is bool:
+            parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            metavar = ("{" + ",".join(spec.choices) + "}" if spec.choices else
+                       "N,N,..." if spec.type is list else spec.type.__name__.upper())
+            parser.add_argument(flag, dest=spec.name, default=None, metavar=metavar, help=help_text)
+
+
+def _collect(args: argparse.Namespace, specs) -> dict:
+    """The options given, parsed; ValueError ``--steps '2.5': accepted: ...`` for bad text."""
+    values = {}
+    for spec in specs:
+        value = getattr(args, spec.name)
+        if isinstance(value, str) and spec.type is list and value.strip().lower() == "none":
+            value = ""  # --propagation-steps none: no steps (as "" is), e.g. to clear a preset's
+        if isinstance(value, str):
+            try:
+                value = spec.parse(value)
+            except ValueError as e:
+                raise ValueError(f"--{spec.name.replace('_', '-')} {value!r}: {e}") from None
+        if value is not None:
+            values[spec.name] = value
+    return values
+
+
+def _resolve(args: argparse.Namespace, prog: str):
+    """The --preset's values as defaults, explicit options over them, checked as a whole."""
+    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
+    from vs_uav.app.presets import Preset, load
+    from vs_uav.settings import SETTINGS, UpscaleSettings
+
+    try:
+        base = load(args.preset) if args.preset else Preset("command-line")
+        given = _collect(args, SETTINGS)
+        if args.preset:
+            _check_preset_steps(base, given)
+        return Preset(base.name, UpscaleSettings(**{**base.values("upscale"), **given}),
+                      EncoderSettings(**{**base.values("encoder"), **_collect(args, ENCODER_SETTINGS)}),
+                      base.description)
+    except ValueError as e:  # PresetError included: one line naming file, key, value, accepted
+        raise SystemExit(f"{prog}: {e}")
+
+
+def _check_preset_steps(base, given: dict) -> None:
+    """The preset's propagation_steps must fit a --steps given over it: ValueError naming the
+    preset as their origin and how to replace or clear them."""
+    steps = given.get("steps")
+    ours = base.settings.propagation_steps
+    if steps is None or "propagation_steps" in given or not any(p >= steps for p in ours):
+        return
+    raise ValueError(f"propagation_steps={','.join(map(str, ours))} from preset {base.name!r} does not fit "
+                     f"--steps {steps}; accepted: --propagation-steps with step indices in [0, {steps - 1}], "
+                     "or --propagation-steps none to clear it")
+
+
+def _add_preset_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", metavar="NAME", help="start from a preset (a name, e.g. old-film, or a .toml "
+                        "file); options given explicitly override its values")
+
+
+def upscale_command(preset, source: Path, output: Path, cluster=None, base=None) -> str:
+    """The ``uav upscale`` command line that renders ``preset`` (a :class:`vs_uav.app.presets.Preset`)
+    from ``source`` into ``output``: ``--preset NAME`` when ``base`` (a preset loadable by its
+    name) is given, then an option for every value differing from it (from the defaults
+    without ``base``), written so that :func:`_resolve` reads back exactly ``preset``'s
+    settings; ``cluster`` (:class:`vs_uav.app.cluster.ClusterOptions`) adds ``--cluster`` and its
+    options. The preset editor shows it for "Render on: a Ray ...". ``uav`` is taken from PATH."""
+    import shlex
+
+    from vs_uav.app.cluster import DEFAULT_SEGMENT_SECONDS
+    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
+    from vs_uav.app.presets import Preset
+    from vs_uav.settings import SETTINGS, UpscaleSettings
+
+    start = base if base is not None else Preset("command-line", UpscaleSettings(), EncoderSettings())
+    args = ["uav", "upscale", str(source), "-o", str(output)] + (["--preset", base.name] if base is not None else [])
+    for specs, table in ((SETTINGS, "upscale"), (ENCODER_SETTINGS, "encoder")):
+        now, was = preset.values(table), start.values(table)
+        for spec in specs:
+            value, flag = now[spec.name], "--" + spec.name.replace("_", "-")
+            if value == was[spec.name]:
+                continue
+            if spec.type is bool:
+                args.append(flag if value else f"--no-{flag[2:]}")
+                continue
+            text = (",".join(map(str, value)) if spec.type is list else repr(value) if spec.type is float
+                    else str(value))
+            # --name=TEXT: a value starting with '-' is not taken for an option
+            args += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
+    if cluster is not None:
+        args += ["--cluster", cluster.address]
+        if cluster.workers is not None:
+            args += ["--workers", str(cluster.workers)]
+        if cluster.segment_seconds != DEFAULT_SEGMENT_SECONDS:
+            args += ["--segment-seconds", repr(cluster.segment_seconds)]
+        if cluster.split_long:
+            args += ["--split-long", repr(cluster.split_long)]
+        if cluster.keep_work:
+            args.append("--keep-work")
+    return shlex.join(args)
+
+
+def _clock_text(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m, sec = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
+def _progress_line(clock) -> str:
+    """The bar: frames written of the clip's (known from the probe before vspipe says it),
+    what is happening (loading the model, the chunk and denoising step being computed,
+    chunks read from the cache), elapsed, ETA (a :class:`vs_uav.media.render.ProgressClock`'s)."""
+    width = 30
+    done, total = clock.done, clock.total
+    filled = int(width * done / total) if total else 0
+    phase = clock.phase()
+    eta = clock.eta()
+    return (f"\r[{'#' * filled}{'-' * (width - filled)}] {done}/{total or '?'} frames{', ' + phase if phase else ''}, "
+            f"{clock.elapsed:.0f} s elapsed, ETA {'--:--' if eta is None else _clock_text(eta)}\033[K")
+
+
+class _ProgressBar:
+    """One updating stderr line fed by :func:`vs_uav.media.render.render`'s callbacks."""
+
+    def __init__(self, prog: str):
+        from vs_uav.media.render import ProgressClock
+
+        self.prog, self.clock, self.drawn = prog, ProgressClock(), False
+
+    def start(self, frames: int) -> None:
+        """The render starts: the clip's length (the probe's) is shown before any frame."""
+        self.clock.total = frames
+        self._draw()
+
+    def frames(self, done: int, total: int) -> None:
+        self.clock.frames(done, total)
+        self._draw()
+
+    def step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
+        self.clock.on_step(step, steps, chunk, chunks)
+        self._draw()
+
+    def cached(self, chunk: int, chunks: int) -> None:
+        self.clock.on_cached(chunk, chunks)
+        self._draw()
+
+    def warning(self, text: str) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: warning: {text}\n")
+
+    def _draw(self) -> None:
+        self.drawn = True
+        sys.stderr.write(_progress_line(self.clock))
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        """Ends the bar's line (before any other message)."""
+        if self.drawn:
+            sys.stderr.write("\n")
+            self.drawn = False
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class _StopSignals:
+    """While rendering, SIGINT (Ctrl+C), SIGTERM and SIGHUP set ``event`` (the render's cancel)
+    instead of ending this process on the spot: the render then kills vspipe's and ffmpeg's
+    process groups and removes the partial output, and the script's folder goes too."""
+
+    def __enter__(self) -> "_StopSignals":
+        self.event, self.received = threading.Event(), 0
+        self._previous = {s: signal.signal(s, self._stop) for s in _STOP_SIGNALS}
+        return self
+
+    def _stop(self, signum: int, frame) -> None:
+        self.received = self.received or signum
+        self.event.set()
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
+    from vs_uav.media.script import absolute
+    from vs_uav.app.plan import default_output
+
+    source = Path(args.input)
+    if not source.is_file():
+        from vs_uav.media.probe import not_a_video
+
+        raise SystemExit(f"uav upscale: {not_a_video(source)}")
+    preset = _resolve(args, "uav upscale")
+    settings, encoder = preset.settings, preset.encoder
+    # Absolute before anything is written: the script runs in a temporary folder.
+    source = absolute(source)
+    output = absolute(args.output) if args.output else default_output(source, encoder)
+    if output.resolve() == source.resolve():
+        raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
+    if args.cluster is not None and not args.resume:
+        raise SystemExit("uav upscale: --no-resume: accepted: one-machine renders only (a cluster render keeps its "
+                         "finished segments; --keep-work keeps them after success too)")
+    return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace,
+                   cluster=_cluster_options(args), resume=args.resume)
+
+
+def _cluster_options(args: argparse.Namespace):
+    """--cluster and its options (vs_uav.app.cluster.ClusterOptions), or None without --cluster."""
+    from vs_uav.app.cluster import ClusterOptions, default_address
+
+    given = [flag for flag, value in (("--workers", args.workers), ("--segment-seconds", args.segment_seconds),
+                                      ("--split-long", args.split_long), ("--keep-work", args.keep_work or None))
+             if value is not None]
+    if args.cluster is None:
+        if given:
+            raise SystemExit(f"uav upscale: {given[0]} needs --cluster; accepted: --cluster local or HOST:PORT")
+        return None
+    values = {}
+    for name, flag, kind in (("workers", "--workers", int), ("segment_seconds", "--segment-seconds", float),
+                             ("split_long", "--split-long", float)):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise SystemExit(f"uav upscale: {flag} {text!r}: accepted: "
+                                 f"{'an integer >= 1' if kind is int else 'a number of seconds'}") from None
+    try:  # a bare --cluster: $RAY_ADDRESS, Ray's own convention, else a local instance
+        return ClusterOptions(args.cluster or default_address(), keep_work=args.keep_work, **values)
+    except ValueError as e:
+        raise SystemExit(f"uav upscale: {e}")
+
+
+def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = (),
+            check: bool = False, deinterlace: str = "none", cluster=None, resume: bool = False) -> int:
+    """Write the .vpy and render it (:mod:`vs_uav.media.render`) with a progress bar on stderr; only
+    a complete file gets the output's name. ``check``: first everything that can fail
+    cheaply (:mod:`vs_uav.media.preflight`), before vspipe loads the model.
+
+    On one machine the script and its files go to the work folder next to the output
+    (:class:`_RunFolder`), and with ``resume`` (and no ``cache_dir`` of the settings') the
+    chunk cache too: a stopped render resumes where it stopped. The folder goes once the
+    output is verified.
+
+    SIGINT, SIGTERM and SIGHUP stop vspipe and ffmpeg, remove the partial output and the
+    script's folder, and say in one line what was kept and how to resume; the exit status
+    is then 128 + the signal's number (130, 143, 129).
+
+    The output keeps the source's format, colour tags, sample aspect ratio and timestamps
+    where the codec can (:func:`_probe_for_encoder`); an interlaced source is refused unless
+    ``deinterlace`` names a deinterlacer. ``cluster`` (:class:`vs_uav.app.cluster.ClusterOptions`):
+    the same script rendered in segments on a Ray cluster, its files in the work folder next
+    to the output (every node reads them).
+    """
+    from vs_uav.media.render import RenderError, render
+
+    # vspipe evaluates the script in the script's folder: the source by its absolute path.
+    source = Path(os.path.abspath(source))
+    bar, run, given_cache = _ProgressBar(prog), None, settings.cache_dir
+    with _StopSignals() as stop:
+        try:
+            if cluster is not None:
+                from vs_uav.app.cluster import ClusterJob, driver_settings, job_folder
+
+                settings = driver_settings(settings)  # the workers' environment is not this one
+                with job_folder(output) as tmp:
+                    job, video, spec, filter_file = _prepare_job(source, output, settings, encoder, prog, prepare,
+                                                                 check, deinterlace, Path(tmp), stop)
+                    return _render_cluster(ClusterJob(job.script, source, video, output, settings, encoder, spec,
+                                                      filter_file, prepare), cluster, prog, stop)
+            with _RunFolder(output, prog, resume and not given_cache) as run:
+                if run.resume:
+                    settings = settings.replace(cache_dir=str(run.cache))
+                job, _, spec, _ = _prepare_job(source, output, settings, encoder, prog, prepare, check, deinterlace,
+                                               run.job, stop)
+                bar.start(spec.media.frames)
+                try:
+                    result = render(job, progress=bar.frames, cancel=stop.event, step_progress=bar.step,
+                                    warning=bar.warning, cached=bar.cached)
+                except RenderError as e:
+                    if stop.received:
+                        raise _Interrupted from None
+                    raise SystemExit(f"{prog}: {e}")
+                finally:
+                    bar.end()
+                run.verify(result.frames)
+        except _Interrupted:
+            name = signal.Signals(stop.received).name
+            ended, kept = "vspipe and ffmpeg ended", _kept(run, given_cache, resume)
+            if cluster is not None:
+                from vs_uav.app.cluster import work_folder
+
+                ended = "the workers and Ray ended"
+                kept = (f"the finished segments stay in {work_folder(output)}: run the same command to resume"
+                        if work_folder(output).is_dir() else "nothing was kept: run the same command to start again")
+            sys.stderr.write(f"{prog}: stopped by {name}: {ended}, no partial {output} or temporary files left; "
+                             f"{kept}\n")
+            return 128 + stop.received
+    cached = len(bar.clock.cached)
+    print(f"{prog}: wrote {output} in {result.seconds:.0f} s" +
+          (f" ({cached} of {bar.clock.chunks} chunks from the cache)" if cached else ""), file=sys.stderr)
+    return 0
+
+
+def _kept(run: "_RunFolder | None", given_cache: str, resume: bool) -> str:
+    """What a stopped one-machine render kept, and how to go on, for its last line."""
+    if given_cache:
+        return f"the finished chunks stay in --cache-dir {given_cache}: run the same command to resume"
+    if run is not None and run.kept:
+        return (f"{run.kept} finished chunk{'s stay' if run.kept > 1 else ' stays'} in {run.path}: run the same "
+                "command to resume")
+    if run is not None and run.resume:
+        return "no chunk was finished, nothing was kept: run the same command to start again"
+    return f"nothing was kept{' (--no-resume)' if not resume else ''}: run the same command to start again"
+
+
+def _prepare_job(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...], check: bool,
+                 deinterlace: str, folder: Path, stop: "_StopSignals"):
+    """(the :class:`vs_uav.media.render.RenderJob`, the file the script reads, the output's spec, the
+    filter file or None): the source probed, the cheap checks passed, the script written into
+    ``folder``; _Interrupted when a stop signal arrived meanwhile."""
+    from vs_uav.media.render import RenderJob
+    from vs_uav.media.output import ffmpeg_options, shell_command
+    from vs_uav.media.script import make_script
+
+    namespace = _has_namespace()
+    script = folder / "upscale.vpy"
+    video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, folder, prog, deinterlace, output)
+    _check_scene_cuts(encoder, spec.media.frames, prog)
+    if stop.received:
+        raise _Interrupted
+    job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
+    if check:
+        from vs_uav.media.preflight import PreflightError, preflight
+
+        try:
+            preflight(job, source, settings, encoder, folder)
+        except (PreflightError, ValueError) as e:
+            if stop.received:  # Ctrl+C reaches ffprobe and the test encode too
+                raise _Interrupted from None
+            raise SystemExit(f"{prog}: {e}")
+    script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
+                                  command=shell_command(script, source, output, encoder, spec, filter_file),
+                                  encoder=encoder), encoding="utf-8")
+    if stop.received:
+        raise _Interrupted
+    return job, video, spec, filter_file
+
+
+class _RunFolder:
+    """A one-machine render's work folder next to the output, ``.out.mkv.uav-work`` (the
+    cluster's, :func:`vs_uav.app.cluster.work_folder`): ``job/`` holds the script and the files
+    its command reads, ``cache/`` the finished chunks with ``resume`` (the render's cache_dir),
+    and ``lock`` the pid of the uav rendering into it.
+
+    ``lock`` is locked (flock) while the render runs. The kernel releases the lock with the
+    process, even a SIGKILLed one: what a later run finds in an unlocked folder was left by a
+    run that has ended, and goes (its partial output, its script folder, half-written cache
+    files); a locked one is another render still going, and the new one is refused without
+    touching anything. The folder is removed after the output is verified; after a failure
+    or a stop only the finished chunks stay (``kept`` says how many).
+    """
+
+    def __init__(self, output: Path, prog: str, resume: bool):
+        from vs_uav.app.cluster import work_folder
+        from vs_uav.media.render import partial_path
+
+        self.output, self.prog, self.resume = Path(output), prog, resume
+        self.path = work_folder(self.output)
+        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", partial_path(self.output)
+        self.kept, self.verified, self._lock = 0, False, None
+
+    def __enter__(self) -> "_RunFolder":
+        from vs_uav.media.preflight import PreflightError, check_writable
+
+        try:  # before anything is created next to the output
+            check_writable(self.path.parent, "--output")
+        except PreflightError as e:
+            raise SystemExit(f"{self.prog}: {e}") from None
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        self._clean_leftovers()
+        self.job.mkdir()
+        return self
+
+    def _acquire(self) -> None:
+        lock = open(self.path / "lock", "a+", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                owner = lock.read().strip() or "?"
+                lock.close()
+                raise SystemExit(f"{self.prog}: another uav (pid {owner}) is rendering {self.output} (its work folder "
+                                 f"{self.path} is locked); wait for it to end or stop it") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def _clean_leftovers(self) -> None:
+        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
+        left = [p for p in (self.partial, self.job) if p.exists()]
+        left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
+        for p in left:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if left:
+            sys.stderr.write(f"{self.prog}: removed what an earlier run that did not end cleanly left: "
+                             f"{', '.join(str(p) for p in left)}\n")
+
+    def finished_chunks(self) -> int:
+        # streaming.ChunkDriver's layout: cache/<fingerprint>/chunk<first>-<end>-<digest>/state.safetensors
+        return sum(1 for p in self.cache.glob("*/chunk*/state.safetensors") if ".damaged-" not in p.parent.name)
+
+    def verify(self, frames: int) -> None:
+        """The output holds the frames vspipe wrote: then the folder can go."""
+        from vs_uav.app.cluster import count_frames
+
+        found = count_frames(self.output)
+        self.verified = found == frames
+        if not self.verified:
+            sys.stderr.write(f"{self.prog}: warning: {self.output} holds {found} frames, vspipe wrote {frames}: "
+                             "the finished chunks are kept\n")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            shutil.rmtree(self.job, ignore_errors=True)
+            self.kept = 0 if self.verified else self.finished_chunks()
+            if self.kept:
+                (self.path / "lock").unlink(missing_ok=True)  # still locked by this process: no one else takes it
+            else:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # the lock with it
+
+
+def _check_scene_cuts(encoder, frames: int, prog: str) -> None:
+    """A --scene-cuts file is read now (cheap): a bad line fails here, not inside vspipe."""
+    from vs_uav.vsfilter.scenes import AUTO, NONE, SceneError, read_cuts
+
+    if encoder.scene_cuts not in (AUTO, NONE):
+        try:
+            read_cuts(encoder.scene_cuts, frames)
+        except SceneError as e:
+            raise SystemExit(f"{prog}: {e}")
+
+
+def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
+    """:func:`vs_uav.app.cluster.render_cluster` with one updating progress line and a summary."""
+    from vs_uav.app.cluster import ClusterError, render_cluster
+
+    drawn = False
+
+    def show(state) -> None:
+        nonlocal drawn
+        drawn = True
+        sys.stderr.write(f"\r{prog}: {state.line()}\033[K")
+        sys.stderr.flush()
+
+    def end_line(record) -> bool:  # a log line (a worker restarted, -v) gets a line of its own
+        nonlocal drawn
+        if drawn:
+            sys.stderr.write("\n")
+            drawn = False
+        return True
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(end_line)
+    try:
+        result = render_cluster(job, options, progress=show, cancel=stop.event)
+    except ClusterError as e:
+        if stop.received:
+            raise _Interrupted from None
+        raise SystemExit(f"{prog}: {e}")  # after the progress line ends (finally)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(end_line)
+        if drawn:
+            sys.stderr.write("\n")
+    print(f"{prog}: wrote {result.output}: {result.summary()}", file=sys.stderr)
+    return 0
+
+
+def _probe_for_encoder(source: Path, encoder, prepare: tuple[str, ...], folder: Path, prog: str,
+                       deinterlace: str, output: Path):
+    """(the file the script reads, the output's :class:`vs_uav.media.output.OutputSpec`, the filter
+    file or None): the clip the script hands the filter, probed; an interlaced one refused, or
+    deinterlaced into ``folder`` first; what the codec cannot keep said in one line."""
+    from vs_uav.media.output import needs_filter_file, output_spec, video_filter
+    from vs_uav.media.script import prepare_source
+
+    try:  # (an odd 4:2:0 size is padded into folder, an interlaced source refused or deinterlaced)
+        video, media = prepare_source(source, prepare, folder, deinterlace)
+    except ValueError as e:
+        raise SystemExit(f"{prog}: {e}")
+    spec = output_spec(media, encoder, container=output.suffix)
+    if spec.note:
+        sys.stderr.write(f"{prog}: warning: {spec.note}\n")
+    filter_file = None
+    if needs_filter_file(spec):
+        filter_file = folder / "video.filter"
+        filter_file.write_text(video_filter(spec), encoding="utf-8")
+    return video, spec, filter_file
+
+
+def _has_namespace() -> bool:
+    """Whether the native plugin gives core.uav here (else scripts import vs_uav)."""
+    try:
+        import vapoursynth as vs
+
+        return hasattr(vs.core, "uav")
+    except Exception:
+        return False
+
+
+def cmd_script(args: argparse.Namespace) -> int:
+    """Write the .vpy (and print the matching command) without running it."""
+    from vs_uav.media.probe import interlaced_message, probe
+    from vs_uav.media.script import absolute, reading_script
+    from vs_uav.app.plan import default_output, default_script, plan
+
+    preset = _resolve(args, "uav script")
+    # The .vpy may be run from anywhere: every path in it and its command is absolute.
+    source = absolute(args.input)
+    script = absolute(args.script) if args.script else default_script(source)
+    output = absolute(args.output) if args.output else default_output(source, preset.encoder)
+    media = None
+    if source.is_dir():
+        from vs_uav.media.probe import not_a_video
+
+        raise SystemExit(f"uav script: {not_a_video(source)}")
+    if source.is_file():
+        try:
+            media = probe(source, reading_script(source))
+        except ValueError as e:
+            raise SystemExit(f"uav script: {e}")
+        if media.interlaced:
+            raise SystemExit(f"uav script: {interlaced_message(source, media, option=False)}")
+    else:
+        sys.stderr.write(f"uav script: warning: input {source} not found: the command keeps none of its format, "
+                         "colour tags, aspect ratio or timing\n")
+    result = plan(preset, source, script, output, namespace=not args.import_style, media=media, probe=False)
+    if result.note:
+        sys.stderr.write(f"uav script: warning: {result.note}\n")
+    result.write()
+    print(result.command)
+    return 0
+
+
+def _model_dir_arg(value: str | None) -> Path:
+    if value:
+        return Path(value).expanduser()
+    from vs_uav.weights.folder import default_model_dir
+
+    return default_model_dir()
+
+
+def _manifests(args: argparse.Namespace):
+    from vs_uav.weights.verify import load_manifests
+
+    return load_manifests(args.manifests) if args.manifests else None
+
+
+class _ByteProgress:
+    """One updating stderr line per file: name, MiB done, percent, rate."""
+
+    def __init__(self) -> None:
+        self.label, self.started, self.shown, self.first = "", 0.0, 0.0, 0
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if label != self.label:
+            self.label, self.started, self.shown, self.first = label, now, 0.0, done
+        finished = 0 < total <= done  # total 0: the server did not say
+        if not finished and now - self.shown < 0.5:
+            return  # a few updates a second are enough
+        self.shown = now
+        elapsed = now - self.started
+        rate = f"{(done - self.first) / elapsed / 2**20:.1f} MiB/s" if elapsed > 0.5 else ""
+        if total > 0:
+            text = (f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB "
+                    f"({100 * done / total:.0f} %{', ' + rate if rate else ''})")
+        else:
+            text = f"{done / 2**20:.1f} MiB{' (' + rate + ')' if rate else ''}"
+        sys.stderr.write(f"\r{label}: {text}{chr(10) if finished else ''}")
+        sys.stderr.flush()
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch the official weights into the model folder, verified, resumable."""
+    from vs_uav.weights.download import LICENCE_NOTE, download
+    from vs_uav.weights.verify import WeightsError
+
+    dest = _model_dir_arg(args.dir)
+    _say(f"uav download: {LICENCE_NOTE}")
+    _say(f"uav download: {args.source} -> {dest}")
+    try:
+        download(dest, args.source, vae_video=not args.no_vae_video, raft=not args.no_raft,
+                 manifests=_manifests(args), force=args.force, progress=_ByteProgress(), log=_say)
+    except WeightsError as e:
+        raise SystemExit(f"uav download: {e}")
+    if args.dir and not os.environ.get("UAV_MODEL_DIR") and dest != _model_dir_arg(None):
+        _say(f"uav download: to use this folder, set UAV_MODEL_DIR={dest} or pass model='{dest}'")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a verified model folder to safetensors."""
+    from vs_uav.weights.verify import WeightsError
+    from vs_uav.weights.convert import convert
+
+    folder = _model_dir_arg(args.dir)
+    try:
+        written = convert(folder, fp16=args.fp16, manifests=_manifests(args), log=_say)
+    except WeightsError as e:
+        raise SystemExit(f"uav convert: {e}")
+    _say(f"uav convert: {len(written)} file(s) written in {folder}; the loaders now read them "
+         "(the .bin files may be deleted)" if written else f"uav convert: nothing to convert in {folder}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the installation, one line each; non-zero exit when something required fails."""
+    from vs_uav.app.doctor import run_checks
+
+    checks = run_checks(Path(args.model).expanduser() if args.model else None, _manifests(args))
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [c.name for c in checks if c.status == "fail"]
+    print(f"uav doctor: {'FAILED: ' + ', '.join(failed) if failed else 'all required checks passed'}")
+    return 1 if failed else 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """The whole stack end to end on a tiny random model: plugin, vspipe, torch, ffmpeg."""
+    from vs_uav.app.selftest import CLIP_FRAMES, CLIP_HEIGHT, CLIP_WIDTH, RANDOM_WEIGHTS_NOTE, SCALE, run_selftest
+
+    print(f"uav selftest: {RANDOM_WEIGHTS_NOTE}", flush=True)
+    result = run_selftest(Path(args.keep).expanduser() if args.keep else None,
+                          log=lambda m: _say(f"uav selftest: {m}"), device=args.device)
+    if not result.ok:
+        print(f"uav selftest: FAILED at {result.error}", flush=True)
+        return 1
+    kept = f"; files kept in {args.keep}" if args.keep else ""
+    print(f"uav selftest: OK (vspipe, core.uav.Upscale on {args.device}, ffmpeg: {CLIP_FRAMES} frames "
+          f"{CLIP_WIDTH}x{CLIP_HEIGHT} -> {CLIP_WIDTH * SCALE}x{CLIP_HEIGHT * SCALE} in {result.seconds:.0f} s{kept})",
+          flush=True)
+    return 0
+
+
+def _add_demo(add) -> None:
+    """``uav demo`` and its options (``add``: the subparsers' add_parser)."""
+    demo = add("demo", help="the main job in miniature: a real clip through core.uav.Upscale, vspipe and ffmpeg/x265 "
+                            "(tiny reference model)")
+    demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)),
+                      help="model folder (default: $UAV_MODEL_DIR, else the tiny reference model with random weights)")
+    demo.add_argument("--input", default=str(DEMO_VIDEO), help="source video (default: the shared old animation)")
+    demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"), help="output file (default: out/demo.mkv)")
+    demo.add_argument("--frames", type=int, default=12, help="frames of the excerpt, from the first (default: 12)")
+    demo.add_argument("--width", type=int, default=64, help="the excerpt's width before the 4x upscale (default: 64)")
+    demo.add_argument("--height", type=int, default=48, help="the excerpt's height before the 4x upscale (default: 48)")
+    demo.add_argument("--steps", type=int, default=4, help="denoising steps; flow propagation at the last one "
+                      "(default: 4)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--vae", default="3d", choices=["3d", "video"], help="decoder: '3d' (default) or 'video'")
+    demo.set_defaults(func=cmd_demo)
+
+
+_VERBOSE_HELP = "log progress and details to stderr (before or after the command's name)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vs_uav import __version__
+
+    parser = argparse.ArgumentParser(prog="uav", description="Upscale-A-Video video super-resolution")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"uav {__version__}")
+    # -v after the command too (`uav upscale in.mp4 -v`); SUPPRESS: absent there, the value before stays.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, parents=[common])
+    _add_demo(add)
+
+    _add_upscale(add)
+    _add_script(add)
+    _add_model_commands(add)
+    return parser
+
+
+def _add_upscale(add) -> None:
+    from vs_uav.media.encoder import ENCODER_SETTINGS
+    from vs_uav.media.probe import DEINTERLACERS
+    from vs_uav.settings import SETTINGS
+
+    up = add("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
+    up.add_argument("input", help="source video")
+    up.add_argument("-o", "--output", help="output file (default: next to the source, e.g. clip.uav.mkv; "
+                    ".mov for prores)")
+    _add_preset_option(up)
+    _add_setting_options(up, SETTINGS)
+    _add_setting_options(up, ENCODER_SETTINGS)
+    up.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the finished chunks in the work folder next to the output (.OUTPUT.uav-work), so "
+                         "that after Ctrl+C or a crash the same command resumes where it stopped; the folder goes "
+                         "once the output is verified (default); --no-resume keeps nothing; an explicit "
+                         "--cache-dir is used instead")
+    up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
+                    help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
+                         "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
+    cl = up.add_argument_group("cluster", "render scene-cut segments on a Ray cluster (pip install "
+                               "'vs-uav[cluster]'); the frames are a one-machine render's")
+    cl.add_argument("--cluster", metavar="local|HOST:PORT", nargs="?", const="", help="'local': a Ray instance on "
+                    "this machine; HOST:PORT: a running Ray cluster this machine is a node of (ray start "
+                    "--address=...), or ray://HOST:PORT; no value: $RAY_ADDRESS if set, else 'local' (`uav doctor` "
+                    "says which); the output's folder and the input must be on storage every node sees")
+    cl.add_argument("--workers", metavar="N", help="N CPU workers (default: one per GPU of the cluster, else one)")
+    cl.add_argument("--segment-seconds", metavar="S", help="consecutive scenes are merged into segments of up "
+                    "to S seconds of video (default: 60); a longer scene is a segment of its own")
+    cl.add_argument("--split-long", metavar="S", help="split scenes longer than S seconds too; the price: each "
+                    "later piece starts cold (nothing carried across the split), so its frames differ from a "
+                    "one-machine render's (default: never split)")
+    cl.add_argument("--keep-work", action="store_true", default=False, help="keep the work folder (script, "
+                    "segments) next to the output after a successful render")
+    up.set_defaults(func=cmd_upscale)
+
+
+def _add_script(add) -> None:
+    from vs_uav.media.encoder import ENCODER_SETTINGS
+    from vs_uav.settings import SETTINGS
+
+    sc = add("script", help="write a .vpy for a source and print the encoder command")
+    sc.add_argument("input", help="source video")
+    sc.add_argument("-o", "--output", help="the encoder's output file (default: next to the source, "
+                    "e.g. clip.uav.mkv)")
+    sc.add_argument("--script", help="where to write the .vpy (default: next to the source, clip.uav.vpy)")
+    sc.add_argument("--import-style", action="store_true", help="call vs_uav.upscale instead of core.uav.Upscale")
+    _add_preset_option(sc)
+    _add_setting_options(sc, SETTINGS)
+    _add_setting_options(sc, ENCODER_SETTINGS)
+    sc.set_defaults(func=cmd_script)
+
+
+def _add_model_commands(add) -> None:
+    """download, convert, doctor and selftest."""
+    manifests_help = ("folder of key/shape manifests to verify against (default: the official full-size "
+                      "ones shipped with vs-uav; for finetuned or test models of another size)")
+    dl = add("download", help="fetch the official weights into the model folder, verified and resumable")
+    dl.add_argument("--from", dest="source", default="gdrive", metavar="SOURCE",
+                    help="'gdrive' (the official Google Drive folder, default), hf:OWNER/NAME (a Hugging Face "
+                         "repository), or a local folder or archive (.zip, .tar.*)")
+    dl.add_argument("--dir", help="model folder (default: $UAV_MODEL_DIR, else the user data folder)")
+    dl.add_argument("--no-vae-video", action="store_true", help="skip the video VAE (vae='video')")
+    dl.add_argument("--no-raft", action="store_true", help="skip the RAFT weights (flow='dis' is used)")
+    dl.add_argument("--force", action="store_true", help="fetch again even if the folder verifies")
+    dl.add_argument("--manifests", help=manifests_help)
+    dl.set_defaults(func=cmd_download)
+
+    cv = add("convert", help="rewrite a verified model folder to safetensors (faster, no pickle)")
+    cv.add_argument("--dir", help="model folder (default: $UAV_MODEL_DIR, else the user data folder)")
+    cv.add_argument("--fp16", action="store_true", help="store floating-point tensors in half precision")
+    cv.add_argument("--manifests", help=manifests_help)
+    cv.set_defaults(func=cmd_convert)
+
+    dr = add("doctor", help="check the installation: Python, VapourSynth, vspipe, plugin, ffmpeg, "
+                                       "torch, devices, model folder, disk")
+    dr.add_argument("--model", help="model folder to verify (default: $UAV_MODEL_DIR, else the user data folder)")
+    dr.add_argument("--manifests", help=manifests_help)
+    dr.set_defaults(func=cmd_doctor)
+
+    st = add("selftest", help="render a synthetic clip through core.uav.Upscale under vspipe into "
+                                         "ffmpeg with a tiny random model (no download; tests the installation, "
+                                         "not quality)")
+    st.add_argument("--device", default="cpu", help="device for the filter: cpu (default), cuda, cuda:N or auto")
+    st.add_argument("--keep", metavar="DIR", help="work in DIR and keep the model, script, logs and output there")
+    st.set_defaults(func=cmd_selftest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
