@@ -38,7 +38,8 @@ TINY = REPO.parent / "shared" / "reference" / "public" / "model"
 UAV = str(Path(sys.executable).parent / "uav")
 
 from clips import AIGC, ANIMATION, MOVIE, framemd5, splice  # noqa: E402
-from vs_uav.app.cluster import count_frames
+
+from vs_uav.media.probe import count_frames
 
 
 def run(args: list[str], cores: list[int], env: dict) -> tuple[float, str]:

@@ -28,9 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from vs_uav.engine.driver import ChunkDriver
 from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.engine.driver import ChunkDriver
 
 REAL_STEPS = 30
 GIB = 1 << 30

@@ -62,8 +62,8 @@ def overhead(frames: int, size: tuple[int, int], steps: int, chunk_size: int, ro
     import torch
 
     from vs_uav.engine.cache import get_engine
-    from vs_uav.vsfilter.upscale import upscale
     from vs_uav.settings import UpscaleSettings
+    from vs_uav.vsfilter.upscale import upscale
 
     clip = clip_of(frames, *size)
     kw = settings_kw(steps, chunk_size)

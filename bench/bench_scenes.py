@@ -31,10 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import vapoursynth as vs  # noqa: E402
-
 import cut_set  # noqa: E402
+import vapoursynth as vs  # noqa: E402
 from clips import ALL  # noqa: E402
+
 from vs_uav.vsfilter import scenes
 
 core = vs.core

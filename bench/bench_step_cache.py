@@ -63,12 +63,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(args.threads)
 
     from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
-    from vs_uav.core.scheduling import load_scheduler
+    from vs_uav.core.scheduling import DDIMScheduler, SchedulerConfig
 
     torch.manual_seed(0)
     config = UNetVideoConfig.from_json_file(CONFIG)
     unet = UNetVideoModel(config).eval().requires_grad_(False)
-    scheduler = load_scheduler(SCHEDULER)
+    scheduler = DDIMScheduler(SchedulerConfig.from_json_file(SCHEDULER))
     g = torch.Generator().manual_seed(1)
     shape = (1, 4, 8, args.size, args.size)
     inputs = {

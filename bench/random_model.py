@@ -60,10 +60,10 @@ def _check_manifest(module: torch.nn.Module, name: str) -> None:
 
 def build(out: Path, tiny: bool = False, device: str = "cpu", text_layers: int = 1, seed: int = 0) -> Path:
     """Write a complete model folder at ``out`` (replaced if present) and return it."""
-    from vs_uav.weights.folder import LAYOUT, read_config
     from vs_uav.core.models.text_encoder import clip_text_config
     from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
     from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig
+    from vs_uav.weights.folder import LAYOUT, read_config
 
     started = time.monotonic()
     if out.exists():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MODEL_DIR
+
 from vs_uav.core import acceleration
 from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
 from vs_uav.engine.pipeline import UpscalePipeline

@@ -6,13 +6,13 @@ import os
 
 import pytest
 import torch
-
 from conftest import MODEL_DIR
 from test_streaming import moving_scene
-from vs_uav.engine.pipeline import UpscalePipeline
-from vs_uav.settings import UpscaleSettings
-from vs_uav.engine.state import LATENTS_FILE, STATE_FILE, fingerprint
+
 from vs_uav.engine.driver import ChunkDriver
+from vs_uav.engine.pipeline import UpscalePipeline
+from vs_uav.engine.state import LATENTS_FILE, STATE_FILE, fingerprint
+from vs_uav.settings import UpscaleSettings
 
 KW = dict(prompt="a koala", steps=2, guidance_scale=4.0, noise_level=100, seed=3, chunk_size=8,
           propagation_steps=[1])

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from clips import AIGC, ANIMATION, MOVIE, framemd5, splice
 from conftest import MODEL_DIR
+
 from vs_uav.app.cluster import ClusterOptions, count_frames, work_folder
 
 # Ray on this machine binds to the loopback interface only and reports nothing (read when Ray is imported).
@@ -188,8 +188,8 @@ def _cluster_timing(src: Path):
     """What the cluster's timing check says of ``src`` (the start delay, or its ClusterError)."""
     from vs_uav.app.cluster import ClusterError, ClusterJob, _start_delay
     from vs_uav.media.encoder import EncoderSettings
-    from vs_uav.media.probe import probe
     from vs_uav.media.output import output_spec
+    from vs_uav.media.probe import probe
     from vs_uav.media.script import reading_script
     from vs_uav.settings import UpscaleSettings
 
@@ -341,9 +341,9 @@ def test_a_bare_cluster_option_means_ray_address_else_local(monkeypatch):
 def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_path, ray_env):
     """The command the preset editor shows for "Render on: a local Ray instance" (the reference
     is the one-machine render of the same settings)."""
-    from vs_uav.app.cli import upscale_command
-    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.app.job import upscale_command
     from vs_uav.app.presets import Preset
+    from vs_uav.media.encoder import EncoderSettings
     from vs_uav.settings import UpscaleSettings
 
     out = tmp_path / "cluster.mkv"
@@ -393,7 +393,8 @@ def test_a_worker_killed_mid_render_is_replaced(clip, reference, tmp_path, ray_e
     # Said at warning level, in one line: which worker and node, and the segment rendered again.
     said = re.findall(r"^.*died; Ray restarted.*$", run.text, re.M)
     assert len(said) == 1 and re.fullmatch(
-        rf"WARNING vs_uav\.cluster: cluster: worker {m[1]} \(pid {pid} on 127\.0\.0\.1, Ray node [0-9a-f]{{8}}\) died; "
+        rf"WARNING vs_uav\.app\.cluster\.pool: cluster: worker {m[1]} \(pid {pid} on 127\.0\.0\.1, Ray node "
+        rf"[0-9a-f]{{8}}\) died; "
         rf"Ray restarted it as pid {done[1]}, which renders frames {first}-{last} again", said[0]), said
     assert framemd5(out) == reference
 
@@ -566,6 +567,8 @@ import sys
 from ray._private.node import Node
 from ray._private.parameter import RayParams
 # A second Ray node (what ray.cluster_utils.Cluster.add_node starts), in this mount namespace.
+# Not `ray start --address`: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it refuses to join a node, and
+# with 1 it turns 127.0.0.1 into the machine's address (Ray 2.60): a node on loopback only needs this.
 node = Node(RayParams(node_ip_address="127.0.0.1", gcs_address=sys.argv[1], num_cpus=1, num_gpus=0,
                       object_store_memory=80 * 2**20, min_worker_port=0, max_worker_port=0,
                       include_log_monitor=False, node_manager_port=0),

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ATOL, MODEL_DIR, case_names, load_case, max_abs_err
+
 from vs_uav.core.color import adain, color_fix, wavelet
 from vs_uav.core.propagation import propagate
-from vs_uav.core.scheduling import SchedulerConfig, load_low_res_scheduler, load_scheduler
+from vs_uav.core.scheduling import DDIMScheduler, LowResScheduler, SchedulerConfig
 
 
 @pytest.mark.parametrize("name", case_names("ddim"))
 def test_ddim_step_v0_step_vt(name):
     meta, t = load_case(name)
     p = meta["params"]
-    sched = load_scheduler(MODEL_DIR / "scheduler" / "scheduler_config.json")
+    sched = DDIMScheduler(SchedulerConfig.from_json_file(MODEL_DIR / "scheduler" / "scheduler_config.json"))
     timesteps = sched.set_timesteps(p["num_inference_steps"])
     assert timesteps.tolist() == p["timesteps"]
     assert max_abs_err(sched.alphas_cumprod, t["alphas_cumprod"]) <= 1e-7
@@ -32,7 +32,7 @@ def test_ddim_step_v0_step_vt(name):
 @pytest.mark.parametrize("name", case_names("lowres_noise"))
 def test_low_res_noise(name):
     meta, t = load_case(name)
-    sched = load_low_res_scheduler(MODEL_DIR / "low_res_scheduler" / "scheduler_config.json")
+    sched = LowResScheduler(SchedulerConfig.from_json_file(MODEL_DIR / "low_res_scheduler" / "scheduler_config.json"))
     for level in meta["params"]["noise_levels"]:
         noisy = sched.add_noise(t["image"], t["noise"], level)
         assert max_abs_err(noisy, t[f"noisy_{level}"]) <= ATOL
@@ -100,6 +100,6 @@ def test_scheduler_config_rejects_unknown_key_and_value():
 
 
 def test_ddim_rejects_bad_step_count():
-    sched = load_scheduler(MODEL_DIR / "scheduler" / "scheduler_config.json")
+    sched = DDIMScheduler(SchedulerConfig.from_json_file(MODEL_DIR / "scheduler" / "scheduler_config.json"))
     with pytest.raises(ValueError, match=r"num_inference_steps=0 is out of range; accepted: 1\.\.1000"):
         sched.set_timesteps(0)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import MODEL_DIR
+
+from vs_uav.engine.driver import ChunkDriver
 from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.engine.driver import ChunkDriver
 
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -145,7 +145,8 @@ def test_filter_on_cuda():
     pytest.importorskip("vapoursynth", reason="VapourSynth is not installed")
     pytest.importorskip("cv2", reason="OpenCV (the filter test's DIS flow) is not installed")
     import numpy as np
-    from test_filter import KW as FILTER_KW, _video, frames_of, source
+    from test_filter import KW as FILTER_KW
+    from test_filter import _video, frames_of, source
 
     from vs_uav.engine.cache import get_engine
     from vs_uav.vsfilter.upscale import upscale

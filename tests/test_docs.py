@@ -6,8 +6,8 @@ import re
 import shlex
 
 import pytest
-
 from conftest import REPO
+
 from vs_uav.app import cli, docs
 from vs_uav.app.doctor import FIXES
 from vs_uav.media.encoder import ENCODER_SETTINGS
@@ -47,14 +47,13 @@ def test_the_getting_started_commands_exist():
     parser = cli.build_parser()
     for argv in commands:
         args = parser.parse_args(argv[1:])  # every option as written is accepted
-        assert callable(args.func)
+        assert args.func is getattr(cli, f"cmd_{argv[1]}"), argv  # ... by the command it names
     assert "S-Lab License 1.0" in README and "non-commercial" in README
 
 
 def test_the_library_example_runs():
     """The README's Library snippet, as written, on the tiny reference model."""
     import torch
-
     from conftest import MODEL_DIR
 
     code = re.search(r"## Library\n+```python\n(.*?)```", README, re.S).group(1)
@@ -82,3 +81,49 @@ def test_the_readme_says_one_thing_about_threads():
     text = " ".join(README.split())
     assert "never on the thread count" not in text
     assert "depend on the thread count" in text or "number of torch threads" in text
+
+
+def _design_bullet(title: str) -> str:
+    start = README.index(f"- **{title}")
+    ends = [i for i in (README.find("\n- **", start + 1), README.find("\n## ", start)) if i > 0]
+    return README[start:min(ends)]
+
+
+def _resolve_path(bullet: str) -> list[str]:
+    """Each name a design path lists, resolved: ``vs_uav.x.y`` names by import, bare names
+    (``_prepare``, ``RunFolder.verify``) in the module named last before them; the misses."""
+    import importlib
+
+    missing, module = [], None
+    for name in re.findall(r"`([^`]+)`", bullet):
+        if "/" in name:
+            missing += [] if (REPO / name).exists() else [name]
+            continue
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", name) or name.startswith(("core.uav", "uav ")):
+            continue  # a call with its arguments, e.g. settings.check_model(*engine.limits())
+        parts, obj = name.split("."), None
+        if parts[0] == "vs_uav":
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj, module = importlib.import_module(".".join(parts[:i])), importlib.import_module(
+                        ".".join(parts[:i]))
+                    rest = parts[i:]
+                    break
+                except ImportError:
+                    continue
+        else:
+            obj, rest = module, parts
+        try:
+            for attr in rest:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            missing.append(name)
+    return missing
+
+
+@pytest.mark.parametrize("title", ["One parameter", "One job"])
+def test_the_design_paths_name_functions_that_exist(title):
+    bullet = _design_bullet(title)
+    assert len(re.findall(r"`([^`]+)`", bullet)) > 12
+    assert _resolve_path(bullet) == []
+    assert _resolve_path("`vs_uav.app.job.run_job` → `_no_such_step`") == ["_no_such_step"]  # it can fail

@@ -11,15 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR, REPO, copy_model
-from vs_uav.weights.verify import verify as weights
+
 from vs_uav.app.doctor import FIXES
+from vs_uav.weights.download import staging_dir
+from vs_uav.weights.verify import write_manifests
 
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> Path:
-    return weights.write_manifests(MODEL_DIR, tmp_path_factory.mktemp("manifests"))
+    return write_manifests(MODEL_DIR, tmp_path_factory.mktemp("manifests"))
 
 
 def doctor(*args: str, env: dict | None = None) -> tuple[int, dict[str, str], str]:
@@ -88,8 +89,8 @@ def test_wrong_or_damaged_model_folder(manifests, tmp_path):
     # The full-size manifests (the default) on a complete model of another size: not called damaged.
     rc, lines, _ = doctor("--model", str(MODEL_DIR))
     assert lines["model"].startswith(f"[warn] model: {MODEL_DIR}: complete and readable, but not the official "
-                                     f"model ({MODEL_DIR / 'unet' / 'unet_video.bin'}: not the official unet "
-                                     "weights ("), lines["model"]
+                                     f"model ({MODEL_DIR / 'unet' / 'unet_video.bin'}: does not match the "
+                                     "official unet weights: "), lines["model"]
     # It loads (its weights fit its configs): a finetune or another model, not a damaged download.
     assert lines["model"].endswith(" -> a finetune or a model of another size: verify it against its own manifests, "
                                    "`uav doctor --manifests DIR` (vs_uav.weights.verify.write_manifests makes them); if it "
@@ -133,7 +134,7 @@ def test_an_interrupted_download_is_pointed_out(tmp_path):
     from vs_uav.app.doctor import check_model
 
     dest = tmp_path / "uav"
-    staging = weights.staging_dir(dest)
+    staging = staging_dir(dest)
     staging.mkdir()
     check = check_model(dest)
     assert check.line() == (f"[FAIL] model: {dest}: model folder not found; an interrupted download is in "

@@ -17,12 +17,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR
+
+from vs_uav.app.plan import plan_preset_render
+from vs_uav.app.presets import Preset
 from vs_uav.media.encoder import EncoderSettings, encoder_name, encodes
 from vs_uav.media.probe import MediaInfo, VideoFormat
-from vs_uav.app.presets import Preset
-from vs_uav.app.plan import plan
 
 BIN = Path(sys.executable).parent
 UAV = str(BIN / "uav")
@@ -180,7 +180,7 @@ def test_each_codec_keeps_what_the_readme_says(codec, source, pix_fmt):
 
 def test_what_the_source_does_not_say_stays_unsaid():
     plain = MediaInfo(width=32, height=24, frames=8, format=VideoFormat("YUV", 8, 1, 1), fps=Fraction(25))
-    result = plan(Preset("plain"), Path("/in.mp4"), media=plain)
+    result = plan_preset_render(Preset("plain"), Path("/in.mp4"), media=plain)
     command = result.command
     assert not any(f" -{tag} " in command for tag in ("colorspace", "color_primaries", "color_trc",
                                                       "chroma_sample_location"))
@@ -202,7 +202,8 @@ def test_an_interlaced_source_is_refused_with_the_ways_to_deinterlace_it(sources
         assert ("--deinterlace bwdif" in run.stderr) == (command[0] == "upscale")
     assert not (tmp_path / "o.mkv").exists() and not (tmp_path / "s.vpy").exists()
     # The editor still shows the script, saying at its top why it will be refused.
-    header = " ".join(line[2:] for line in plan(Preset("p"), tff).script.splitlines() if line.startswith("# "))
+    script = plan_preset_render(Preset("p"), tff).script
+    header = " ".join(line[2:] for line in script.splitlines() if line.startswith("# "))
     assert f"Warning: input {tff} is interlaced (top field first)" in header
 
 

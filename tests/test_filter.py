@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
-
 from conftest import MODEL_DIR, copy_model
+
 from vs_uav.vsfilter.upscale import upscale
 
 core = vs.core

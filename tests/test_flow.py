@@ -13,12 +13,11 @@ import re
 
 import pytest
 import torch
-
 from conftest import MANIFESTS
-from vs_uav.core.flow import DisFlow, RaftFlow, estimate_flows, flow_between, flow_estimator, resize_flow
-from vs_uav.weights.folder import default_method, load_raft
-from vs_uav.weights.folder import ModelLoadError
+
+from vs_uav.core.flow import DisFlow, RaftFlow, estimate_flows, flow_estimator
 from vs_uav.core.models.raft import RAFT
+from vs_uav.weights.folder import ModelLoadError, default_method, load_raft
 
 SHIFT = (1.5, -0.75)  # (x, y) pixels per frame
 
@@ -75,7 +74,7 @@ def test_dis_pairwise_matches_clip_and_empty_clip():
     pf, pb = DisFlow().bidirectional(frames[:-1], frames[1:])
     torch.testing.assert_close(pf, fw[0].transpose(0, 1))
     torch.testing.assert_close(pb, bw[0].transpose(0, 1))
-    torch.testing.assert_close(flow_between(frames[:1], frames[1:2], method="dis"), fw[0, :, :1].transpose(0, 1))
+    torch.testing.assert_close(flow_estimator("dis")(frames[:1], frames[1:2]), fw[0, :, :1].transpose(0, 1))
 
     fw1, bw1 = estimate_flows(video[:, :, :1], method="dis")
     assert fw1.shape == bw1.shape == (1, 2, 0, 32, 40)
@@ -152,8 +151,8 @@ def test_load_raft_official_layout_and_flow_shapes(tmp_path):
     pf, pb = est.bidirectional(frames[1:2], frames[2:3])
     torch.testing.assert_close(pf, fw[0, :, 1:2].transpose(0, 1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(pb, bw[0, :, 1:2].transpose(0, 1), atol=1e-4, rtol=1e-4)
-    # The path form loads the file itself.
-    torch.testing.assert_close(estimate_flows(video, "raft", raft=path)[0], fw, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(estimate_flows(video, "raft", raft=flow_estimator("raft", loaded))[0], fw,
+                               atol=1e-4, rtol=1e-4)
 
     fw1, bw1 = estimate_flows(video[:, :, :1], method="raft", raft=loaded)
     assert fw1.shape == bw1.shape == (1, 2, 0, 30, 37)
@@ -260,38 +259,6 @@ def test_raft_matches_torchvision_raft_large():
     assert got.shape == expected.shape
     scale = expected.abs().max().item()
     assert (got - expected).abs().max().item() <= 1e-5 * max(scale, 1.0) + 1e-4
-
-
-# --------------------------------------------------------------------------- resize
-
-
-def test_resize_flow_scales_each_axis_by_its_own_ratio():
-    flow = torch.empty(1, 2, 3, 20, 30)
-    flow[:, 0], flow[:, 1] = 2.0, 3.0
-    out = resize_flow(flow, (10, 60))  # height halves, width doubles
-    assert out.shape == (1, 2, 3, 10, 60)
-    torch.testing.assert_close(out[:, 0], torch.full_like(out[:, 0], 4.0))  # x * 60/30
-    torch.testing.assert_close(out[:, 1], torch.full_like(out[:, 1], 1.5))  # y * 10/20
-    assert resize_flow(flow, (20, 30)) is flow
-
-
-def test_resize_flow_keeps_a_zoom_field_consistent():
-    # A zoom about the image centre, f(p) = k (p - c) in pixel-centre coordinates, must
-    # stay that field (with the new centre) on the new grid; exact for area 2x shrink and
-    # for bilinear 2x enlargement away from the border.
-    k = 0.1
-    h, w = 24, 16
-
-    def zoom(hh: int, ww: int) -> torch.Tensor:
-        ys, xs = torch.meshgrid(
-            torch.arange(hh, dtype=torch.float32), torch.arange(ww, dtype=torch.float32), indexing="ij"
-        )
-        return torch.stack((k * (xs - (ww - 1) / 2), k * (ys - (hh - 1) / 2)))[None]
-
-    out = resize_flow(zoom(h, w), (12, 32))
-    torch.testing.assert_close(out[..., 1:-1], zoom(12, 32)[..., 1:-1], atol=1e-5, rtol=0)
-    out = resize_flow(zoom(h, w), (48, 8))
-    torch.testing.assert_close(out[..., 1:-1, :], zoom(48, 8)[..., 1:-1, :], atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------- errors

@@ -9,9 +9,9 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import MODEL_DIR
 from test_render import UAV, env
+
 from vs_uav import __version__
 from vs_uav.app import cli
 

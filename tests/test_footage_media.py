@@ -12,12 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_faithful import uav, video
 
 from vs_uav.media.encoder import EncoderSettings
-from vs_uav.media.probe import probe
 from vs_uav.media.output import ffmpeg_options, output_spec
+from vs_uav.media.probe import probe
 from vs_uav.media.script import prepare_source, reading_script
 
 MASTER = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
@@ -206,8 +205,8 @@ def test_an_odd_size_is_said_where_it_is_not_kept(odd, tmp_path):
 def test_an_odd_size_4_2_0_source_keeps_its_size(odd, tmp_path):
     # The script uav upscale writes, with a 4x point resize standing in for the model (which
     # returns its input's format at 4x), through vspipe into the ffmpeg command.
-    from vs_uav.media.script import _encoding_lines
     from vs_uav.media.render import find_vspipe
+    from vs_uav.media.script import _encoding_lines
 
     video_file, media = prepare_source(odd, (), tmp_path)
     spec = output_spec(media, EncoderSettings(codec="x265"), container=".mkv")

@@ -8,16 +8,19 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from conftest import MODEL_DIR  # noqa: E402
 from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QGuiApplication  # noqa: E402
 from PySide6.QtWidgets import QApplication, QLabel  # noqa: E402
+from vs_uav_gui.preview import render_preview  # noqa: E402
+from vs_uav_gui.window import PresetEditor  # noqa: E402
 
-from conftest import MODEL_DIR  # noqa: E402
 from vs_uav.app import presets
+from vs_uav.engine.cache import ENGINES  # noqa: E402
+from vs_uav.errors import UavError
 from vs_uav.media.encoder import ENCODER_SETTINGS
 from vs_uav.settings import SETTINGS
-from vs_uav.engine.cache import ENGINES  # noqa: E402
-from vs_uav_gui.window import PresetEditor  # noqa: E402
+from vs_uav.weights.folder import ModelLoadError
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
 ANIMATION = VIDEOS / "old_animation_1.mp4"
@@ -270,6 +273,41 @@ def test_preview_shows_the_crop_before_and_after(previewing, qtbot):
     assert panel.result.box == (0, 0, 32, 32) and ENGINES.loads == loads
 
 
+def test_a_default_preview_after_an_fp8_one_gets_its_own_pipeline(previewing, qtbot):
+    """The old preview cache's key left out weights, offload and compile: after a preview with
+    fp8 weights, one with the default weights failed ("weights='default' on a pipeline whose
+    U-Net already holds fp8 weights") until the editor restarted. The one engine cache keys on
+    them, and holds at most its capacity of pipelines."""
+    import numpy as np
+
+    from vs_uav.engine.cache import EngineKey
+
+    panel = previewing.preview
+    panel.size_spin.setValue(16)  # the model's load is most of the time: the least to denoise
+    panel.context_spin.setValue(0)
+
+    def run(weights: str):
+        previewing.fields["weights"].editor.setCurrentText(weights)
+        assert previewing.current is not None and previewing.current.settings.weights == weights
+        panel.result = None  # a failure leaves the last result: it must not pass for this one
+        panel.run_button.click()
+        qtbot.waitUntil(lambda: _finished(panel), timeout=180_000)
+        assert panel.result is not None and panel.status.text().startswith("Frame 35: "), panel.status.text()
+        return panel.result, EngineKey.of(previewing.current.settings)
+
+    loads = ENGINES.loads
+    fp8, fp8_key = run("fp8")
+    assert ENGINES.loads == loads + 1 and fp8_key in ENGINES
+    plain, plain_key = run("default")
+    assert plain_key != fp8_key and ENGINES.loads == loads + 2  # loaded afresh, not the fp8 one reconfigured
+    assert len(ENGINES.keys()) <= ENGINES.capacity and plain_key in ENGINES and fp8_key not in ENGINES
+    assert np.array_equal(plain.before, fp8.before) and plain.box == fp8.box
+    # Not the same image, but only fp8's small deviation (measured: 1.8% of the values differ, by 1 level).
+    diff = np.abs(plain.after.astype(int) - fp8.after.astype(int))
+    assert diff.max() > 0, "the default preview gave the fp8 image"
+    assert diff.max() <= 4 and diff.mean() < 0.25, (diff.max(), diff.mean())
+
+
 def test_cancel_and_a_newer_preview_stop_a_running_one(previewing, qtbot):
     panel = previewing.preview
     previewing.fields["steps"].editor.setValue(500)  # about a minute with the tiny model
@@ -306,6 +344,10 @@ def test_preview_errors_are_one_line(previewing, qtbot, tmp_path):
     previewing.fields["model"].editor.setText(str(nowhere))
     assert run() == (f"Preview failed: {nowhere}: model folder not found; run `uav download` to fetch or "
                      "repair the model folder, or set UAV_MODEL_DIR")
+    # Said as it is (no "ModelLoadError: " before it) by its type: a UavError, neither a ValueError nor an OSError.
+    with pytest.raises(ModelLoadError) as raised:
+        render_preview(panel.request())
+    assert isinstance(raised.value, UavError) and not isinstance(raised.value, (ValueError, OSError))
     previewing.fields["model"].editor.setText(str(MODEL_DIR))
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video\n")
@@ -396,10 +438,11 @@ def test_the_uav_command_reproduces_every_preset_exactly(window):
     command's options give back the form's settings."""
     import shlex
 
-    from vs_uav.app.cli import _resolve, build_parser, upscale_command
+    from vs_uav.app.cli import _resolve, build_parser
+    from vs_uav.app.job import upscale_command
     from vs_uav.app.cluster import ClusterOptions
-    from vs_uav.media.encoder import EncoderSettings
     from vs_uav.app.presets import Preset
+    from vs_uav.media.encoder import EncoderSettings
     from vs_uav.settings import UpscaleSettings
 
     odd = Preset("odd", UpscaleSettings(prompt="-a prompt, 'quoted'", steps=7, propagation_steps=[], seed=2**40,

@@ -3,7 +3,6 @@ over :mod:`vs_uav.weights.folder`), refusing damaged copies, and the module's im
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MANIFESTS, MODEL_DIR, REPO, copy_model
-from vs_uav.weights.folder import LAYOUT, ModelLoadError, check_folder
+
 from vs_uav.engine.pipeline import UpscaleAVideoModel, UpscalePipeline
+from vs_uav.weights.folder import LAYOUT, ModelLoadError, check_folder
 
 
 def load_model(folder: Path, vae: str = "3d") -> UpscaleAVideoModel:
@@ -153,6 +152,114 @@ def test_full_size_text_encoder_matches_manifest():
     assert sum(p.numel() for p in model.parameters()) == manifest["parameters"]
 
 
+COMPONENTS = ("unet", "vae_3d", "vae_video", "text_encoder")
+
+
+def _built_and_loaded_the_old_way(folder: Path, name: str) -> torch.nn.Module:
+    """A component as loading made it before: constructed normally (randomly initialised), then
+    filled by copying the file's tensors in with load_state_dict."""
+    from vs_uav.core.models.text_encoder import PromptEncoder, clip_text_config
+    from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
+    from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig
+    from vs_uav.weights.folder import TOKENIZER_DIR, find_weights, read_config, read_state_dict
+
+    sd = read_state_dict(find_weights(folder, name))
+    if name == "unet":
+        module = UNetVideoModel(read_config(folder, name, UNetVideoConfig.from_dict))
+    elif name.startswith("vae_"):
+        module = AutoencoderKLVideo(read_config(folder, name, VAEVideoConfig.from_dict))
+    else:
+        config = read_config(folder, name, clip_text_config)
+        module = PromptEncoder.from_config(folder / TOKENIZER_DIR, config).text_model
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
+    module.load_state_dict(sd, strict=True)
+    return module
+
+
+def _same_tensors(new: dict, old: dict) -> None:
+    assert new.keys() == old.keys()
+    for k in old:
+        assert new[k].device.type == "cpu", k  # nothing left on the meta device
+        assert new[k].dtype == old[k].dtype and torch.equal(new[k], old[k]), k
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_a_component_built_without_weights_loads_to_the_same_tensors_and_buffers(name):
+    """Built on the meta device and filled from the file: every parameter and every buffer
+    (the non-persistent ones that __init__ computes, CLIP's position ids, included) is the
+    normally built and loaded model's, on the CPU."""
+    from vs_uav.weights.folder import load_component
+
+    new = load_component(MODEL_DIR, name)
+    new = getattr(new, "text_model", new)
+    old = _built_and_loaded_the_old_way(MODEL_DIR, name)
+    _same_tensors(new.state_dict(), old.state_dict())
+    _same_tensors(dict(new.named_parameters()), dict(old.named_parameters()))
+    _same_tensors(dict(new.named_buffers()), dict(old.named_buffers()))
+    if name == "text_encoder":  # the buffer the state dict does not hold, really computed
+        assert "embeddings.position_ids" in dict(new.named_buffers())
+        assert "embeddings.position_ids" not in new.state_dict()
+    if name == "unet":  # the rotary table stays one parameter under its 17 names
+        rotary = {id(m.freqs) for m in new.modules() if type(m).__name__ == "RotaryEmbedding"}
+        assert len(rotary) == 1 and len([k for k in new.state_dict() if k.endswith("rotary_emb.freqs")]) == 17
+
+
+def test_building_draws_no_random_numbers_and_takes_no_memory():
+    from vs_uav.weights.folder import build_component
+
+    state = torch.random.get_rng_state()
+    built = [build_component(MODEL_DIR, name).module for name in COMPONENTS]
+    assert torch.equal(torch.random.get_rng_state(), state)  # no random initialisation ran
+    assert all(p.is_meta for m in built for p in m.parameters())
+    torch.nn.Linear(2, 2)  # the check can fail: a normal build draws
+    assert not torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_from_pretrained_holds_the_old_numbers(dtype):
+    """The whole pipeline, moved and cast as before: the same tensors as loading into randomly
+    initialised models gave (bfloat16: the file's float32 cast once, as before)."""
+    pipe = UpscalePipeline.from_pretrained(MODEL_DIR, vae="3d", dtype=dtype, flow="dis")
+    want = getattr(torch, dtype)
+    for module, name, cast in ((pipe.model.unet, "unet", want), (pipe.model.vae, "vae_3d", torch.float32),
+                               (pipe.model.prompt_encoder.text_model, "text_encoder", want)):
+        old = _built_and_loaded_the_old_way(MODEL_DIR, name).to(cast)
+        _same_tensors(module.state_dict(), old.state_dict())
+        _same_tensors(dict(module.named_buffers()), dict(old.named_buffers()))
+        assert not any(p.requires_grad for p in module.parameters()) and not module.training
+
+
+def test_empty_weights_is_this_threads_only():
+    import threading
+
+    from vs_uav.weights.folder import empty_weights
+
+    original = torch.nn.Module.register_parameter
+    other = {}
+    with empty_weights():
+        inside = torch.nn.Linear(3, 3)
+        with empty_weights():  # nests
+            nested = torch.nn.Linear(3, 3)
+        after_nested = torch.nn.Linear(3, 3)
+        worker = threading.Thread(target=lambda: other.setdefault("linear", torch.nn.Linear(3, 3)))
+        worker.start()
+        worker.join()
+    assert inside.weight.is_meta and nested.weight.is_meta and after_nested.bias.is_meta
+    assert not other["linear"].weight.is_meta  # another thread built as usual meanwhile
+    assert not torch.nn.Linear(3, 3).weight.is_meta
+    assert torch.nn.Module.register_parameter is original
+
+
+def test_a_missing_key_is_refused_naming_it(model_copy):
+    path = model_copy / "vae" / "vae_3d.bin"
+    sd = torch.load(path, weights_only=True)
+    sd.pop("decoder.conv_out.bias")
+    torch.save(sd, path)
+    with pytest.raises(ModelLoadError, match=r"vae_3d\.bin: does not match vae/vae_3d_config\.json: "
+                                             r"1 missing key\(s\): decoder\.conv_out\.bias$"):
+        load_model(model_copy)
+
+
 def _fresh_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
 
@@ -173,12 +280,12 @@ def test_every_module_imports_on_its_own():
     layers and cycles, is tests/test_layers.py's)."""
     from test_layers import import_graph
 
-    modules = sorted(m for m in import_graph() if m.startswith("vs_uav") and m != "vs_uav.__main__")
+    modules = sorted(m for m in import_graph() if not m.endswith(".__main__"))  # __main__ runs the program
     assert len(modules) > 40
     r = _fresh_python(
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
-        "    for m in [m for m in sys.modules if m == 'vs_uav' or m.startswith('vs_uav.')]:\n"
+        "    for m in [m for m in sys.modules if m.split('.')[0] in ('vs_uav', 'vs_uav_gui')]:\n"
         "        del sys.modules[m]\n"
         "    importlib.import_module(name)\n"
     )

@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import ATOL, MODEL_DIR, REPO
+
 from vs_uav.core.memory import GIB, MIN_TILE, MemoryPlan, plan_memory, smaller_plan
+from vs_uav.core.tiling import temporal_windows
 from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.core.tiling import temporal_windows
 
 MIB = 1 << 20
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

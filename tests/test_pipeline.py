@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import ATOL, MODEL_DIR, case_names, load_case, max_abs_err
+
+from vs_uav.core.tiling import decode_groups, temporal_windows
 from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.settings import UpscaleSettings
-from vs_uav.core.tiling import decode_groups, temporal_windows
 
 _VAE = {"vae_3d": "3d", "vae_video": "video"}
 
@@ -39,7 +39,20 @@ def test_pipeline_matches_official(name, pipes):
     meta, t = load_case(name)
     p = meta["params"]
     # The window and decode layout the official run recorded is what our arithmetic gives.
-    assert [list(w) for w in temporal_windows(p["T"])] == meta["unet_windows"] or len(meta["unet_windows"]) == 0
+    windows = meta["unet_windows"]
+    assert windows, f"{name} records no U-Net windows"
+    assert [list(w) for w in temporal_windows(p["T"])] == windows
+    # The recording agrees with itself: each step calls the U-Net once per window, and each
+    # frame's running-average weights (recorded where windows overlap) name exactly the
+    # windows that hold it and sum to 1.
+    assert len(meta["unet_calls"]) == p["num_inference_steps"] * len(windows)
+    frame_weights = meta["unet_window_frame_weights"]
+    if frame_weights is None:
+        assert len(windows) == 1
+        frame_weights = [[[0, 1.0]]] * p["T"]
+    assert [sorted(k for k, _ in weights) for weights in frame_weights] == \
+        [[k for k, (s, e) in enumerate(windows) if s <= f < e] for f in range(p["T"])]
+    assert all(abs(sum(w for _, w in weights) - 1) < 1e-9 for weights in frame_weights)
     assert [list(g) for g in decode_groups(p["T"])] == meta["decode_chunks"]
     flows = (t["flows_forward"], t["flows_backward"]) if "flows_forward" in t else None
     out = pipes(_VAE[p["vae"]])(

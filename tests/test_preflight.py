@@ -10,15 +10,24 @@ import os
 import shutil
 import subprocess
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import vapoursynth as vs
-
 from conftest import MODEL_DIR
 from test_render import ANIMATION, UAV, VSPIPE, env, vpy
+
 from vs_uav.media.encoder import BITS_PER_PIXEL, CODECS, EncoderSettings
-from vs_uav.media.preflight import SourceInfo, estimate_output_bytes, probe_source
+from vs_uav.media.preflight import estimate_output_bytes
+from vs_uav.media.probe import MediaInfo, VideoFormat, probe
+from vs_uav.media.script import reading_script
+
+YUV420 = VideoFormat("YUV", 8, 1, 1)
+
+
+def media(width: int, height: int, frames: int, audio: str | None = None, audio_bytes: int = 0) -> MediaInfo:
+    return MediaInfo(width, height, frames, YUV420, Fraction(25), audio=audio, audio_bytes=audio_bytes)
 
 ROOT = os.geteuid() == 0  # root writes into read-only folders: only a path under a file stops it
 
@@ -120,11 +129,11 @@ def test_too_little_free_disk_for_the_estimated_output_is_refused(tmp_path):
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=8192x8192:r=25", "-frames:v", "1", "-c:v", "libx264", "-preset",
            "fast", "-x264-params", "log-level=error", str(frame))
     free = shutil.disk_usage(tmp_path).free
-    per_frame = estimate_output_bytes(SourceInfo(8192, 8192, 1, None, 0), EncoderSettings(codec="ffv1"))
+    per_frame = estimate_output_bytes(media(8192, 8192, 1), EncoderSettings(codec="ffv1"))
     frames = math.ceil(1.5 * free / per_frame) + 1
     source = tmp_path / "huge.mp4"
     ffmpeg("-stream_loop", str(frames - 1), "-i", str(frame), "-c", "copy", str(source))
-    assert probe_source(source) == SourceInfo(8192, 8192, frames, None, 0)
+    # (The frame count the job's one probe finds is what the estimate uses; `uav upscale` below.)
     output = tmp_path / "out" / "up.mkv"
     run, seconds = upscale(tmp_path, source, output, "--codec", "ffv1", "--cache-dir", str(tmp_path / "cache"))
     assert_refused_before_any_work(tmp_path, run, seconds, output,
@@ -137,12 +146,12 @@ def test_too_little_free_disk_for_the_estimated_output_is_refused(tmp_path):
 
 def test_every_codec_has_a_size_estimate_growing_with_quality():
     assert set(BITS_PER_PIXEL) == set(CODECS)
-    info = SourceInfo(320, 240, 100, "aac", 1000)
+    info = media(320, 240, 100, "aac", 1000)
     sizes = {c: estimate_output_bytes(info, EncoderSettings(codec=c)) for c in CODECS}
     assert sizes["x265"] < sizes["x264"] < sizes["prores"] < sizes["ffv1"]
     assert estimate_output_bytes(info, EncoderSettings(codec="x265", crf=12)) == pytest.approx(
         2 * (sizes["x265"] - 1000) + 1000, rel=1e-6)
-    assert estimate_output_bytes(SourceInfo(320, 240, None, None, 0), EncoderSettings()) is None
+    assert estimate_output_bytes(media(320, 240, 0), EncoderSettings()) is None
 
 
 # -- the filter: a cache_dir it cannot write fails at creation, before any frame -----------------
@@ -173,3 +182,16 @@ clip.set_output()
     assert f"uav.Upscale: cache_dir={str(bad)!r} is not writable (Not a directory); accepted: a folder this user " \
         "can create and write\n" in err, err
     assert not bad.parent.is_dir()
+
+
+def test_the_probe_says_the_audio_the_estimate_counts(tmp_path):
+    source = tmp_path / "a.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=32x24:rate=10:duration=2", "-f", "lavfi", "-i",
+           "sine=frequency=440:duration=2", "-c:v", "libx264", "-c:a", "aac", "-b:a", "128k", str(source))
+    info = probe(source, reading_script(source))
+    assert (info.width, info.height, info.frames, info.audio) == (32, 24, 20, "aac")
+    assert 0.5 * 2 * 128_000 / 8 < info.audio_bytes < 1.5 * 2 * 128_000 / 8
+    silent = tmp_path / "s.mp4"
+    ffmpeg("-i", str(source), "-an", "-c", "copy", str(silent))
+    assert (probe(silent, reading_script(silent)).audio, probe(silent, reading_script(silent)).audio_bytes) == (None, 0)
+

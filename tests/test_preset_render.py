@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR
+
 from vs_uav.app import presets
-from vs_uav.app.plan import default_output, plan
+from vs_uav.app.plan import default_output, plan_preset_render
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -41,7 +41,8 @@ def test_generated_script_and_command_render(name, clip, tmp_path, monkeypatch):
     preset = dataclasses.replace(preset, settings=cheap)
     out_dir = tmp_path / "out put"
     out_dir.mkdir()
-    result = plan(preset, clip, out_dir / "my script.vpy", out_dir / default_output(clip, preset.encoder).name)
+    result = plan_preset_render(preset, clip, out_dir / "my script.vpy",
+                                out_dir / default_output(clip, preset.encoder).name)
     result.script_path.write_text(result.script, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "UAV_BRIDGE_IMPL"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from vs_uav.app import cli, presets
-from vs_uav.media.encoder import EncoderSettings
 from vs_uav.app.presets import Preset, PresetError
+from vs_uav.media.encoder import EncoderSettings
 from vs_uav.settings import UpscaleSettings
 
 SHIPPED = ["ai-generated", "animation", "archival-lossless", "fast-preview", "old-film"]

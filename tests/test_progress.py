@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR
 from test_render import UAV, env
-from vs_uav.media.render import ProgressClock, RenderJob, render, steps_left
+
 from vs_uav.engine.driver import CACHED_CHUNK, STEP_PROGRESS
+from vs_uav.media.render import ProgressClock, RenderJob, render, steps_left
 
 
 class Clock:

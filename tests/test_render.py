@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"

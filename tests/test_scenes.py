@@ -10,18 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cut_set
 import pytest
 import vapoursynth as vs
-
-import cut_set
 from clips import AIGC, ALL, ANIMATION, MOVIE, splice
 from conftest import MODEL_DIR, REPO
-from vs_uav.vsfilter import scenes
-from vs_uav.media.encoder import EncoderSettings
+
+from vs_uav.app.plan import plan_preset_render
 from vs_uav.app.presets import Preset
-from vs_uav.vsfilter.scenes import SceneError, Segment, plan_segments
-from vs_uav.app.plan import plan
+from vs_uav.media.encoder import EncoderSettings
 from vs_uav.settings import UpscaleSettings
+from vs_uav.vsfilter import scenes
+from vs_uav.vsfilter.scenes import SceneError, Segment, plan_segments
 
 core = vs.core
 
@@ -163,7 +163,7 @@ def test_generated_scripts_mark_cuts_by_default(spliced, tmp_path):
     expected = {"auto": cuts, "none": [], str(listing): [33]}
     for option, want in expected.items():
         encoder = EncoderSettings(scene_cuts=option)
-        script = plan(Preset("t", encoder=encoder), path, tmp_path / "t.vpy", probe=False).script
+        script = plan_preset_render(Preset("t", encoder=encoder), path, tmp_path / "t.vpy", probe=False).script
         assert ("vs_uav.mark_cuts(clip" in script) == (option != "none")
         # The script's lines up to the filter, evaluated as vspipe would: the props it hands uav.Upscale.
         head = script.split("clip = core.uav.Upscale(")[0]
@@ -185,7 +185,7 @@ def test_presets_hold_the_scene_options(tmp_path, monkeypatch):
     path.write_text('schema_version = 1\n[encoder]\nscene_cuts = "none"\nscene_threshold = 0.2\n', encoding="utf-8")
     loaded = presets.load(str(path))
     assert (loaded.encoder.scene_cuts, loaded.encoder.scene_threshold) == ("none", 0.2)
-    assert "mark_cuts" not in plan(loaded, Path("/in.mp4"), probe=False).script
+    assert "mark_cuts" not in plan_preset_render(loaded, Path("/in.mp4"), probe=False).script
     path.write_text('schema_version = 1\n[encoder]\nscene_threshold = 2\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"encoder\.scene_threshold=2; accepted: a number in \[0\.001, 1\]"):
         presets.load(str(path))
@@ -232,7 +232,7 @@ def test_a_single_frame_an_image_and_two_or_three_frames(tmp_path):
                     str(image)], check=True)
     preset = Preset("t", settings=UpscaleSettings(model=str(MODEL_DIR), steps=1, flow="dis"))
     for frames, source in [*sources.items(), (1, image)]:
-        script = plan(preset, source, tmp_path / "t.vpy").script
+        script = plan_preset_render(preset, source, tmp_path / "t.vpy").script
         if frames > 1:  # up to the filter: the props it is handed
             script = script.split("clip = core.uav.Upscale(")[0]
         namespace: dict = {"__name__": "__vapoursynth__"}

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from vs_uav.app import presets
-from vs_uav.media.encoder import EncoderSettings
-from vs_uav.media.probe import MediaInfo, VideoFormat
+from vs_uav.app.plan import plan_preset_render
 from vs_uav.app.presets import Preset
+from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.output import path_arg
-from vs_uav.app.plan import plan
+from vs_uav.media.probe import MediaInfo, VideoFormat
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE = os.environ.get("UAV_UPDATE_GOLDEN") == "1"
@@ -57,7 +57,7 @@ def pipe_sides(command: str) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize("name", sorted(presets.available()))
 def test_script_and_command_of_every_shipped_preset(name, monkeypatch, tmp_path):
     monkeypatch.setenv("UAV_CONFIG_DIR", str(tmp_path))  # shipped presets only
-    result = plan(presets.load(name), AWKWARD)
+    result = plan_preset_render(presets.load(name), AWKWARD)
     check(f"{name}.vpy", result.script)
     check(f"{name}.sh", result.command + "\n")
     assert source_literal(result.script) == str(AWKWARD)
@@ -71,7 +71,7 @@ def test_script_and_command_of_every_shipped_preset(name, monkeypatch, tmp_path)
 def test_paths_that_quoting_alone_does_not_protect(tmp_path, monkeypatch):
     monkeypatch.setenv("UAV_CONFIG_DIR", str(tmp_path))
     monkeypatch.chdir("/")  # relative paths become absolute against it: the goldens stay the same
-    result = plan(presets.load("fast-preview"), NASTY["source"], NASTY["script"], NASTY["output"])
+    result = plan_preset_render(presets.load("fast-preview"), NASTY["source"], NASTY["script"], NASTY["output"])
     check("nasty-paths.vpy", result.script)
     check("nasty-paths.sh", result.command + "\n")
     # The newline in the path stays inside comments and string literals.
@@ -92,18 +92,18 @@ def test_path_arguments_are_never_options_or_protocols():
 
 def test_relative_paths_become_absolute_against_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = plan(Preset("defaults"), Path("in.mp4"), Path("sub/s.vpy"), Path("../o.mkv"))
+    result = plan_preset_render(Preset("defaults"), Path("in.mp4"), Path("sub/s.vpy"), Path("../o.mkv"))
     assert (result.script_path, result.output) == (tmp_path / "sub" / "s.vpy", tmp_path.parent / "o.mkv")
     assert source_literal(result.script) == str(tmp_path / "in.mp4")
     vspipe, ffmpeg = pipe_sides(result.command)
     assert vspipe[3] == str(tmp_path / "sub" / "s.vpy") and ffmpeg[-1] == str(tmp_path.parent / "o.mkv")
     assert ffmpeg[ffmpeg.index("-i", 4) + 1] == str(tmp_path / "in.mp4")
-    assert plan(Preset("defaults"), Path("in.mp4")).script_path == tmp_path / "in.uav.vpy"
+    assert plan_preset_render(Preset("defaults"), Path("in.mp4")).script_path == tmp_path / "in.uav.vpy"
 
 
 def test_defaults_give_a_plain_call(tmp_path, monkeypatch):
     monkeypatch.chdir("/")
-    result = plan(Preset("defaults"), Path("in.mp4"))
+    result = plan_preset_render(Preset("defaults"), Path("in.mp4"))
     check("defaults.vpy", result.script)
     assert "clip = core.uav.Upscale(clip)  # all settings at their defaults" in result.script
 
@@ -115,7 +115,7 @@ TAGGED = MediaInfo(width=48, height=32, frames=6, format=VideoFormat("YUV", 10),
 
 
 def test_the_command_carries_the_sources_format_tags_and_timestamps():
-    result = plan(Preset("tagged", encoder=EncoderSettings(codec="ffv1")), AWKWARD, media=TAGGED)
+    result = plan_preset_render(Preset("tagged", encoder=EncoderSettings(codec="ffv1")), AWKWARD, media=TAGGED)
     check("tagged-ffv1.vpy", result.script)
     check("tagged-ffv1.sh", result.command + "\n")
     _, ffmpeg = pipe_sides(result.command)
@@ -131,7 +131,7 @@ def test_the_command_carries_the_sources_format_tags_and_timestamps():
 def test_rgb_for_a_codec_without_rgb_is_converted_in_the_script_and_said():
     rgb = MediaInfo(width=48, height=32, frames=6, format=VideoFormat("RGB", 8), fps=Fraction(25), matrix=0,
                     range="pc", sar=Fraction(1))
-    result = plan(Preset("rgb", encoder=EncoderSettings(codec="x264")), AWKWARD, media=rgb)
+    result = plan_preset_render(Preset("rgb", encoder=EncoderSettings(codec="x264")), AWKWARD, media=rgb)
     check("rgb-x264.vpy", result.script)
     check("rgb-x264.sh", result.command + "\n")
     assert result.note == "x264: 8-bit RGB source encoded as 8-bit 4:4:4 (libx264 has no RGB)"

@@ -75,8 +75,8 @@ def test_choices_are_the_implementations_choices():
     """The settings model lists exactly what the code behind each choice implements."""
     from vs_uav.core.color import COLOR_FIX_CHOICES
     from vs_uav.core.flow import METHODS
-    from vs_uav.weights.folder import VAE_CHOICES
     from vs_uav.settings import SETTINGS_BY_NAME
+    from vs_uav.weights.folder import VAE_CHOICES
 
     assert SETTINGS_BY_NAME["vae"].choices == VAE_CHOICES
     assert SETTINGS_BY_NAME["flow"].choices == ("auto", *METHODS)
@@ -146,6 +146,7 @@ def test_cli_options_parse_what_they_show(tmp_path):
 @pytest.fixture(scope="module")
 def prompt_encoder():
     from conftest import MODEL_DIR
+
     from vs_uav.engine.pipeline import UpscalePipeline
 
     return UpscalePipeline.from_pretrained(MODEL_DIR).model.prompt_encoder

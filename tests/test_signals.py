@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import MODEL_DIR
 from test_render import UAV, env
-from vs_uav.app.cluster import count_frames
+
+from vs_uav.media.probe import count_frames
 
 pytestmark = pytest.mark.slow
 

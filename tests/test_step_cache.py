@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
-
 from conftest import MODEL_DIR
-from vs_uav.engine.pipeline import UpscalePipeline
-from vs_uav.settings import UpscaleSettings
+
 from vs_uav.core.step_cache import DeepFeature, StepCache
 from vs_uav.core.tiling import spatial_tiles
+from vs_uav.engine.pipeline import UpscalePipeline
+from vs_uav.settings import UpscaleSettings
 
 KW = dict(prompt="a koala", steps=4, noise_level=100, seed=3)
 # Mean |latent| is ~0.9 here. With guidance 6 and only 4 steps (large jumps between steps) the

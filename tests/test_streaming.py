@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-
 from conftest import MODEL_DIR
+
+from vs_uav.core.tiling import WINDOW, chunk_bounds
 from vs_uav.engine.pipeline import UpscalePipeline, seeded_noise
-from vs_uav.settings import UpscaleSettings
 from vs_uav.engine.state import ChunkState
+from vs_uav.settings import UpscaleSettings
 
 
 @pytest.fixture(scope="module")
@@ -31,28 +32,56 @@ def moving_scene(t: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 KW = dict(prompt="a koala", steps=3, guidance_scale=4.0, noise_level=100, seed=7)
 
 
+def check_chunk_layout(bounds: list[tuple[int, int]], num_frames: int, chunk_size: int) -> None:
+    """The chunk layout's rules, checked from first principles: the chunks cover the clip in
+    order without gaps or overlaps; each is ``chunk_size`` long but the last, which also takes
+    a remainder too short to fill a U-Net window (so that every chunk fills one)."""
+    assert bounds and bounds[0][0] == 0 and bounds[-1][1] == num_frames
+    assert all(b == c for (_, b), (c, _) in zip(bounds, bounds[1:])), "gap or overlap"
+    sizes = [b - a for a, b in bounds]
+    assert all(s == chunk_size for s in sizes[:-1])
+    if num_frames <= chunk_size:
+        assert sizes == [num_frames]
+    else:
+        assert WINDOW <= sizes[-1] < chunk_size + WINDOW
+        # A last chunk over chunk_size holds a remainder that alone would not fill a window.
+        assert sizes[-1] <= chunk_size or sizes[-1] - chunk_size == num_frames % chunk_size < WINDOW
+        # A remainder that fills a window stands alone.
+        assert num_frames % chunk_size < WINDOW or sizes[-1] == num_frames % chunk_size
+
+
+@pytest.mark.parametrize("num_frames", [1, 7, 8, 9, 15, 16, 19, 23, 24, 31, 100])
+@pytest.mark.parametrize("chunk_size", [8, 12, 16])
+def test_chunk_layout(num_frames, chunk_size):
+    check_chunk_layout(chunk_bounds(num_frames, chunk_size), num_frames, chunk_size)
+
+
 def test_chunks_are_order_independent_and_resumable(pipe, tmp_path):
     video = moving_scene(19, 16, 24)
     params = UpscaleSettings(propagation_steps=[1, 2], **KW)
     flows = pipe.estimate_flows(video)
-    bounds = [(0, 8), (8, 19)]
+    # The layout __call__ uses for chunk_size=8: 19 frames, a 3-frame remainder joined to the last.
+    bounds = chunk_bounds(19, 8)
+    check_chunk_layout(bounds, 19, 8)
+    assert len(bounds) == 2
+    (a, b), (c, d) = bounds
     # In order, carrying the state in memory.
-    first, state = pipe.upscale_chunk(video[:, :, 0:8], 0, params, flows=(flows[0][:, :, :7], flows[1][:, :, :7]))
-    second, _ = pipe.upscale_chunk(video[:, :, 8:19], 8, params, state)
+    first, state = pipe.upscale_chunk(video[:, :, a:b], a, params,
+                                      flows=(flows[0][:, :, a:b - 1], flows[1][:, :, a:b - 1]))
+    second, _ = pipe.upscale_chunk(video[:, :, c:d], c, params, state)
     # Later, from the state saved to disk in another "session".
     state.save(tmp_path / "chunk0.state")
     loaded = ChunkState.load(tmp_path / "chunk0.state")
-    again, _ = pipe.upscale_chunk(video[:, :, 8:19], 8, params, loaded)
+    again, _ = pipe.upscale_chunk(video[:, :, c:d], c, params, loaded)
     assert torch.equal(second.frames, again.frames)
     assert torch.equal(second.latents, again.latents)
     # And the whole clip through __call__ with the same chunking (and no look-ahead: the
     # chunks above see nothing past their end) gives the same frames.
     whole = pipe(video, chunk_size=8, lookahead=0, propagation_steps=(1, 2), **KW)
-    assert torch.equal(whole.frames[:, :, :8], first.frames)
+    assert torch.equal(whole.frames[:, :, a:b], first.frames)
     # The second chunk's latents too; its decode groups are laid from the scene's start as in
     # one long chunk ([6, 9), [9, 12), ...), not from the chunk's, so compare the latents.
-    assert torch.equal(whole.latents[:, :, 8:], second.latents)
-    assert [b - a for a, b in bounds] == [8, 11]  # the 3-frame remainder joined the last chunk
+    assert torch.equal(whole.latents[:, :, c:d], second.latents)
 
 
 def test_state_carries_context_and_propagation(pipe):

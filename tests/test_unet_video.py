@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import ATOL, CONFIGS, MANIFESTS, MODEL_DIR, load_case, max_abs_err
+
 from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
 
 TINY_CONFIG = MODEL_DIR / "unet" / "unet_video_config.json"
@@ -91,6 +91,42 @@ def test_config_rejects_unsupported_values(patch, match):
     d.update(patch)
     with pytest.raises(ValueError, match=match):
         UNetVideoConfig.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"in_channels": 0}, "UNetVideoConfig.in_channels must be a positive integer, got 0"),
+        ({"upcast_attention": 1}, "UNetVideoConfig.upcast_attention must be a boolean, got 1"),
+        ({"block_out_channels": []}, "UNetVideoConfig.block_out_channels must not be empty"),
+        ({"block_out_channels": [32, True, 64, 64]}, "UNetVideoConfig.block_out_channels[1] must be a positive "
+                                                     "integer, got True"),
+        ({"up_block_types": ["UpBlock3D"]}, "UNetVideoConfig: down_block_types, up_block_types and "
+                                            "block_out_channels must have the same length, got 4, 1 and 4"),
+        ({"mid_block_type": "Mid"}, "UNetVideoConfig: unsupported mid_block_type 'Mid'; "
+                                    "supported: ('UNetMidBlock3DCrossAttn',)"),
+        ({"act_fn": "relu"}, "UNetVideoConfig: unsupported act_fn 'relu'; supported: ('silu', 'swish')"),
+        ({"dual_cross_attention": True}, "UNetVideoConfig: dual_cross_attention is not supported (nor by the "
+                                         "official code)"),
+        ({"class_embed_type": "identity"}, "UNetVideoConfig: unsupported class_embed_type 'identity'; "
+                                           "supported: (None, 'timestep')"),
+        ({"num_class_embeds": 0}, "UNetVideoConfig.num_class_embeds must be a positive integer, got 0"),
+        ({"max_noise_level": "350"}, "UNetVideoConfig.max_noise_level must be a number, got '350'"),
+        ({"downsample_padding": 2}, "UNetVideoConfig.downsample_padding must be 0 or 1, got 2"),
+        ({"norm_eps": 0}, "UNetVideoConfig.norm_eps must be a positive number, got 0"),
+        ({"only_cross_attention": [True, 1, True, False]}, "UNetVideoConfig.only_cross_attention[1] must be a "
+                                                           "boolean, got 1"),
+        ({"up_temporal_idx": [1, 4]}, "UNetVideoConfig.up_temporal_idx entries must be block indices in [0, 4), "
+                                      "got 4"),
+    ],
+)
+def test_config_names_the_field_the_value_and_what_is_accepted(patch, message):
+    d = json.loads(TINY_CONFIG.read_text())
+    assert len(d["block_out_channels"]) == 4
+    d.update(patch)
+    with pytest.raises(ValueError) as e:
+        UNetVideoConfig.from_dict(d)
+    assert str(e.value) == message
 
 
 def test_official_config_accepted():

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import ATOL, CONFIGS, MANIFESTS, PUBLIC, case_names, load_case, max_abs_err
+
 from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig, decode_latents_vsr
 
 VARIANTS = ["vae_3d", "vae_video"]

@@ -16,10 +16,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import bridge_impl
 import pytest
 import vapoursynth as vs
 
-import bridge_impl
 from vs_uav.settings import SETTINGS, SETTINGS_BY_NAME, VS_RETURN, vs_signature
 
 TESTS = Path(__file__).resolve().parent
@@ -220,7 +220,7 @@ MULTI_ENV = '''
 import json, gc, weakref
 import vapoursynth as vs
 import bridge_impl
-from vs_uav import vs_bridge
+from vs_uav.vsfilter import bridge as vs_bridge
 
 class Policy(vs.EnvironmentPolicy):
     def on_policy_registered(self, api):

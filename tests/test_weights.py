@@ -11,16 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MANIFESTS, MODEL_DIR, copy_model
+
 import vs_uav.weights.download as download_module
 from vs_uav.app import cli
+from vs_uav.engine.pipeline import UpscalePipeline
 from vs_uav.weights.convert import convert
 from vs_uav.weights.download import download, downloads_dir, estimated_bytes, staging_dir
-from vs_uav.weights.folder import LAYOUT, find_weights, read_state_dict
-from vs_uav.weights.verify import MANIFEST_FILES, load_manifests, parts_wanted, verify_folder, write_manifests
-from vs_uav.engine.pipeline import UpscalePipeline
-from vs_uav.weights.verify import WeightsError
+from vs_uav.weights.folder import LAYOUT, REDOWNLOAD, find_weights, read_state_dict, tensor_shapes
+from vs_uav.weights.verify import (
+    MANIFEST_FILES,
+    WeightsError,
+    load_manifests,
+    parts_wanted,
+    verify_folder,
+    write_manifests,
+)
 
 PARTS = parts_wanted(raft=False)  # the tiny model has no propagator/
 
@@ -129,18 +135,42 @@ def test_a_wrong_shape_or_key_is_named(source, manifests):
     good = sd[key]
     sd[key] = torch.zeros(good.shape[0], good.shape[1] + 1, *good.shape[2:])
     torch.save(sd, path)
-    with pytest.raises(WeightsError, match=rf"vae_3d\.bin: not the official vae_3d weights \(1 tensor\(s\) of the "
-                                           rf"wrong shape, e.g. {key}: \(3, 33, 3, 3\), expected \(3, 32, 3, 3\)\)"):
+    # The manifest a mismatch is against is named: here the custom one's file.
+    with pytest.raises(WeightsError, match=rf"vae_3d\.bin: does not match .*/vae_3d\.json: 1 shape mismatch\(es\), "
+                                           rf"e.g. {key}: \(3, 33, 3, 3\) in the file, \(3, 32, 3, 3\) expected; "
+                                           r"delete it and run `uav download` again$"):
         verify_folder(source, manifests, PARTS)
     sd[key] = good
     sd["decoder.extra.weight"] = torch.zeros(1)
     torch.save(sd, path)
-    with pytest.raises(WeightsError, match=r"1 unexpected key\(s\), e.g. decoder.extra.weight"):
+    with pytest.raises(WeightsError, match=r"1 unexpected key\(s\): decoder.extra.weight;"):
         verify_folder(source, manifests, PARTS)
 
 
+def test_one_reader_for_shapes_and_tensors(tmp_path):
+    """Shapes (safetensors header, memory-mapped .bin: no tensor read) and tensors come from the
+    same reader, which fails the same way for both, with the caller's advice."""
+    from safetensors.torch import save_file
+
+    official = MODEL_DIR / "vae" / "vae_3d.bin"
+    converted = tmp_path / "vae_3d.safetensors"
+    save_file({k: v.contiguous() for k, v in read_state_dict(official).items()}, str(converted))
+    for path in (official, converted):
+        sd = read_state_dict(path)
+        assert tensor_shapes(path) == {k: tuple(v.shape) for k, v in sd.items()} and len(sd) > 100
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(converted.read_bytes()[:5000])
+    for read in (read_state_dict, tensor_shapes):
+        with pytest.raises(WeightsError, match=rf"^{damaged}: truncated or corrupted weight file \(.+\); "
+                                               rf"{REDOWNLOAD}$") as e:
+            read(damaged, REDOWNLOAD)
+        assert e.value.file == damaged  # what a download drops from its staging folder
+        with pytest.raises(WeightsError, match=r"; run `uav download` to fetch or repair the model folder$"):
+            read(damaged)
+
+
 def test_the_official_manifests_refuse_a_model_of_another_size():
-    with pytest.raises(WeightsError, match=r"unet_video\.bin: not the official unet weights"):
+    with pytest.raises(WeightsError, match=r"unet_video\.bin: does not match the official unet weights: "):
         verify_folder(MODEL_DIR, None, PARTS)
 
 

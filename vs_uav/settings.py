@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from dataclasses import replace as _replace_field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 PROMPT_SUFFIX = "best quality, extremely detailed"
 NEGATIVE_PROMPT = "blur, worst quality"
@@ -322,10 +322,6 @@ def vs_signature() -> str:
     # Arrays are declared ":empty" so that an empty list (no propagation) is a valid argument.
     return "clip:vnode;" + "".join(
         f"{s.name}:{s.vs_type}:opt{':empty' if s.type is list else ''};" for s in SETTINGS)
-
-
-def iter_settings(group: Optional[str] = None) -> Iterator[Setting]:
-    return (s for s in SETTINGS if group is None or s.group == group)
 
 
 def _settings_of(cls) -> tuple[Setting, ...]:

@@ -4,8 +4,9 @@ the editor's current settings, beside the same crop upscaled bicubically.
 The crop is read like the generated script reads the video (BestSource, then the filter's own
 conversion to RGB), given to :class:`vs_uav.engine.pipeline.UpscalePipeline` with a few frames around
 the chosen one, and rendered on a background thread that a Cancel (or a newer preview) stops
-at the next denoising step. Loaded pipelines are kept between previews. torch and VapourSynth
-are imported only when a preview runs.
+at the next denoising step. The pipeline comes from the one engine cache
+(:func:`vs_uav.engine.cache.engine_for`), as the filter's does, so it is kept between previews.
+torch and VapourSynth are imported only when a preview runs.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ from typing import Any, Callable, Optional
 
 from PySide6.QtCore import Qt, QThread, Signal
 from PySide6.QtGui import QImage, QPixmap
-from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea,
-                               QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
+from vs_uav.errors import UavError
 from vs_uav.settings import UpscaleSettings
 
 logger = logging.getLogger("vs_uav_gui")
@@ -180,7 +192,7 @@ class PreviewJob(QThread):
             self.outcome = "cancelled"
             self.stopped.emit()
         except Exception as e:  # any failure is a line in the status area, never a crash
-            expected = isinstance(e, (ValueError, OSError)) or type(e).__name__ in ("ModelLoadError", "UpscaleError")
+            expected = isinstance(e, (UavError, ValueError, OSError))
             if not expected:  # a bug: its traceback goes to the log
                 logger.warning("preview failed", exc_info=True)
             message = " ".join(str(e).split())

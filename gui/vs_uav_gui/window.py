@@ -14,16 +14,38 @@ from typing import Any, Optional, Sequence
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QGroupBox, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget,
-                               QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QPushButton,
-                               QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from vs_uav.app import presets
+from vs_uav.app.plan import RenderPlan, default_output, default_script, plan_preset_render
 from vs_uav.app.presets import Preset, PresetError
-from vs_uav.app.plan import RenderPlan, default_output, default_script, plan
-from vs_uav.media.script import absolute
 from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
+from vs_uav.media.probe import not_a_video, probe
+from vs_uav.media.script import absolute, reading_script
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
 from .preview import PreviewPanel
@@ -63,34 +85,15 @@ class VideoInfo:
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Size, frame count and rate as the script will see them: BestSource, the decoder the
-    generated script uses (VapourSynth only, no torch); OpenCV's container guess when
-    BestSource is missing. Raises ValueError with the reason."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: file not found")
-    try:
-        import vapoursynth as vs
-
-        source = getattr(vs.core, "bs", None)
-    except ImportError:
-        source = None
-    if source is not None:
-        try:
-            clip = source.VideoSource(str(path))
-        except vs.Error as e:
-            raise ValueError(f"{path}: not a readable video ({str(e).strip()})") from None
-        return VideoInfo(clip.width, clip.height, clip.num_frames, float(clip.fps) if clip.fps else 0.0)
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                         int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS)))
-    finally:
-        cap.release()
-    if info.width <= 0 or info.height <= 0:
-        raise ValueError(f"{path}: not a readable video")
-    return info
+    """Size, frame count and rate as the script will see them: the library's one probe
+    (:func:`vs_uav.media.probe.probe` on the generated script's reading lines: BestSource, and
+    ffprobe for the container; no torch), as ``uav script`` probes. Raises ValueError with the
+    reason, in one line."""
+    said = not_a_video(path)  # missing or a folder: said without starting ffprobe or BestSource
+    if said:
+        raise ValueError(said)
+    info = probe(path, reading_script(path))
+    return VideoInfo(info.width, info.height, info.frames, float(info.fps))
 
 
 # -- one field per setting -----------------------------------------------------------------------
@@ -241,7 +244,26 @@ class PresetEditor(QMainWindow):
     def _build(self) -> None:
         central = QWidget()
         outer = QVBoxLayout(central)
+        outer.addLayout(self._build_source_row())
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        outer.addWidget(self.splitter, 1)
+        self.splitter.addWidget(self._build_presets())
+        self.splitter.addWidget(self._build_form())
+        # Beside the script: one frame before and after, rendered with the form's settings.
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self._build_outputs(), "Script and command")
+        self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text)
+        self.tabs.addTab(self.preview, "Before/&after preview")
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 4)
+        self.splitter.setStretchFactor(2, 5)
+        self.setCentralWidget(central)
+        self.statusBar()
+        self._tab_order()
 
+    def _build_source_row(self) -> QHBoxLayout:
+        """The source video: its path, Browse, and what the probe says of it."""
         top = QHBoxLayout()
         src_label = QLabel("&Source:")
         self.source_edit = QLineEdit()
@@ -257,12 +279,10 @@ class PresetEditor(QMainWindow):
         top.addWidget(self.source_edit, 1)
         top.addWidget(self.browse_button)
         top.addWidget(self.video_label)
-        outer.addLayout(top)
+        return top
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        outer.addWidget(self.splitter, 1)
-
-        # Presets
+    def _build_presets(self) -> QWidget:
+        """The preset list, the name and description, Save / Duplicate / Delete, and the error line."""
         left = QWidget()
         lv = QVBoxLayout(left)
         lv.setContentsMargins(0, 0, 0, 0)
@@ -300,9 +320,10 @@ class PresetEditor(QMainWindow):
         self.preset_error.setStyleSheet("color: #b00020;")
         self.preset_error.hide()
         lv.addWidget(self.preset_error)
-        self.splitter.addWidget(left)
+        return left
 
-        # The form, generated from the settings model, one group box per group
+    def _build_form(self) -> QScrollArea:
+        """The form, generated from the settings model, one group box per group; it scrolls."""
         form_host = QWidget()
         fv = QVBoxLayout(form_host)
         for group in ("prompt", "diffusion", "model", "memory", "device", "encoder"):
@@ -324,13 +345,13 @@ class PresetEditor(QMainWindow):
         self.form_scroll = QScrollArea()  # the form scrolls: the window fits a 1280x720 screen
         self.form_scroll.setWidgetResizable(True)
         self.form_scroll.setWidget(form_host)
-        self.splitter.addWidget(self.form_scroll)
+        return self.form_scroll
 
-        # The preview: script and command, read-only, with where they go
+    def _build_outputs(self) -> QWidget:
+        """Script and command, read-only, with where they go, "Render on", Save script and Copy."""
         right = QWidget()
         rv = QVBoxLayout(right)
         rv.setContentsMargins(0, 0, 0, 0)
-        mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
         paths = QFormLayout()
         self.script_edit, self.output_edit = _line_edit_rows(
             paths, [("Scrip&t file:", "script_path"), ("&Output file:", "output_path")])
@@ -340,6 +361,22 @@ class PresetEditor(QMainWindow):
         self.script_edit.textChanged.connect(self.update_preview)
         self.output_edit.textChanged.connect(self.update_preview)
         self.source_edit.textChanged.connect(self._source_text_changed)
+        self._build_views(rv)
+        rv.addLayout(self._build_render_on())
+        out_buttons = QHBoxLayout()
+        self.save_script_button = QPushButton("Save &script")
+        self.copy_button = QPushButton("&Copy command")
+        self.save_script_button.clicked.connect(lambda: self.save_script())
+        self.copy_button.clicked.connect(self.copy_command)
+        out_buttons.addStretch(1)
+        out_buttons.addWidget(self.save_script_button)
+        out_buttons.addWidget(self.copy_button)
+        rv.addLayout(out_buttons)
+        return right
+
+    def _build_views(self, rv: QVBoxLayout) -> None:
+        """The script and command views (monospace, read-only), each under its label."""
+        mono = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
         preview_label = QLabel("Script (read-only preview):")
         self.script_view = QPlainTextEdit()
         self.script_view.setObjectName("script_preview")
@@ -360,29 +397,6 @@ class PresetEditor(QMainWindow):
         rv.addWidget(self.script_view, 1)
         rv.addWidget(command_label)
         rv.addWidget(self.command_view)
-        rv.addLayout(self._build_render_on())
-        out_buttons = QHBoxLayout()
-        self.save_script_button = QPushButton("Save &script")
-        self.copy_button = QPushButton("&Copy command")
-        self.save_script_button.clicked.connect(lambda: self.save_script())
-        self.copy_button.clicked.connect(self.copy_command)
-        out_buttons.addStretch(1)
-        out_buttons.addWidget(self.save_script_button)
-        out_buttons.addWidget(self.copy_button)
-        rv.addLayout(out_buttons)
-        # Beside the script: one frame before and after, rendered with the form's settings.
-        self.tabs = QTabWidget()
-        self.tabs.addTab(right, "Script and command")
-        self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text)
-        self.tabs.addTab(self.preview, "Before/&after preview")
-        self.splitter.addWidget(self.tabs)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 4)
-        self.splitter.setStretchFactor(2, 5)
-
-        self.setCentralWidget(central)
-        self.statusBar()
-        self._tab_order()
 
     def _build_render_on(self) -> QHBoxLayout:
         """"Render on": this machine (the vspipe | ffmpeg command) or Ray (the equivalent
@@ -654,7 +668,7 @@ class PresetEditor(QMainWindow):
                 self._set_paths(default_script(src), default_output(src, self.current.encoder))
             script = Path(self.script_edit.text() or default_script(src))
             output = Path(self.output_edit.text() or default_output(src, self.current.encoder))
-            self.plan_ = plan(self.current, src, script, output)
+            self.plan_ = plan_preset_render(self.current, src, script, output)
             self._set_text(self.script_view, self.plan_.script)
             try:
                 self.command = self._render_command(src, output)
@@ -671,7 +685,7 @@ class PresetEditor(QMainWindow):
         """The command "Render on" asks for: the plan's vspipe | ffmpeg command, or the
         ``uav upscale`` command rendering the same frames on Ray (from the loaded preset and the
         values changed since, so it stays short)."""
-        from vs_uav.app.cli import upscale_command
+        from vs_uav.app.job import upscale_command
 
         assert self.current is not None and self.plan_ is not None
         cluster = self.cluster_options()

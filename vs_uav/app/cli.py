@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
-try:
-    import fcntl  # the work folder's lock; POSIX
-except ImportError:  # pragma: no cover - Windows: renders are not locked against each other
-    fcntl = None
+from vs_uav.app.job import JobError, JobEvents, JobStopped, UpscaleJob, run_job
 
 logger = logging.getLogger("vs_uav")
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout (the demo reads ../shared)
-DEMO_VIDEO = REPO.parent / "shared" / "videos" / "old_animation_1.mp4"
-DEMO_MODEL = REPO.parent / "shared" / "reference" / "public" / "model"
+# The demo's inputs: the shared folder beside the checkout ($UAV_SHARED_DIR elsewhere, e.g. for
+# an installed wheel, whose package folder has no checkout around it).
+SHARED = Path(os.environ.get("UAV_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared")
+DEMO_VIDEO = SHARED / "videos" / "old_animation_1.mp4"
+DEMO_MODEL = SHARED / "reference" / "public" / "model"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -44,7 +44,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare = (f"# The demo's excerpt: the first {args.frames} frames at {args.width}x{args.height}.",
                f"clip = core.resize.Bicubic(clip[:{args.frames}], {args.width}, {args.height})")
     output = Path(args.output)
-    rc = _render(source, output, settings, EncoderSettings(audio="none"), "uav demo", prepare)
+    try:
+        job = UpscaleJob.create(source, settings, EncoderSettings(audio="none"), output, prepare=prepare,
+                                check=False, resume=False)
+    except JobError as e:
+        raise SystemExit(f"uav demo: {e}")
+    rc = _run(job, "uav demo")
     print(f"uav demo: {args.frames} frames {args.width}x{args.height} -> {4 * args.width}x{4 * args.height}, "
           f"written to {output}", file=sys.stderr)
     if model.resolve() == DEMO_MODEL.resolve():
@@ -89,8 +94,8 @@ def _collect(args: argparse.Namespace, specs) -> dict:
 
 def _resolve(args: argparse.Namespace, prog: str):
     """The --preset's values as defaults, explicit options over them, checked as a whole."""
-    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
     from vs_uav.app.presets import Preset, load
+    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
     from vs_uav.settings import SETTINGS, UpscaleSettings
 
     try:
@@ -122,48 +127,6 @@ def _add_preset_option(parser: argparse.ArgumentParser) -> None:
                         "file); options given explicitly override its values")
 
 
-def upscale_command(preset, source: Path, output: Path, cluster=None, base=None) -> str:
-    """The ``uav upscale`` command line that renders ``preset`` (a :class:`vs_uav.app.presets.Preset`)
-    from ``source`` into ``output``: ``--preset NAME`` when ``base`` (a preset loadable by its
-    name) is given, then an option for every value differing from it (from the defaults
-    without ``base``), written so that :func:`_resolve` reads back exactly ``preset``'s
-    settings; ``cluster`` (:class:`vs_uav.app.cluster.ClusterOptions`) adds ``--cluster`` and its
-    options. The preset editor shows it for "Render on: a Ray ...". ``uav`` is taken from PATH."""
-    import shlex
-
-    from vs_uav.app.cluster import DEFAULT_SEGMENT_SECONDS
-    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
-    from vs_uav.app.presets import Preset
-    from vs_uav.settings import SETTINGS, UpscaleSettings
-
-    start = base if base is not None else Preset("command-line", UpscaleSettings(), EncoderSettings())
-    args = ["uav", "upscale", str(source), "-o", str(output)] + (["--preset", base.name] if base is not None else [])
-    for specs, table in ((SETTINGS, "upscale"), (ENCODER_SETTINGS, "encoder")):
-        now, was = preset.values(table), start.values(table)
-        for spec in specs:
-            value, flag = now[spec.name], "--" + spec.name.replace("_", "-")
-            if value == was[spec.name]:
-                continue
-            if spec.type is bool:
-                args.append(flag if value else f"--no-{flag[2:]}")
-                continue
-            text = (",".join(map(str, value)) if spec.type is list else repr(value) if spec.type is float
-                    else str(value))
-            # --name=TEXT: a value starting with '-' is not taken for an option
-            args += [f"{flag}={text}"] if text.startswith("-") else [flag, text]
-    if cluster is not None:
-        args += ["--cluster", cluster.address]
-        if cluster.workers is not None:
-            args += ["--workers", str(cluster.workers)]
-        if cluster.segment_seconds != DEFAULT_SEGMENT_SECONDS:
-            args += ["--segment-seconds", repr(cluster.segment_seconds)]
-        if cluster.split_long:
-            args += ["--split-long", repr(cluster.split_long)]
-        if cluster.keep_work:
-            args.append("--keep-work")
-    return shlex.join(args)
-
-
 def _clock_text(seconds: float) -> str:
     seconds = int(seconds)
     h, m, sec = seconds // 3600, seconds // 60 % 60, seconds % 60
@@ -183,15 +146,15 @@ def _progress_line(clock) -> str:
             f"{clock.elapsed:.0f} s elapsed, ETA {'--:--' if eta is None else _clock_text(eta)}\033[K")
 
 
-class _ProgressBar:
-    """One updating stderr line fed by :func:`vs_uav.media.render.render`'s callbacks."""
+class _ProgressBar(JobEvents):
+    """One updating stderr line fed by the job's events (:class:`vs_uav.app.job.JobEvents`)."""
 
     def __init__(self, prog: str):
         from vs_uav.media.render import ProgressClock
 
         self.prog, self.clock, self.drawn = prog, ProgressClock(), False
 
-    def start(self, frames: int) -> None:
+    def started(self, frames: int) -> None:
         """The render starts: the clip's length (the probe's) is shown before any frame."""
         self.clock.total = frames
         self._draw()
@@ -208,9 +171,19 @@ class _ProgressBar:
         self.clock.on_cached(chunk, chunks)
         self._draw()
 
+    def cluster(self, state) -> None:
+        """The cluster's line (a :class:`vs_uav.app.cluster.ClusterProgress`), in place of the bar."""
+        self.drawn = True
+        sys.stderr.write(f"\r{self.prog}: {state.line()}\033[K")
+        sys.stderr.flush()
+
     def warning(self, text: str) -> None:
         self.end()
         sys.stderr.write(f"{self.prog}: warning: {text}\n")
+
+    def note(self, text: str) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: {text}\n")
 
     def _draw(self) -> None:
         self.drawn = True
@@ -246,32 +219,16 @@ class _StopSignals:
             signal.signal(s, handler)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def cmd_upscale(args: argparse.Namespace) -> int:
-    """Build the graph, pipe it through vspipe into ffmpeg, show progress."""
-    from vs_uav.media.script import absolute
-    from vs_uav.app.plan import default_output
-
-    source = Path(args.input)
-    if not source.is_file():
-        from vs_uav.media.probe import not_a_video
-
-        raise SystemExit(f"uav upscale: {not_a_video(source)}")
+    """Build the graph, pipe it through vspipe into ffmpeg, show progress: one
+    :class:`vs_uav.app.job.UpscaleJob`."""
     preset = _resolve(args, "uav upscale")
-    settings, encoder = preset.settings, preset.encoder
-    # Absolute before anything is written: the script runs in a temporary folder.
-    source = absolute(source)
-    output = absolute(args.output) if args.output else default_output(source, encoder)
-    if output.resolve() == source.resolve():
-        raise SystemExit(f"uav upscale: --output {output} is the input; choose another file")
-    if args.cluster is not None and not args.resume:
-        raise SystemExit("uav upscale: --no-resume: accepted: one-machine renders only (a cluster render keeps its "
-                         "finished segments; --keep-work keeps them after success too)")
-    return _render(source, output, settings, encoder, "uav upscale", check=True, deinterlace=args.deinterlace,
-                   cluster=_cluster_options(args), resume=args.resume)
+    try:
+        job = UpscaleJob.create(args.input, preset.settings, preset.encoder, args.output,
+                                cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume)
+    except JobError as e:
+        raise SystemExit(f"uav upscale: {e}")
+    return _run(job, "uav upscale")
 
 
 def _cluster_options(args: argparse.Namespace):
@@ -301,296 +258,58 @@ def _cluster_options(args: argparse.Namespace):
         raise SystemExit(f"uav upscale: {e}")
 
 
-def _render(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...] = (),
-            check: bool = False, deinterlace: str = "none", cluster=None, resume: bool = False) -> int:
-    """Write the .vpy and render it (:mod:`vs_uav.media.render`) with a progress bar on stderr; only
-    a complete file gets the output's name. ``check``: first everything that can fail
-    cheaply (:mod:`vs_uav.media.preflight`), before vspipe loads the model.
+def _run(job: UpscaleJob, prog: str) -> int:
+    """Run ``job`` (:func:`vs_uav.app.job.run_job`) with a progress line on stderr.
 
-    On one machine the script and its files go to the work folder next to the output
-    (:class:`_RunFolder`), and with ``resume`` (and no ``cache_dir`` of the settings') the
-    chunk cache too: a stopped render resumes where it stopped. The folder goes once the
-    output is verified.
-
-    SIGINT, SIGTERM and SIGHUP stop vspipe and ffmpeg, remove the partial output and the
-    script's folder, and say in one line what was kept and how to resume; the exit status
-    is then 128 + the signal's number (130, 143, 129).
-
-    The output keeps the source's format, colour tags, sample aspect ratio and timestamps
-    where the codec can (:func:`_probe_for_encoder`); an interlaced source is refused unless
-    ``deinterlace`` names a deinterlacer. ``cluster`` (:class:`vs_uav.app.cluster.ClusterOptions`):
-    the same script rendered in segments on a Ray cluster, its files in the work folder next
-    to the output (every node reads them).
-    """
-    from vs_uav.media.render import RenderError, render
-
-    # vspipe evaluates the script in the script's folder: the source by its absolute path.
-    source = Path(os.path.abspath(source))
-    bar, run, given_cache = _ProgressBar(prog), None, settings.cache_dir
-    with _StopSignals() as stop:
+    SIGINT, SIGTERM and SIGHUP stop vspipe and ffmpeg (or the workers), remove the partial
+    output and the script's folder, and say in one line what was kept and how to resume; the
+    exit status is then 128 + the signal's number (130, 143, 129)."""
+    bar = _ProgressBar(prog)
+    with _StopSignals() as stop, _lines_of_their_own(bar):
         try:
-            if cluster is not None:
-                from vs_uav.app.cluster import ClusterJob, driver_settings, job_folder
-
-                settings = driver_settings(settings)  # the workers' environment is not this one
-                with job_folder(output) as tmp:
-                    job, video, spec, filter_file = _prepare_job(source, output, settings, encoder, prog, prepare,
-                                                                 check, deinterlace, Path(tmp), stop)
-                    return _render_cluster(ClusterJob(job.script, source, video, output, settings, encoder, spec,
-                                                      filter_file, prepare), cluster, prog, stop)
-            with _RunFolder(output, prog, resume and not given_cache) as run:
-                if run.resume:
-                    settings = settings.replace(cache_dir=str(run.cache))
-                job, _, spec, _ = _prepare_job(source, output, settings, encoder, prog, prepare, check, deinterlace,
-                                               run.job, stop)
-                bar.start(spec.media.frames)
-                try:
-                    result = render(job, progress=bar.frames, cancel=stop.event, step_progress=bar.step,
-                                    warning=bar.warning, cached=bar.cached)
-                except RenderError as e:
-                    if stop.received:
-                        raise _Interrupted from None
-                    raise SystemExit(f"{prog}: {e}")
-                finally:
-                    bar.end()
-                run.verify(result.frames)
-        except _Interrupted:
-            name = signal.Signals(stop.received).name
-            ended, kept = "vspipe and ffmpeg ended", _kept(run, given_cache, resume)
-            if cluster is not None:
-                from vs_uav.app.cluster import work_folder
-
-                ended = "the workers and Ray ended"
-                kept = (f"the finished segments stay in {work_folder(output)}: run the same command to resume"
-                        if work_folder(output).is_dir() else "nothing was kept: run the same command to start again")
-            sys.stderr.write(f"{prog}: stopped by {name}: {ended}, no partial {output} or temporary files left; "
-                             f"{kept}\n")
+            result = run_job(job, bar, stop.event)
+        except JobStopped as e:
+            bar.end()
+            sys.stderr.write(f"{prog}: stopped by {signal.Signals(stop.received).name}: {e.ended}, no partial "
+                             f"{job.output} or temporary files left; {e.kept}\n")
             return 128 + stop.received
+        except JobError as e:
+            bar.end()
+            raise SystemExit(f"{prog}: {e}")
+        finally:
+            bar.end()
+    if result.summary:
+        print(f"{prog}: wrote {result.output}: {result.summary}", file=sys.stderr)
+        return 0
     cached = len(bar.clock.cached)
-    print(f"{prog}: wrote {output} in {result.seconds:.0f} s" +
+    print(f"{prog}: wrote {result.output} in {result.seconds:.0f} s" +
           (f" ({cached} of {bar.clock.chunks} chunks from the cache)" if cached else ""), file=sys.stderr)
     return 0
 
 
-def _kept(run: "_RunFolder | None", given_cache: str, resume: bool) -> str:
-    """What a stopped one-machine render kept, and how to go on, for its last line."""
-    if given_cache:
-        return f"the finished chunks stay in --cache-dir {given_cache}: run the same command to resume"
-    if run is not None and run.kept:
-        return (f"{run.kept} finished chunk{'s stay' if run.kept > 1 else ' stays'} in {run.path}: run the same "
-                "command to resume")
-    if run is not None and run.resume:
-        return "no chunk was finished, nothing was kept: run the same command to start again"
-    return f"nothing was kept{' (--no-resume)' if not resume else ''}: run the same command to start again"
-
-
-def _prepare_job(source: Path, output: Path, settings, encoder, prog: str, prepare: tuple[str, ...], check: bool,
-                 deinterlace: str, folder: Path, stop: "_StopSignals"):
-    """(the :class:`vs_uav.media.render.RenderJob`, the file the script reads, the output's spec, the
-    filter file or None): the source probed, the cheap checks passed, the script written into
-    ``folder``; _Interrupted when a stop signal arrived meanwhile."""
-    from vs_uav.media.render import RenderJob
-    from vs_uav.media.output import ffmpeg_options, shell_command
-    from vs_uav.media.script import make_script
-
-    namespace = _has_namespace()
-    script = folder / "upscale.vpy"
-    video, spec, filter_file = _probe_for_encoder(source, encoder, prepare, folder, prog, deinterlace, output)
-    _check_scene_cuts(encoder, spec.media.frames, prog)
-    if stop.received:
-        raise _Interrupted
-    job = RenderJob(script, output, ffmpeg_options(source, encoder, spec, filter_file))
-    if check:
-        from vs_uav.media.preflight import PreflightError, preflight
-
-        try:
-            preflight(job, source, settings, encoder, folder)
-        except (PreflightError, ValueError) as e:
-            if stop.received:  # Ctrl+C reaches ffprobe and the test encode too
-                raise _Interrupted from None
-            raise SystemExit(f"{prog}: {e}")
-    script.write_text(make_script(video, settings, namespace=namespace, prepare=prepare, spec=spec,
-                                  command=shell_command(script, source, output, encoder, spec, filter_file),
-                                  encoder=encoder), encoding="utf-8")
-    if stop.received:
-        raise _Interrupted
-    return job, video, spec, filter_file
-
-
-class _RunFolder:
-    """A one-machine render's work folder next to the output, ``.out.mkv.uav-work`` (the
-    cluster's, :func:`vs_uav.app.cluster.work_folder`): ``job/`` holds the script and the files
-    its command reads, ``cache/`` the finished chunks with ``resume`` (the render's cache_dir),
-    and ``lock`` the pid of the uav rendering into it.
-
-    ``lock`` is locked (flock) while the render runs. The kernel releases the lock with the
-    process, even a SIGKILLed one: what a later run finds in an unlocked folder was left by a
-    run that has ended, and goes (its partial output, its script folder, half-written cache
-    files); a locked one is another render still going, and the new one is refused without
-    touching anything. The folder is removed after the output is verified; after a failure
-    or a stop only the finished chunks stay (``kept`` says how many).
-    """
-
-    def __init__(self, output: Path, prog: str, resume: bool):
-        from vs_uav.app.cluster import work_folder
-        from vs_uav.media.render import partial_path
-
-        self.output, self.prog, self.resume = Path(output), prog, resume
-        self.path = work_folder(self.output)
-        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", partial_path(self.output)
-        self.kept, self.verified, self._lock = 0, False, None
-
-    def __enter__(self) -> "_RunFolder":
-        from vs_uav.media.preflight import PreflightError, check_writable
-
-        try:  # before anything is created next to the output
-            check_writable(self.path.parent, "--output")
-        except PreflightError as e:
-            raise SystemExit(f"{self.prog}: {e}") from None
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._acquire()
-        self._clean_leftovers()
-        self.job.mkdir()
-        return self
-
-    def _acquire(self) -> None:
-        lock = open(self.path / "lock", "a+", encoding="utf-8")
-        if fcntl is not None:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                lock.seek(0)
-                owner = lock.read().strip() or "?"
-                lock.close()
-                raise SystemExit(f"{self.prog}: another uav (pid {owner}) is rendering {self.output} (its work folder "
-                                 f"{self.path} is locked); wait for it to end or stop it") from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._lock = lock
-
-    def _clean_leftovers(self) -> None:
-        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
-        left = [p for p in (self.partial, self.job) if p.exists()]
-        left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
-        for p in left:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        if left:
-            sys.stderr.write(f"{self.prog}: removed what an earlier run that did not end cleanly left: "
-                             f"{', '.join(str(p) for p in left)}\n")
-
-    def finished_chunks(self) -> int:
-        # streaming.ChunkDriver's layout: cache/<fingerprint>/chunk<first>-<end>-<digest>/state.safetensors
-        return sum(1 for p in self.cache.glob("*/chunk*/state.safetensors") if ".damaged-" not in p.parent.name)
-
-    def verify(self, frames: int) -> None:
-        """The output holds the frames vspipe wrote: then the folder can go."""
-        from vs_uav.app.cluster import count_frames
-
-        found = count_frames(self.output)
-        self.verified = found == frames
-        if not self.verified:
-            sys.stderr.write(f"{self.prog}: warning: {self.output} holds {found} frames, vspipe wrote {frames}: "
-                             "the finished chunks are kept\n")
-
-    def __exit__(self, *exc) -> None:
-        try:
-            shutil.rmtree(self.job, ignore_errors=True)
-            self.kept = 0 if self.verified else self.finished_chunks()
-            if self.kept:
-                (self.path / "lock").unlink(missing_ok=True)  # still locked by this process: no one else takes it
-            else:
-                shutil.rmtree(self.path, ignore_errors=True)
-        finally:
-            if self._lock is not None:
-                self._lock.close()  # the lock with it
-
-
-def _check_scene_cuts(encoder, frames: int, prog: str) -> None:
-    """A --scene-cuts file is read now (cheap): a bad line fails here, not inside vspipe."""
-    from vs_uav.vsfilter.scenes import AUTO, NONE, SceneError, read_cuts
-
-    if encoder.scene_cuts not in (AUTO, NONE):
-        try:
-            read_cuts(encoder.scene_cuts, frames)
-        except SceneError as e:
-            raise SystemExit(f"{prog}: {e}")
-
-
-def _render_cluster(job, options, prog: str, stop: "_StopSignals") -> int:
-    """:func:`vs_uav.app.cluster.render_cluster` with one updating progress line and a summary."""
-    from vs_uav.app.cluster import ClusterError, render_cluster
-
-    drawn = False
-
-    def show(state) -> None:
-        nonlocal drawn
-        drawn = True
-        sys.stderr.write(f"\r{prog}: {state.line()}\033[K")
-        sys.stderr.flush()
-
-    def end_line(record) -> bool:  # a log line (a worker restarted, -v) gets a line of its own
-        nonlocal drawn
-        if drawn:
-            sys.stderr.write("\n")
-            drawn = False
+@contextlib.contextmanager
+def _lines_of_their_own(bar: _ProgressBar) -> Iterator[None]:
+    """A log line (a worker restarted, -v) ends the progress line first."""
+    def end_line(record) -> bool:
+        bar.end()
         return True
 
     handlers = logging.getLogger().handlers
     for handler in handlers:
         handler.addFilter(end_line)
     try:
-        result = render_cluster(job, options, progress=show, cancel=stop.event)
-    except ClusterError as e:
-        if stop.received:
-            raise _Interrupted from None
-        raise SystemExit(f"{prog}: {e}")  # after the progress line ends (finally)
+        yield
     finally:
         for handler in handlers:
             handler.removeFilter(end_line)
-        if drawn:
-            sys.stderr.write("\n")
-    print(f"{prog}: wrote {result.output}: {result.summary()}", file=sys.stderr)
-    return 0
-
-
-def _probe_for_encoder(source: Path, encoder, prepare: tuple[str, ...], folder: Path, prog: str,
-                       deinterlace: str, output: Path):
-    """(the file the script reads, the output's :class:`vs_uav.media.output.OutputSpec`, the filter
-    file or None): the clip the script hands the filter, probed; an interlaced one refused, or
-    deinterlaced into ``folder`` first; what the codec cannot keep said in one line."""
-    from vs_uav.media.output import needs_filter_file, output_spec, video_filter
-    from vs_uav.media.script import prepare_source
-
-    try:  # (an odd 4:2:0 size is padded into folder, an interlaced source refused or deinterlaced)
-        video, media = prepare_source(source, prepare, folder, deinterlace)
-    except ValueError as e:
-        raise SystemExit(f"{prog}: {e}")
-    spec = output_spec(media, encoder, container=output.suffix)
-    if spec.note:
-        sys.stderr.write(f"{prog}: warning: {spec.note}\n")
-    filter_file = None
-    if needs_filter_file(spec):
-        filter_file = folder / "video.filter"
-        filter_file.write_text(video_filter(spec), encoding="utf-8")
-    return video, spec, filter_file
-
-
-def _has_namespace() -> bool:
-    """Whether the native plugin gives core.uav here (else scripts import vs_uav)."""
-    try:
-        import vapoursynth as vs
-
-        return hasattr(vs.core, "uav")
-    except Exception:
-        return False
 
 
 def cmd_script(args: argparse.Namespace) -> int:
     """Write the .vpy (and print the matching command) without running it."""
+    from vs_uav.app.plan import default_output, default_script, plan_preset_render
+    from vs_uav.media.output import absolute
     from vs_uav.media.probe import interlaced_message, probe
-    from vs_uav.media.script import absolute, reading_script
-    from vs_uav.app.plan import default_output, default_script, plan
+    from vs_uav.media.script import reading_script
 
     preset = _resolve(args, "uav script")
     # The .vpy may be run from anywhere: every path in it and its command is absolute.
@@ -612,7 +331,8 @@ def cmd_script(args: argparse.Namespace) -> int:
     else:
         sys.stderr.write(f"uav script: warning: input {source} not found: the command keeps none of its format, "
                          "colour tags, aspect ratio or timing\n")
-    result = plan(preset, source, script, output, namespace=not args.import_style, media=media, probe=False)
+    result = plan_preset_render(preset, source, script, output, namespace=not args.import_style, media=media,
+                                probe=False)
     if result.note:
         sys.stderr.write(f"uav script: warning: {result.note}\n")
     result.write()
@@ -683,8 +403,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Rewrite a verified model folder to safetensors."""
-    from vs_uav.weights.verify import WeightsError
     from vs_uav.weights.convert import convert
+    from vs_uav.weights.verify import WeightsError
 
     folder = _model_dir_arg(args.dir)
     try:
@@ -732,7 +452,8 @@ def _add_demo(add) -> None:
     demo.add_argument("--model", default=os.environ.get("UAV_MODEL_DIR", str(DEMO_MODEL)),
                       help="model folder (default: $UAV_MODEL_DIR, else the tiny reference model with random weights)")
     demo.add_argument("--input", default=str(DEMO_VIDEO), help="source video (default: the shared old animation)")
-    demo.add_argument("--output", default=str(REPO / "out" / "demo.mkv"), help="output file (default: out/demo.mkv)")
+    demo.add_argument("--output", default=str(Path("out") / "demo.mkv"),
+                      help="output file (default: out/demo.mkv in the current folder)")
     demo.add_argument("--frames", type=int, default=12, help="frames of the excerpt, from the first (default: 12)")
     demo.add_argument("--width", type=int, default=64, help="the excerpt's width before the 4x upscale (default: 64)")
     demo.add_argument("--height", type=int, default=48, help="the excerpt's height before the 4x upscale (default: 48)")

@@ -237,8 +237,8 @@ def check_torch() -> tuple[Check, Check]:
 
 def check_model(model_dir: Optional[Path], manifests: Optional[Mapping] = None,
                 log: Optional[Callable[[str], None]] = None) -> Check:
-    from vs_uav.weights.verify import WeightsError, parts_wanted, verify_folder
     from vs_uav.weights.download import staging_dir
+    from vs_uav.weights.verify import WeightsError, parts_wanted, verify_folder
 
     model_dir = default_model_dir() if model_dir is None else model_dir
     # An interrupted `uav download` leaves its staging folder: the same command finishes it.
@@ -271,7 +271,7 @@ def _not_verified(folder: Path, parts: Sequence[str], error: Exception, unfinish
     unparsable file is a failure (download again); a folder that is complete and readable and
     whose weights fit its own configs is another model than the manifests describe (a finetune,
     another size): it loads, so a warning, with --manifests as the advice."""
-    from vs_uav.weights.folder import ModelLoadError
+    from vs_uav.weights.folder import ModelLoadError, fits_config
     from vs_uav.weights.verify import Manifest, WeightsError, verify_folder
 
     try:  # the same checks against the folder's own keys and shapes: what is left is damage
@@ -279,9 +279,9 @@ def _not_verified(folder: Path, parts: Sequence[str], error: Exception, unfinish
         verify_folder(folder, own, parts)
     except WeightsError as e:
         return Check("model", "fail", f"{e}{unfinished}")
-    try:
+    try:  # the loader's own construction (on the meta device: no memory) and check
         for part in parts:
-            _check_fits_config(folder, part)
+            fits_config(folder, part)
     except ModelLoadError as e:  # readable, but not a model vs-uav can load
         return Check("model", "fail", f"{e}{unfinished}")
     # verify_folder's message ends with its re-download advice, which is not the advice here.
@@ -292,43 +292,14 @@ def _not_verified(folder: Path, parts: Sequence[str], error: Exception, unfinish
 
 def _weight_shapes(folder: Path, parts: Sequence[str]) -> dict[str, dict[str, tuple[int, ...]]]:
     """Keys and shapes of every weight file of ``parts`` (a WeightsError for a damaged one)."""
-    from vs_uav.weights.verify import tensor_shapes
+    from vs_uav.weights.folder import REDOWNLOAD, tensor_shapes
 
     found = {}
     for part in parts:
         for rel in LAYOUT[part].weights:
             if (folder / rel).is_file():
-                found[part] = tensor_shapes(folder / rel)
+                found[part] = tensor_shapes(folder / rel, REDOWNLOAD)
     return found
-
-
-def _check_fits_config(folder: Path, part: str) -> None:
-    """A ModelLoadError unless ``part``'s weight file has exactly the keys and shapes of the model
-    its config builds, as loading checks them (modules built on the meta device: no memory)."""
-    import torch
-
-    from vs_uav.weights.folder import TOKENIZER_DIR, check_state_dict, read_config, weights_file
-    from vs_uav.core.models.text_encoder import PromptEncoder, checkpoint_keys, clip_text_config
-    from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
-    from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig
-    from vs_uav.weights.verify import tensor_shapes
-
-    path = weights_file(folder, part)
-    if path is None or not LAYOUT[part].config:  # the RAFT weights have no config to fit
-        return
-    rename, ignore = (lambda k: k), ()
-    with torch.device("meta"):
-        if part == "unet":
-            module = UNetVideoModel(read_config(folder, part, UNetVideoConfig.from_dict))
-        elif part.startswith("vae_"):
-            module = AutoencoderKLVideo(read_config(folder, part, VAEVideoConfig.from_dict))
-        else:
-            config = read_config(folder, "text_encoder", clip_text_config)
-            module = PromptEncoder.from_config(folder / TOKENIZER_DIR, config).text_model
-            rename, ignore = checkpoint_keys(module)
-        found = {rename(k): torch.empty(shape) for k, shape in tensor_shapes(path).items()}
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    check_state_dict(expected, found, path, LAYOUT[part].config, ignore)
 
 
 def check_disk(model_dir: Optional[Path]) -> Check:

@@ -9,11 +9,13 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
 from vs_uav.media.encoder import EncoderSettings
+from vs_uav.media.output import OutputSpec, absolute, needs_filter_file, output_spec, shell_command, video_filter
 from vs_uav.media.probe import MediaInfo, interlaced_message
 from vs_uav.media.probe import probe as probe_media
-from vs_uav.media.output import OutputSpec, absolute, needs_filter_file, output_spec, shell_command, video_filter
 from vs_uav.media.script import make_script, reading_script
+
 if TYPE_CHECKING:
     from vs_uav.app.presets import Preset
 
@@ -61,7 +63,7 @@ def _probe_file(source: Path, stamp: tuple[int, int]) -> Optional[MediaInfo]:
         return None
 
 
-def probe_source(source: Path) -> Optional[MediaInfo]:
+def cached_probe(source: Path) -> Optional[MediaInfo]:
     """:func:`vs_uav.media.probe` of a script reading ``source`` with nothing in between,
     remembered while the file is unchanged; None when it is not a readable video."""
     source = absolute(source)
@@ -72,8 +74,9 @@ def probe_source(source: Path) -> Optional[MediaInfo]:
     return _probe_file(source, (st.st_mtime_ns, st.st_size)) if source.is_file() else None
 
 
-def plan(preset: "Preset", source: Path, script_path: Optional[Path] = None, output: Optional[Path] = None,
-         *, namespace: bool = True, media: Optional[MediaInfo] = None, probe: bool = True) -> RenderPlan:
+def plan_preset_render(preset: "Preset", source: Path, script_path: Optional[Path] = None,
+                       output: Optional[Path] = None, *, namespace: bool = True, media: Optional[MediaInfo] = None,
+                       probe: bool = True) -> RenderPlan:
     """The .vpy text and the matching shell command for ``preset`` applied to ``source``, with
     absolute paths. ``media``: what :func:`vs_uav.media.probe` says of the source; by default
     (``probe``) it is probed when it is a file, and the command keeps its format and tags."""
@@ -81,7 +84,7 @@ def plan(preset: "Preset", source: Path, script_path: Optional[Path] = None, out
     script_path = absolute(script_path if script_path is not None else default_script(source))
     output = absolute(output if output is not None else default_output(source, preset.encoder))
     if media is None and probe:
-        media = probe_source(source)
+        media = cached_probe(source)
     spec = output_spec(media, preset.encoder, container=output.suffix) if media is not None else None
     files: tuple[tuple[Path, str], ...] = ()
     filter_file = None

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
+import tomli_w
+
+from vs_uav.errors import UavError
 from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
@@ -45,7 +48,7 @@ Origin = Literal["shipped", "user", "file", "new"]
 PathLike = Union[str, os.PathLike]
 
 
-class PresetError(ValueError):
+class PresetError(UavError, ValueError):
     """A preset that cannot be used; the message is one line naming file, key, value, accepted."""
 
 
@@ -224,44 +227,28 @@ def _read(path: Path) -> str:
 
 # -- writing -------------------------------------------------------------------------------------
 
-def _toml_str(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+def _toml_line(key: str, value: Any) -> str:
+    """``key = value``, written by tomli_w; an array kept on one line as the shipped files have it
+    (tomli_w puts each item on a line of its own)."""
+    if isinstance(value, (list, tuple)):
+        return f"{key} = [{', '.join(_toml_item(v) for v in value)}]"
+    return tomli_w.dumps({key: value}).rstrip("\n")
 
 
-def _toml_value(v: Any) -> str:
-    # The settings model only has these types; tomllib reads each back to the same value.
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")
+def _toml_item(value: Any) -> str:
+    """One array item, as tomli_w writes a value."""
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
 
 
 def dumps(preset: Preset) -> str:
     """The canonical TOML text of a preset: the recipe's core and what differs from the defaults."""
     lines = [f"# vs-uav preset '{preset.name}'. Keys and ranges: `uav script --help`.",
-             f"schema_version = {SCHEMA_VERSION}",
-             f"description = {_toml_str(preset.description)}"]
+             _toml_line("schema_version", SCHEMA_VERSION),
+             _toml_line("description", preset.description)]
     for table, specs in TABLES.items():
         values = preset.values(table)
         lines += ["", f"[{table}]"]
-        lines += [f"{s.name} = {_toml_value(values[s.name])}" for s in specs
+        lines += [_toml_line(s.name, values[s.name]) for s in specs
                   if s.name in _ALWAYS or values[s.name] != s.default]
     return "\n".join(lines) + "\n"
 

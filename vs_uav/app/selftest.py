@@ -26,9 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from vs_uav.errors import UavError
 from vs_uav.media.encoder import EncoderSettings
-from vs_uav.media.render import RenderError, RenderJob, render
 from vs_uav.media.output import ffmpeg_options, shell_command
+from vs_uav.media.probe import ffprobe_json
+from vs_uav.media.render import RenderError, RenderJob, render
 from vs_uav.media.script import make_script
 from vs_uav.settings import UpscaleSettings
 
@@ -67,24 +69,12 @@ def _data_files() -> dict[str, Any]:
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (GPT-2's) reversible byte -> printable character table.
-
-    Printable Latin-1 bytes stand for themselves; the others (controls, space, ...) are
-    moved to code points 256 and up, in byte order. Dict order is CLIP's vocabulary order.
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    moved = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + moved)
-            moved += 1
-    return table
-
-
 def tiny_vocab() -> dict[str, int]:
-    """The smallest valid CLIP BPE vocabulary: every byte symbol, alone and word-final, plus BOS/EOS."""
+    """The smallest valid CLIP BPE vocabulary: every byte symbol, alone and word-final, plus BOS/EOS.
+
+    The symbols are CLIP's (GPT-2's) reversible byte table, transformers' own, in its order."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
     return {t: i for i, t in enumerate(tokens)}
@@ -122,9 +112,9 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from vs_uav.weights.folder import LAYOUT, TOKENIZER_DIR
     from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
     from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig
+    from vs_uav.weights.folder import LAYOUT, TOKENIZER_DIR
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +167,7 @@ def build_tiny_model(folder: Path, seed: int = 0, verify: bool = True) -> Path:
 # --- the end-to-end run ---
 
 
-class SelftestError(RuntimeError):
+class SelftestError(UavError, RuntimeError):
     """One step of the selftest failed; the message is one line naming the step."""
 
     def __init__(self, step: str, message: str):
@@ -206,15 +196,14 @@ class SelftestResult:
         return next((s.name for s in self.steps if not s.ok), None)
 
 
-def _resolve_tool(name: str, given: Optional[str], near: Optional[str] = None) -> str:
-    """The executable for ``name``: ``given`` (a name or path), else next to ``near``, else PATH."""
+def _resolve_tool(name: str, given: Optional[str]) -> str:
+    """The executable for ``name``: ``given`` (a name or path), else (vspipe: next to this Python, then) PATH."""
     from vs_uav.media.render import find_vspipe
 
     if given:
         found = shutil.which(given)
     else:
-        found = shutil.which(name, path=str(Path(near).parent)) if near else None
-        found = found or (find_vspipe() if name == "vspipe" else shutil.which(name))
+        found = find_vspipe() if name == "vspipe" else shutil.which(name)
     if not found:
         where = f" at {given}" if given and given != name else " on PATH"
         raise SelftestError("tools", f"{name} not found{where}; install it or {HINT}")
@@ -255,16 +244,27 @@ def selftest_script(model: Path, device: str, command: str) -> str:
     return make_script(None, settings, command=command, title=title, prepare=SYNTHETIC_CLIP)
 
 
-def _ffprobe(ffprobe: str, path: Path) -> dict[str, Any]:
-    run = subprocess.run([ffprobe, "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-                          "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
-                         capture_output=True, text=True, timeout=120)
-    if run.returncode:
-        raise SelftestError("check", f"ffprobe cannot read {path.name}: {run.stderr.strip()[-300:]}; {HINT}")
-    streams = json.loads(run.stdout).get("streams") or []
-    if not streams:
-        raise SelftestError("check", f"{path.name} has no video stream; {HINT}")
-    return streams[0]
+class _Timed:
+    """Times one step, records it in ``result`` and reports it; a failure ends the run."""
+
+    def __init__(self, result: SelftestResult, report: Callable[[str], None], name: str, what: str):
+        self.result, self.report = result, report
+        self.name, self.what, self.detail = name, what, ""
+
+    def __enter__(self) -> "_Timed":
+        self.t0 = time.monotonic()
+        self.report(f"{self.name}: {self.what} ...")
+        return self
+
+    def __exit__(self, kind: Optional[type], exc: Optional[BaseException], tb: Any) -> bool:
+        seconds = time.monotonic() - self.t0
+        ok = exc is None
+        self.result.steps.append(Step(self.name, seconds, ok, self.detail if ok else str(exc)))
+        if ok:
+            self.report(f"{self.name}: ok ({seconds:.1f} s){': ' + self.detail if self.detail else ''}")
+        else:
+            self.report(f"{self.name}: FAILED after {seconds:.1f} s")
+        return False
 
 
 def run_selftest(
@@ -274,15 +274,15 @@ def run_selftest(
     device: str = "cpu",
     vspipe: Optional[str] = None,
     ffmpeg: Optional[str] = None,
-    ffprobe: Optional[str] = None,
     seed: int = 0,
     timeout: float = 600.0,
 ) -> SelftestResult:
     """Build a tiny random model, render a synthetic clip under vspipe into ffmpeg, check the file.
 
     ``work_dir`` keeps the model, script, logs and output there (default: a temporary
-    folder, removed afterwards). ``vspipe``/``ffmpeg``/``ffprobe`` override the executables
-    (default: vspipe next to this Python, then PATH; ffprobe next to ffmpeg, then PATH).
+    folder, removed afterwards). ``vspipe``/``ffmpeg`` override the executables (default:
+    vspipe next to this Python, then PATH); ffprobe is the one on PATH, which
+    :mod:`vs_uav.media.probe` reads the output with.
     Never raises for a failed step: the result says which step failed and why.
     """
     started = time.monotonic()
@@ -292,62 +292,10 @@ def run_selftest(
         logger.info(message)
         log(message)
 
-    class _Timed:
-        """Times one step, records it and reports it; a failure ends the run."""
-
-        def __init__(self, name: str, what: str):
-            self.name, self.what, self.detail = name, what, ""
-
-        def __enter__(self) -> "_Timed":
-            self.t0 = time.monotonic()
-            report(f"{self.name}: {self.what} ...")
-            return self
-
-        def __exit__(self, kind: Optional[type], exc: Optional[BaseException], tb: Any) -> bool:
-            seconds = time.monotonic() - self.t0
-            ok = exc is None
-            result.steps.append(Step(self.name, seconds, ok, self.detail if ok else str(exc)))
-            if ok:
-                report(f"{self.name}: ok ({seconds:.1f} s){': ' + self.detail if self.detail else ''}")
-            else:
-                report(f"{self.name}: FAILED after {seconds:.1f} s")
-            return False
-
-    def steps(folder: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "UAV_BRIDGE_IMPL"}  # the real filter, no test hook
-        with _Timed("tools", "finding vspipe, ffmpeg and ffprobe") as step:
-            vspipe_exe = _resolve_tool("vspipe", vspipe)
-            ffmpeg_exe = _resolve_tool("ffmpeg", ffmpeg)
-            ffprobe_exe = _resolve_tool("ffprobe", ffprobe, near=ffmpeg_exe)
-            step.detail = f"vspipe={vspipe_exe}, ffmpeg={ffmpeg_exe}"
-        model = folder / "model"
-        with _Timed("model", "writing a tiny RANDOM model in the official layout and loading it strictly") as step:
-            try:
-                build_tiny_model(model, seed=seed)
-            except Exception as e:  # the loader's errors are one line naming the file
-                raise SelftestError("model", f"{type(e).__name__}: {_one_line(e)}; {HINT}") from None
-            step.detail = str(model)
-        script, out = folder / "selftest.vpy", folder / "selftest.mkv"
-        with _Timed("render", f"{CLIP_FRAMES} frames {CLIP_WIDTH}x{CLIP_HEIGHT} through core.uav.Upscale "
-                              "(vspipe -c y4m | ffmpeg -c:v ffv1)") as step:
-            script.write_text(selftest_script(model, device, shell_command(script, None, out, ENCODER)),
-                              encoding="utf-8")
-            out.unlink(missing_ok=True)  # a kept folder's earlier output proves nothing
-            # Logs (selftest.vspipe.log, selftest.ffmpeg.log) stay next to the output.
-            job = RenderJob(script, out, ffmpeg_options(None, ENCODER), env=env, timeout=timeout, log_dir=folder,
-                            vspipe=vspipe_exe, ffmpeg=ffmpeg_exe)
-            try:
-                render(job)
-            except RenderError as e:
-                raise SelftestError("render", f"{e}; {HINT}") from None
-            step.detail = f"{out.stat().st_size} bytes"
-        with _Timed("check", "ffprobe and a full decode of the output") as step:
-            step.detail = _check_output(ffmpeg_exe, ffprobe_exe, out)
-            result.output = out
-
     def run_in(folder: Path) -> None:
         try:
-            steps(folder)
+            _run_steps(folder, result, report, device=device, vspipe=vspipe, ffmpeg=ffmpeg, seed=seed,
+                       timeout=timeout)
             result.ok = True
         except SelftestError as e:
             result.error = str(e)
@@ -370,10 +318,58 @@ def run_selftest(
     return result
 
 
-def _check_output(ffmpeg: str, ffprobe: str, out: Path) -> str:
+def _run_steps(folder: Path, result: SelftestResult, report: Callable[[str], None], *, device: str,
+               vspipe: Optional[str], ffmpeg: Optional[str], seed: int, timeout: float) -> None:
+    """The four steps in ``folder``, each timed and recorded in ``result``; the first failure raises."""
+    env = {k: v for k, v in os.environ.items() if k != "UAV_BRIDGE_IMPL"}  # the real filter, no test hook
+    with _Timed(result, report, "tools", "finding vspipe, ffmpeg and ffprobe") as step:
+        vspipe_exe = _resolve_tool("vspipe", vspipe)
+        ffmpeg_exe = _resolve_tool("ffmpeg", ffmpeg)
+        _resolve_tool("ffprobe", None)
+        step.detail = f"vspipe={vspipe_exe}, ffmpeg={ffmpeg_exe}"
+    model = folder / "model"
+    with _Timed(result, report, "model", "writing a tiny RANDOM model in the official layout and loading it "
+                                         "strictly") as step:
+        try:
+            build_tiny_model(model, seed=seed)
+        except Exception as e:  # the loader's errors are one line naming the file
+            raise SelftestError("model", f"{type(e).__name__}: {_one_line(e)}; {HINT}") from None
+        step.detail = str(model)
+    script, out = folder / "selftest.vpy", folder / "selftest.mkv"
+    with _Timed(result, report, "render", f"{CLIP_FRAMES} frames {CLIP_WIDTH}x{CLIP_HEIGHT} through "
+                                          "core.uav.Upscale (vspipe -c y4m | ffmpeg -c:v ffv1)") as step:
+        script.write_text(selftest_script(model, device, shell_command(script, None, out, ENCODER)),
+                          encoding="utf-8")
+        out.unlink(missing_ok=True)  # a kept folder's earlier output proves nothing
+        # Logs (selftest.vspipe.log, selftest.ffmpeg.log) stay next to the output.
+        job = RenderJob(script, out, ffmpeg_options(None, ENCODER), env=env, timeout=timeout, log_dir=folder,
+                        vspipe=vspipe_exe, ffmpeg=ffmpeg_exe)
+        try:
+            render(job)
+        except RenderError as e:
+            raise SelftestError("render", f"{e}; {HINT}") from None
+        step.detail = f"{out.stat().st_size} bytes"
+    with _Timed(result, report, "check", "ffprobe and a full decode of the output") as step:
+        step.detail = _check_output(ffmpeg_exe, out)
+        result.output = out
+
+
+def _ffprobe_stream(path: Path) -> dict[str, Any]:
+    """The first video stream's codec, size and decoded frame count, by :mod:`vs_uav.media.probe`'s ffprobe."""
+    data, said = ffprobe_json(["-count_frames", "-select_streams", "v:0", "-show_entries",
+                                "stream=codec_name,width,height,nb_read_frames"], path)
+    if not data:
+        raise SelftestError("check", f"ffprobe cannot read {path.name}: {said or 'no message'}; {HINT}")
+    streams = data.get("streams") or []
+    if not streams:
+        raise SelftestError("check", f"{path.name} has no video stream; {HINT}")
+    return streams[0]
+
+
+def _check_output(ffmpeg: str, out: Path) -> str:
     """Codec, size and frame count by ffprobe, then every frame decoded to raw bytes."""
     width, height = CLIP_WIDTH * SCALE, CLIP_HEIGHT * SCALE
-    info = _ffprobe(ffprobe, out)
+    info = _ffprobe_stream(out)
     found = (info.get("codec_name"), info.get("width"), info.get("height"), int(info.get("nb_read_frames", -1)))
     if found != ("ffv1", width, height, CLIP_FRAMES):
         raise SelftestError("check", f"expected ffv1 {width}x{height} with {CLIP_FRAMES} frames, found "

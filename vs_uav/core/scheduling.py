@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Optional
 
 import torch
 
@@ -201,11 +200,3 @@ class DDIMScheduler(_Schedule):
                 raise ValueError("step_vt: eta > 0 needs variance_noise (draw it from the frame-indexed generator)")
             prev = prev + std * variance_noise
         return prev
-
-
-def load_scheduler(path: Union[str, Path]) -> DDIMScheduler:
-    return DDIMScheduler(SchedulerConfig.from_json_file(path))
-
-
-def load_low_res_scheduler(path: Union[str, Path]) -> LowResScheduler:
-    return LowResScheduler(SchedulerConfig.from_json_file(path))

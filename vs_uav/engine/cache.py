@@ -173,11 +173,11 @@ def model_dir_of(settings: UpscaleSettings) -> Path:
 def check_model_folder(model_dir: Path, settings: UpscaleSettings) -> None:
     """What loading the model would refuse, checked without reading a weight: the folder's
     layout, its configs, and the settings against the model's limits (a ModelLoadError or ValueError, one line)."""
-    from vs_uav.weights.folder import check_folder, max_noise_level, read_config
     from vs_uav.core.models.text_encoder import clip_text_config
     from vs_uav.core.models.unet_video import UNetVideoConfig
     from vs_uav.core.models.vae_video import VAEVideoConfig
     from vs_uav.core.scheduling import SchedulerConfig
+    from vs_uav.weights.folder import check_folder, max_noise_level, read_config
 
     folder = check_folder(model_dir, settings.vae)
     read_config(folder, "unet", UNetVideoConfig.from_dict)

@@ -27,8 +27,17 @@ import torch
 
 from vs_uav.core.tiling import DECODE_GROUP, chunk_bounds
 from vs_uav.engine.state import (
-    LATENTS_FILE, STATE_FILE, CacheError, ChunkEngine, ChunkState, UpscaleOutput, check_writable, fingerprint,
-    load_tensors, save_tensors, source_digest,
+    LATENTS_FILE,
+    STATE_FILE,
+    CacheError,
+    ChunkEngine,
+    ChunkState,
+    UpscaleOutput,
+    check_writable,
+    fingerprint,
+    load_tensors,
+    save_tensors,
+    source_digest,
 )
 
 if TYPE_CHECKING:

@@ -22,25 +22,30 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from vs_uav.core.boundary import ChunkBoundary, chunk_boundary
 from vs_uav.core.color import color_fix as apply_color_fix
-from vs_uav.weights.folder import (
-    LAYOUT, TOKENIZER_DIR, ModelLoadError, check_folder, find_weights, load_weights, max_noise_level, read_config,
-    torch_dtype
-)
-from vs_uav.core.models.text_encoder import PromptEncoder, checkpoint_keys, clip_text_config
-from vs_uav.core.models.unet_video import UNetVideoConfig, UNetVideoModel
-from vs_uav.core.models.vae_video import AutoencoderKLVideo, VAEVideoConfig, decode_latents_vsr
 from vs_uav.core.memory import (
-    FREE_SHARE, GIB, MIN_TILE, MemoryPlan, held_pixel_bytes, plan_memory, smaller_plan, unet_pixel_bytes,
-    vae_pixel_bytes
+    FREE_SHARE,
+    GIB,
+    MIN_TILE,
+    MemoryPlan,
+    held_pixel_bytes,
+    plan_memory,
+    smaller_plan,
+    unet_pixel_bytes,
+    vae_pixel_bytes,
 )
+from vs_uav.core.models.text_encoder import PromptEncoder
+from vs_uav.core.models.unet_video import UNetVideoModel
+from vs_uav.core.models.vae_video import AutoencoderKLVideo, decode_latents_vsr
 from vs_uav.core.propagation import PropagationCarry, propagate
 from vs_uav.core.scheduling import DDIMScheduler, LowResScheduler, SchedulerConfig
-from vs_uav.settings import SETTINGS_BY_NAME, UpscaleSettings
 from vs_uav.core.step_cache import StepCache
+from vs_uav.core.tiling import CONTEXT, WINDOW, decode_groups, ramp, scene_windows, spatial_tiles
 from vs_uav.engine.driver import ChunkDriver, ProgressCallback
 from vs_uav.engine.state import ChunkState, UpscaleOutput
-from vs_uav.core.tiling import CONTEXT, DECODE_GROUP, WINDOW, decode_groups, ramp, scene_windows, spatial_tiles
+from vs_uav.settings import SETTINGS_BY_NAME, UpscaleSettings
+from vs_uav.weights.folder import check_folder, load_component, max_noise_level, read_config, torch_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +124,49 @@ def _tail(frames: torch.Tensor, before: Optional[torch.Tensor], cut: int, count:
     return part
 
 
+@dataclass
+class _ChunkInputs:
+    """One chunk's model inputs, padded to the latents' size and on the device."""
+
+    clean: torch.Tensor  # (1, 3, T, h, w) float32: the low-res frames as given, unpadded
+    embeds: torch.Tensor  # prompt embeddings: rows [negative, positive] with guidance
+    class_labels: torch.Tensor  # the noise level, one per row
+    image: torch.Tensor  # (1, 3, T, H, W): the low-res frames noised at the noise level
+    latents: torch.Tensor  # (1, C, T, H, W): the initial latents
+    flows: Optional[tuple[torch.Tensor, torch.Tensor]]  # the chunk's (forward, backward) flows
+    carry_flows: Optional[tuple[torch.Tensor, torch.Tensor]]  # previous chunk's last frame -> this one's first
+
+
+def _with_context(frames: torch.Tensor, held: Optional[torch.Tensor], boundary: ChunkBoundary,
+                  device: torch.device) -> torch.Tensor:
+    """(..., T, H, W) ``frames`` preceded by the last ``boundary.context`` frames of ``held`` (a state's)."""
+    if not boundary.context:
+        return frames
+    return torch.cat([held[:, :, boundary.preceding:].to(device), frames], dim=2)
+
+
+def _preceding(held: Optional[torch.Tensor], boundary: ChunkBoundary) -> Optional[torch.Tensor]:
+    """The frames of ``held`` (a state's) before the context frames: what precedes the extended
+    frames, for a chunk shorter than the context it hands on."""
+    return None if held is None else held[:, :, :boundary.preceding]
+
+
+def _next_state(boundary: ChunkBoundary, state: Optional[ChunkState], tails: list[torch.Tensor],
+                image: torch.Tensor, clean: torch.Tensor, propagated: dict[int, torch.Tensor],
+                final: torch.Tensor) -> ChunkState:
+    """What the chunk from ``boundary.end`` needs: the last frames' latents entering each step and
+    their noised frames (its windows' context), the clean last frame (its boundary flow), the
+    propagated x0 (its forward sweep) and the last final latents (its first decode group)."""
+    return ChunkState(
+        end=boundary.end, latents=torch.stack(tails),
+        image=_tail(image, _preceding(state.image if state is not None else None, boundary), boundary.cut,
+                    boundary.keep),
+        last_frame=clean[:, :, boundary.last].cpu(), propagated=propagated, anchor=boundary.anchor,
+        final=_tail(final, state.final if state is not None else None, boundary.end - boundary.start,
+                    boundary.keep_final),
+    )
+
+
 def _free_bytes(device: torch.device) -> int:
     """Memory this process could still use on ``device``: free GPU memory plus what torch's
     allocator holds unused; the available RAM on the CPU."""
@@ -187,7 +235,11 @@ class UpscalePipeline:
         (:mod:`vs_uav.core.acceleration`); a second call with the same values does nothing. fp8
         weights cannot be undone (the full-width ones are gone): ValueError naming ``weights``."""
         from vs_uav.core.acceleration import (
-            compile_blocks, disable_group_offload, enable_fp8_weights, enable_group_offload, uncompile_blocks
+            compile_blocks,
+            disable_group_offload,
+            enable_fp8_weights,
+            enable_group_offload,
+            uncompile_blocks,
         )
 
         wanted = (settings.weights, settings.offload, settings.compile)
@@ -244,7 +296,8 @@ class UpscalePipeline:
         flow: str = "auto",
     ) -> "UpscalePipeline":
         """Load the official model folder strictly: configs from the folder, every weight key
-        and shape checked (:mod:`vs_uav.weights.folder`).
+        and shape checked, modules built without weights and filled from the files
+        (:func:`vs_uav.weights.folder.load_component`).
 
         ``dtype`` (default float32) applies to the U-Net and the text encoder; the VAE always
         runs in float32, as in the official inference. Raises ModelLoadError (one line naming
@@ -254,20 +307,10 @@ class UpscalePipeline:
             dtype = torch_dtype(dtype) or torch.float32
         SETTINGS_BY_NAME["flow"].check(flow)  # the settings model's rule, as for core.uav.Upscale
         folder = check_folder(model_dir, vae)  # the one check, before anything heavy is read
-        vae_name = f"vae_{vae}"
-
-        def weights(module: torch.nn.Module, name: str, **rules) -> torch.nn.Module:
-            return load_weights(module, find_weights(folder, name), LAYOUT[name].config, **rules)
-
-        unet = weights(UNetVideoModel(read_config(folder, "unet", UNetVideoConfig.from_dict)), "unet")
-        vae_model = weights(AutoencoderKLVideo(read_config(folder, vae_name, VAEVideoConfig.from_dict)), vae_name)
-        try:
-            prompt_encoder = PromptEncoder.from_config(folder / TOKENIZER_DIR,
-                                                       read_config(folder, "text_encoder", clip_text_config))
-        except ValueError as e:  # the message names the tokenizer folder
-            raise ModelLoadError(str(e)) from None
-        rename, ignore = checkpoint_keys(prompt_encoder.text_model)
-        weights(prompt_encoder.text_model, "text_encoder", rename=rename, ignore=ignore)
+        # Built on the meta device and filled from the files: no random initialisation first.
+        unet = load_component(folder, "unet")
+        vae_model = load_component(folder, f"vae_{vae}")
+        prompt_encoder = load_component(folder, "text_encoder")
         scheduler = DDIMScheduler(read_config(folder, "scheduler", SchedulerConfig.from_dict))
         low_res = LowResScheduler(read_config(folder, "low_res_scheduler", SchedulerConfig.from_dict))
 
@@ -506,114 +549,118 @@ class UpscalePipeline:
         Tiles and windows per call follow :meth:`memory_plan`; a chunk that runs out of memory
         runs again from its inputs with half the tile (a warning), down to the smallest tile.
         """
-        m = self.model
-        device = self.device
-        _, _, n, h, w = video.shape
-        end = start + n if end is None else end
-        if not start < end <= start + n:
-            raise ValueError(f"end={end}; accepted: a frame in [{start + 1}, {start + n}]")
+        # 1. Inputs: checked before any work (the state here; `end` and the state's context by
+        #    the boundary arithmetic, pure and cheap, that step 2 applies), then padded and on
+        #    the device: prompt embeddings, the noised low-res frames, initial latents, flows.
+        self._check_state(video, start, settings, state)
+        boundary = chunk_boundary(start, video.shape[2], end, anchor=state.anchor if state is not None else None,
+                                  held=state.context if state is not None else 0)
+        x = self._chunk_inputs(video, start, settings, state, flows, boundary_flows, latents, image_noise)
+
+        # 2. Boundary context: windows reaching back before `start` see the previous chunk's last
+        #    `boundary.context` frames, their noised frames joined here, their latents at each step.
+        image = _with_context(x.image, state.image if state is not None else None, boundary, self.device)
+
+        # 3. Denoising loop, over the extended frames.
+        final, tails, propagated = self._denoise(x, image, boundary, settings, state, callback)
+
+        # 4. The next chunk's state, then the decode (padding cropped, colours corrected).
+        new_state = _next_state(boundary, state, tails, image, x.clean, propagated, final)
+        frames = self.decode(final, x.clean, settings) if decode else None
+        return UpscaleOutput(frames=frames, latents=final), new_state
+
+    @staticmethod
+    def _check_state(video: torch.Tensor, start: int, settings: UpscaleSettings, state: Optional[ChunkState]) -> None:
+        """ValueError unless ``state`` (when given) ends at ``start`` with latents of this clip's
+        padded size, one per step."""
         ph, pw = _padded(video)
-        pad_h, pad_w = ph - h, pw - w
         if state is not None and (state.end != start or tuple(state.image.shape[-2:]) != (ph, pw)
                                   or state.latents.shape[0] != settings.steps):
             raise ValueError(f"state ends at frame {state.end} with {tuple(state.image.shape[-2:])} latents; "
                              f"accepted: a state ending at frame {start} with {(ph, pw)} latents and "
                              f"{settings.steps} steps")
-        clean = video.float()
-        video_p = _pad_frames(clean, pad_h, pad_w).to(device)
-        frames = range(start, start + n)
 
-        # 1. Prompt embeddings: rows [negative, positive] with guidance.
+    def _chunk_inputs(self, video: torch.Tensor, start: int, settings: UpscaleSettings, state: Optional[ChunkState],
+                      flows, boundary_flows, latents, image_noise) -> _ChunkInputs:
+        """The chunk's model inputs, padded to the latents' size, on the device; the draws come
+        from (seed, frame index) unless given."""
+        m, device = self.model, self.device
+        _, _, n, h, w = video.shape
+        ph, pw = _padded(video)
+        pad = (ph - h, pw - w)
+        clean = video.float()
+        frames = range(start, start + n)
+        # Prompt embeddings: rows [negative, positive] with guidance.
         # Caption and suffix apart: a prompt too long for CLIP loses caption, not suffix.
         embeds = m.prompt_encoder.encode(settings.prompt, settings.negative_prompt, guidance=settings.guidance,
                                          suffix=settings.prompt_suffix, join=UpscaleSettings.join_prompt)
         embeds = embeds.to(device, self.dtype)
-        batch = embeds.shape[0]
-
-        # 2. Noise the low-res input at noise_level; the level is also the U-Net's class label.
+        # The low-res input noised at noise_level; the level is also the U-Net's class label.
         if image_noise is None:
             image_noise = seeded_noise(settings.seed, NOISE_STREAM_IMAGE, frames, (3, h, w))
-        image_noise = _pad_frames(image_noise.float(), pad_h, pad_w).to(device)
-        image = m.low_res_scheduler.add_noise(video_p, image_noise, settings.noise_level)
-        class_labels = torch.full((batch,), settings.noise_level, dtype=torch.long, device=device)
-
-        # 3. Timesteps and initial latents (each frame's draw from (seed, frame index)).
-        timesteps = m.scheduler.set_timesteps(settings.steps).tolist()
-        c_lat = m.unet.config.in_channels - 3
+        image_noise = _pad_frames(image_noise.float(), *pad).to(device)
+        image = m.low_res_scheduler.add_noise(_pad_frames(clean, *pad).to(device), image_noise, settings.noise_level)
+        class_labels = torch.full((embeds.shape[0],), settings.noise_level, dtype=torch.long, device=device)
         if latents is None:
-            latents = seeded_noise(settings.seed, NOISE_STREAM_LATENTS, frames, (c_lat, h, w))
-        latents = _pad_frames(latents.float(), pad_h, pad_w).to(device) * m.scheduler.init_noise_sigma
+            latents = seeded_noise(settings.seed, NOISE_STREAM_LATENTS, frames, (m.unet.config.in_channels - 3, h, w))
+        latents = _pad_frames(latents.float(), *pad).to(device) * m.scheduler.init_noise_sigma
+        flows, carry_flows = self._chunk_flows(clean, pad, settings, state, flows, boundary_flows)
+        return _ChunkInputs(clean, embeds, class_labels, image, latents, flows, carry_flows)
 
-        # 4. Flows for propagation, at low resolution, padded like the frames.
-        propagating = bool(settings.propagation_steps)
-        carry_flows = None
-        if propagating:
-            if flows is None:
-                flows = self.estimate_flows(clean)
-            flows = tuple(_pad_frames(f.float(), pad_h, pad_w).to(device) for f in flows)
-            if state is not None and state.propagated:
-                if boundary_flows is None:
-                    pair = torch.stack([state.last_frame, clean[:, :, 0]], dim=2)
-                    fw, bw = self.estimate_flows(pair)
-                    boundary_flows = (fw[:, :, 0], bw[:, :, 0])
-                carry_flows = tuple(
-                    _pad_frames(f.float()[:, :, None], pad_h, pad_w)[:, :, 0].to(device) for f in boundary_flows
-                )
+    def _chunk_flows(self, clean: torch.Tensor, pad: tuple[int, int], settings: UpscaleSettings,
+                     state: Optional[ChunkState], flows, boundary_flows) -> tuple[Optional[tuple], Optional[tuple]]:
+        """(the chunk's flows, the boundary flows) for propagation, at low resolution, padded like
+        the frames and on the device; estimated when not given. None without propagation; the
+        boundary flows only when continuing a state that propagated."""
+        if not settings.propagation_steps:
+            return None, None
+        if flows is None:
+            flows = self.estimate_flows(clean)
+        flows = tuple(_pad_frames(f.float(), *pad).to(self.device) for f in flows)
+        if state is None or not state.propagated:
+            return flows, None
+        if boundary_flows is None:
+            pair = torch.stack([state.last_frame, clean[:, :, 0]], dim=2)
+            fw, bw = self.estimate_flows(pair)
+            boundary_flows = (fw[:, :, 0], bw[:, :, 0])
+        return flows, tuple(_pad_frames(f.float()[:, :, None], *pad)[:, :, 0].to(self.device) for f in boundary_flows)
 
-        # 5. Windows from the scene's first frame; the ones reaching back before `start` see
-        #    the previous chunk's latents of each step as fixed context.
-        anchor = state.anchor if state is not None else start
-        windows = scene_windows(anchor, start, start + n)
-        ctx = start - min(s for s, _ in windows)
-        if ctx > (state.context if state is not None else 0):
-            raise ValueError(f"state holds {state.context if state else 0} context frames; accepted: {ctx} or more")
-        windows = [(s - start + ctx, e - start + ctx) for s, e in windows]
-        image_ext = torch.cat([state.image[:, :, state.context - ctx:].to(device), image], dim=2) if ctx else image
-        cut = ctx + end - start  # index of frame `end` in the extended frames
-        keep = min(CONTEXT, end - anchor)  # context the next chunk may need
-        # What precedes the extended frames, for a chunk shorter than the context it hands on.
-        before = slice(0, state.context - ctx) if state is not None else None
-
-        # 6. Denoising loop.
-        tail_latents, propagated = [], {}
-        plan = self.memory_plan(ph, pw, settings)
+    def _denoise(self, x: _ChunkInputs, image: torch.Tensor, boundary: ChunkBoundary, settings: UpscaleSettings,
+                 state: Optional[ChunkState], callback: Optional[Callable[[int, int], None]]):
+        """The DDIM loop over the extended frames (``image``: the noised frames with their context).
+        Returns the final latents (1, C, T, h, w) on the CPU, the latents entering each step of
+        the frames the next chunk takes as context, and the forward-propagated x0 of the chunk's
+        last frame before ``end`` at each propagation step."""
+        m = self.model
+        timesteps = m.scheduler.set_timesteps(settings.steps).tolist()
+        plan = self.memory_plan(*_padded(x.clean), settings)
         tile = (plan.tile, plan.overlap)
         # Step caching: deep features live for this chunk only (every chunk runs all its steps).
         cache = StepCache(settings.cache_interval) if settings.cache_interval > 1 else None
+        latents, tails, propagated = x.latents, [], {}
         for i, t in enumerate(timesteps):
             if cache is not None:
                 cache.start_step(i)
-            ext = torch.cat([state.latents[i, :, :, state.context - ctx:].to(device), latents], dim=2) \
-                if ctx else latents
-            tail_latents.append(_tail(ext, state.latents[i][:, :, before] if state is not None else None, cut, keep))
-            noise_pred = self._model_output(ext, image_ext, t, embeds, class_labels, tile, windows,
-                                            cache, plan.windows)[:, :, ctx:]
+            held = state.latents[i] if state is not None else None
+            ext = _with_context(latents, held, boundary, self.device)
+            tails.append(_tail(ext, _preceding(held, boundary), boundary.cut, boundary.keep))
+            noise_pred = self._model_output(ext, image, t, x.embeds, x.class_labels, tile, boundary.windows,
+                                            cache, plan.windows)[:, :, boundary.context:]
             if settings.guidance:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + settings.guidance_scale * (text - uncond)
             x0 = m.scheduler.step_v0(noise_pred, t, latents)
-            if propagating and i in settings.propagation_steps:
+            if i in settings.propagation_steps:
                 carry = None
-                if carry_flows is not None and i in state.propagated:
-                    carry = PropagationCarry(state.propagated[i].to(device), *carry_flows)
-                x0 = propagate(x0, flows[0], flows[1], carry=carry)
-                propagated[i] = x0[:, :, end - start - 1].cpu()
+                if x.carry_flows is not None and i in state.propagated:
+                    carry = PropagationCarry(state.propagated[i].to(self.device), *x.carry_flows)
+                x0 = propagate(x0, x.flows[0], x.flows[1], carry=carry)
+                propagated[i] = x0[:, :, boundary.last].cpu()
             latents = m.scheduler.step_vt(x0, noise_pred, t, latents)
             if callback is not None:
                 callback(i + 1, len(timesteps))
-
-        final = latents[..., :h, :w].cpu()
-        prev_final = state.final if state is not None else None
-        new_state = ChunkState(
-            end=end, latents=torch.stack(tail_latents),
-            image=_tail(image_ext, state.image[:, :, before] if state is not None else None, cut, keep),
-            last_frame=clean[:, :, end - start - 1].cpu(), propagated=propagated, anchor=anchor,
-            final=_tail(final, prev_final, end - start, min(DECODE_GROUP - 1, end - anchor)),
-        )
-
-        # 7. Decode, crop the padding, correct colours against the upsampled input.
-        frames = self.decode(final, clean, settings) if decode else None
-        return UpscaleOutput(frames=frames, latents=final), new_state
+        h, w = x.clean.shape[-2:]
+        return latents[..., :h, :w].cpu(), tails, propagated
 
     @torch.no_grad()
     @_retry_out_of_memory

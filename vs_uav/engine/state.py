@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 import torch
 
+from vs_uav.errors import UavError
+
 if TYPE_CHECKING:
     from vs_uav.settings import UpscaleSettings
 
@@ -34,7 +36,7 @@ LATENTS_FILE = "latents.safetensors"
 STATE_FILE = "state.safetensors"
 
 
-class CacheError(ValueError):
+class CacheError(UavError, ValueError):
     """A cache file that cannot be used: damaged, truncated, or made by something else."""
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.probe import MediaInfo, VideoFormat
+
 if TYPE_CHECKING:
     pass
 

@@ -12,19 +12,19 @@ Imports no torch and no VapourSynth.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+from vs_uav.errors import UavError
 from vs_uav.media.encoder import BITS_PER_PIXEL, EncoderSettings
-from vs_uav.media.render import RenderJob, check_encoder
+from vs_uav.media.probe import MediaInfo
 from vs_uav.media.output import ffmpeg_options
+from vs_uav.media.render import RenderJob, check_encoder
 from vs_uav.settings import UpscaleSettings
 
 logger = logging.getLogger(__name__)
@@ -34,67 +34,14 @@ SCALE = 4
 CONTAINERS = (".mkv", ".mp4", ".mov", ".avi")
 
 
-class PreflightError(ValueError):
+class PreflightError(UavError, ValueError):
     """A check that failed; the message is one line without the program's prefix."""
 
 
-@dataclass(frozen=True)
-class SourceInfo:
-    """What ffprobe says of the source: enough to estimate the output and name its audio."""
-
-    width: int
-    height: int
-    frames: Optional[int]  # None when the container does not say (and no duration does)
-    audio: Optional[str]  # the first audio stream's codec, e.g. "aac"; None without audio
-    audio_bytes: int  # that stream's size, estimated from its bit rate and duration (0: unknown)
-
-
-def probe_source(source: Path) -> Optional[SourceInfo]:
-    """The source's size, frame count and audio; None when ffprobe is not installed."""
-    ffprobe = shutil.which("ffprobe")
-    if not ffprobe:
-        return None
-    try:
-        run = subprocess.run([ffprobe, "-v", "error", "-show_entries",
-                              "stream=codec_type,codec_name,width,height,nb_frames,avg_frame_rate,bit_rate,duration"
-                              ":format=duration", "-of", "json", str(source)],
-                             capture_output=True, text=True, timeout=60)
-        data = json.loads(run.stdout or "{}") if run.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
-        raise PreflightError(f"input {source}: ffprobe cannot read it ({e})") from None
-    if data is None:
-        error = " ".join(run.stderr.split()) or f"exit status {run.returncode}"
-        raise PreflightError(f"input {source}: not a video ffmpeg can read ({error})")
-    streams = data.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"), None)
-    if video is None or not video.get("width"):
-        raise PreflightError(f"input {source}: has no video stream; accepted: a video file")
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
-    duration = _number(video.get("duration")) or _number(data.get("format", {}).get("duration"))
-    frames = int(_number(video.get("nb_frames")) or 0) or None
-    if frames is None and duration:
-        num, _, den = str(video.get("avg_frame_rate", "0/1")).partition("/")
-        rate = _number(num) / (_number(den) or 1)
-        frames = round(duration * rate) or None
-    audio_bytes = 0
-    if audio is not None:
-        seconds = _number(audio.get("duration")) or duration
-        audio_bytes = int(_number(audio.get("bit_rate")) * seconds / 8)
-    return SourceInfo(int(video["width"]), int(video["height"]), frames,
-                      audio.get("codec_name", "unknown") if audio is not None else None, audio_bytes)
-
-
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def estimate_output_bytes(info: SourceInfo, encoder: EncoderSettings) -> Optional[int]:
+def estimate_output_bytes(info: MediaInfo, encoder: EncoderSettings) -> Optional[int]:
     """A rough, generous size of the 4x output: pixels x frames x the codec's bits per pixel
     (x265/x264 doubling for every 6 CRF below 18), plus the copied audio."""
-    if info.frames is None:
+    if not info.frames:
         return None
     bpp = BITS_PER_PIXEL[encoder.codec]
     if encoder.codec in ("x265", "x264"):
@@ -112,7 +59,7 @@ def _existing_folder(path: Path) -> Path:
     return path
 
 
-def check_writable(folder: Path, option: str) -> None:
+def check_writable_folder(folder: Path, option: str) -> None:
     """PreflightError unless ``folder`` exists and is writable or could be created; creates
     nothing (a probe file in the nearest existing folder is deleted at once)."""
     folder = Path(folder).expanduser()
@@ -135,7 +82,7 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_disk(output: Path, info: SourceInfo, encoder: EncoderSettings) -> None:
+def check_disk_space(output: Path, info: MediaInfo, encoder: EncoderSettings) -> None:
     """PreflightError when the output folder's filesystem has less free space than the
     estimated output (:func:`estimate_output_bytes`)."""
     need = estimate_output_bytes(info, encoder)
@@ -151,7 +98,7 @@ def check_disk(output: Path, info: SourceInfo, encoder: EncoderSettings) -> None
             f"enough free space (or a smaller --codec/higher --crf)")
 
 
-def check_encoding(job: RenderJob, source: Path, info: Optional[SourceInfo], encoder: EncoderSettings,
+def check_encoding(job: RenderJob, source: Path, info: Optional[MediaInfo], encoder: EncoderSettings,
                    folder: Path) -> None:
     """PreflightError when ffmpeg cannot write the output's container with these codec options
     and the source's audio (a one-frame test encode, :func:`vs_uav.media.render.check_encoder`),
@@ -180,11 +127,12 @@ def check_encoding(job: RenderJob, source: Path, info: Optional[SourceInfo], enc
                          "another --codec (`uav doctor` lists the encoders this ffmpeg has)")
 
 
-def preflight(job: RenderJob, source: Path, settings: UpscaleSettings, encoder: EncoderSettings,
-              folder: Path) -> None:
+def preflight(job: RenderJob, source: Path, media: Optional[MediaInfo], settings: UpscaleSettings,
+              encoder: EncoderSettings, folder: Path) -> None:
     """Every check that is cheap next to the first chunk, cheapest first: the model folder
-    and the model's limits, the output and cache folders, the source, free disk, the encoder.
-    ``folder``: a temporary folder for the encoder's test file."""
+    and the model's limits, the output and cache folders, free disk, the encoder. ``media``:
+    the job's probe of ``source`` (None: free disk is not checked). ``folder``: a temporary
+    folder for the encoder's test file."""
     from vs_uav.weights.folder import ModelLoadError, check_folder, default_model_dir, max_noise_level
 
     model = Path(settings.model).expanduser() if settings.model else default_model_dir()
@@ -196,10 +144,9 @@ def preflight(job: RenderJob, source: Path, settings: UpscaleSettings, encoder: 
     output = Path(job.output)
     if output.is_dir():
         raise PreflightError(f"--output {output} is a folder; accepted: a file name, e.g. {output / 'out.mkv'}")
-    check_writable(output.parent, "--output")
+    check_writable_folder(output.parent, "--output")
     if settings.cache_dir:
-        check_writable(Path(settings.cache_dir), "--cache-dir")
-    info = probe_source(source)
-    if info is not None:
-        check_disk(output, info, encoder)
-    check_encoding(job, source, info, encoder, folder)
+        check_writable_folder(Path(settings.cache_dir), "--cache-dir")
+    if media is not None:
+        check_disk_space(output, media, encoder)
+    check_encoding(job, source, media, encoder, folder)

@@ -21,7 +21,9 @@ import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+
+from vs_uav.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,8 @@ class MediaInfo:
     # encoder's priming): ffmpeg's stream copy would keep them, and shift the video to make room.
     preroll: bool = False
     subtitles: tuple[str, ...] = ()  # the source's subtitle streams' codecs, e.g. ("subrip", "ass")
+    audio: Optional[str] = None  # the first audio stream's codec, e.g. "aac"; None without audio
+    audio_bytes: int = 0  # its size, from its bit rate and duration (0: unknown)
     tagged: bool = False  # the source's container has global metadata (title, ...)
     hdr: Optional["HdrMetadata"] = None  # its HDR10 static metadata
     coded_size: Optional[tuple[int, int]] = None  # the container's width and height (ffprobe)
@@ -223,7 +227,7 @@ def convert(source: Path, target: Path, filters: str, failed: str = "ffmpeg coul
                          capture_output=True, text=True)
     if run.returncode:
         Path(target).unlink(missing_ok=True)
-        said = _one_line(run.stderr)[-300:] or f"exit status {run.returncode}"
+        said = one_line(run.stderr)[-300:] or f"exit status {run.returncode}"
         raise ValueError(f"input {source}: {failed} ({said})")
 
 
@@ -266,7 +270,7 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
             raise vs.Error("the clip has a variable format or size, or no frames")
         props = dict(clip.get_frame(0).props)
     except vs.Error as e:
-        raise ValueError(f"input {source}: not a video VapourSynth can read ({_one_line(str(e))})") from None
+        raise ValueError(f"input {source}: not a video VapourSynth can read ({one_line(e)})") from None
     family = {vs.YUV: "YUV", vs.RGB: "RGB", vs.GRAY: "GRAY"}.get(fmt.color_family)
     if family is None:
         raise ValueError(f"input {source}: format {fmt.name} is not supported; accepted: YUV, RGB or GRAY")
@@ -308,11 +312,27 @@ def _streams_of(header: dict, source: Path, hdr: bool) -> dict:
     out: dict = {"subtitles": tuple(s.get("codec_name", "unknown") for s in streams
                                     if s.get("codec_type") == "subtitle"),
                  "tagged": bool(tags - {"encoder", "major_brand", "minor_version", "compatible_brands"}),
-                 "preroll": _audio_preroll(source)}
+                 "preroll": _audio_preroll(source), **_audio_of(header)}
     if hdr:
         video = next((s for s in streams if s.get("codec_type") == "video"), {})
         out["hdr"] = _hdr_metadata(source, video)
     return out
+
+
+def _audio_of(header: dict) -> dict:
+    """MediaInfo's ``audio`` and ``audio_bytes`` from ffprobe's streams and format."""
+    audio = next((s for s in header.get("streams", []) if s.get("codec_type") == "audio"), None)
+    if audio is None:
+        return {}
+    seconds = _number(audio.get("duration")) or _number(header.get("format", {}).get("duration"))
+    return {"audio": audio.get("codec_name", "unknown"), "audio_bytes": int(_number(audio.get("bit_rate")) * seconds / 8)}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _audio_preroll(source: Path) -> bool:
@@ -344,16 +364,13 @@ def _hdr_metadata(source: Path, video: dict) -> Optional[HdrMetadata]:
     return HdrMetadata(primaries, luminance, cll, fall)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _ffprobe(args: Sequence[str], path: Path) -> dict:
-    return _ffprobe_said(args, path)[0]
+    return ffprobe_json(args, path)[0]
 
 
-def _ffprobe_said(args: Sequence[str], path: Path) -> tuple[dict, str]:
-    """(ffprobe's JSON, {} when it failed or is missing; its last error line, "" when none)."""
+def ffprobe_json(args: Sequence[str], path: Path) -> tuple[dict, str]:
+    """ffprobe ``args`` on ``path``, the one way vs-uav runs ffprobe: (its JSON, {} when it failed
+    or is missing; its last error line, "" when none)."""
     ffprobe = shutil.which("ffprobe")
     if not ffprobe:
         return {}, ""
@@ -375,7 +392,7 @@ def check_video_file(source: Path) -> None:
     said = not_a_video(source)
     if said:
         raise ValueError(said)
-    header, why = _ffprobe_said(["-show_streams"], source)
+    header, why = ffprobe_json(["-show_streams"], source)
     if shutil.which("ffprobe") and not header:
         raise ValueError(f"input {source}: not a readable video ({why or 'ffprobe read nothing'})")
     if header and not any(s.get("codec_type") == "video" for s in header.get("streams", [])):
@@ -423,3 +440,24 @@ def _timing(container: dict, frames: int, fps: Fraction) -> tuple[Optional[tuple
         return None, ""
     # A constant rate starting after the file's start, some frames of it (e.g. a trimmed excerpt).
     return tuple(first - start + round(i / fps / tb) for i in range(frames)), ""
+
+
+def count_frames(path: Path) -> int:
+    """The video frames of ``path`` (packets of its first video stream: one per frame for every
+    codec vs-uav writes), or -1 when ffprobe cannot read it. How a finished output (and a
+    cluster's segment) is verified before it gets its name."""
+    if not Path(path).is_file():
+        return -1
+    data, said = ffprobe_json(["-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"],
+                              path)
+    try:
+        return int(data["streams"][0]["nb_read_packets"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        logger.debug("probe: ffprobe could not count the frames of %s (%s)", path, said)
+        return -1
+
+
+def has_audio(path: Path) -> bool:
+    """Whether ``path`` has an audio stream (False when ffprobe is missing or cannot read it)."""
+    return bool(_ffprobe(["-select_streams", "a", "-show_entries", "stream=index"], path).get("streams"))
+

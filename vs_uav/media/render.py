@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Mapping, Optional, Sequence
 
+from vs_uav.errors import UavError
 from vs_uav.media.output import find_vspipe, path_arg, vspipe_args
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ _KEEP_LINES = 200  # vspipe log lines kept in memory: a traceback's end is what 
 _POLL_S = 0.2  # how often timeout, cancel and an early ffmpeg exit are checked
 
 
-class RenderError(RuntimeError):
+class RenderError(UavError, RuntimeError):
     """A render that failed; the message is one line (which program, its status, its error).
 
     ``program`` is "vspipe", "ffmpeg" or "" (timeout, cancel, nothing written); ``returncode``
@@ -248,49 +249,75 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
         vspipe_log = stack.enter_context(open(logs[0], "wb")) if logs else None
         ffmpeg_log = stack.enter_context(open(logs[1], "w+b") if logs else tempfile.TemporaryFile())
         try:
-            pipe = _start("vspipe", vspipe_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-            procs.append(pipe)
-            assert pipe.stdout is not None and pipe.stderr is not None
-            try:
-                enc = _start("ffmpeg", ffmpeg_cmd, stdin=pipe.stdout, stdout=subprocess.DEVNULL, stderr=ffmpeg_log,
-                             env=env)
-                procs.append(enc)
-            finally:
-                pipe.stdout.close()  # ffmpeg owns the read end: vspipe sees a broken pipe if it dies
+            pipe, enc = _start_pair(vspipe_cmd, ffmpeg_cmd, ffmpeg_log, env, procs)
+            assert pipe.stderr is not None
             reader = _VspipeReader(pipe.stderr, vspipe_log)
-
-            def check_limits() -> None:
-                if cancel is not None and cancel.is_set():
-                    raise RenderError("cancelled by the caller")
-                if deadline is not None and time.monotonic() > deadline:
-                    said = reader.last_line()
-                    raise RenderError(f"no result after {job.timeout:g} s" + (f" (vspipe: {said})" if said else ""))
-
+            check_limits = _limits(cancel, deadline, job.timeout, reader)
             _pump(reader, {"frames": progress, "step": step_progress, "warning": warning, "cached": cached},
                   check_limits, pipe, enc)
-            rc_pipe = _wait(pipe, deadline, check_limits)
-            rc_enc = _wait(enc, deadline, check_limits)
-            reader.join()
-            ffmpeg_log.seek(0)
-            ffmpeg_text = ffmpeg_log.read().decode(errors="replace")
-            if rc_pipe or rc_enc:
-                raise _failure(rc_pipe, rc_enc, reader.lines, ffmpeg_text)
-            if not partial.is_file() or partial.stat().st_size == 0:
-                raise RenderError(f"ffmpeg wrote no output ({_ffmpeg_error(ffmpeg_text) or 'no message'})", "ffmpeg")
+            ffmpeg_text = _finish(reader, pipe, enc, deadline, check_limits, ffmpeg_log, partial)
             partial.replace(output)  # only a complete file carries the output's name
             done = True
         finally:
             if not done:
-                for proc in procs:
-                    _kill(proc)
-                    proc.wait()
-                if reader is not None:
-                    reader.join(timeout=5)  # EOF once the killed processes are gone
-                partial.unlink(missing_ok=True)
+                _abort(procs, reader, partial)
     seconds = time.monotonic() - started
     frames = reader.frames if reader.frames is not None else reader.last_done
     logger.info("render: %d frames into %s in %.1f s", frames, output, seconds)
     return RenderResult(output, frames, seconds, "\n".join(reader.lines), ffmpeg_text)
+
+
+def _start_pair(vspipe_cmd: list[str], ffmpeg_cmd: list[str], ffmpeg_log: IO[bytes], env: Optional[dict[str, str]],
+                procs: list[subprocess.Popen]) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """vspipe piped into ffmpeg, each appended to ``procs`` as soon as it runs (for :func:`_abort`)."""
+    pipe = _start("vspipe", vspipe_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    procs.append(pipe)
+    assert pipe.stdout is not None and pipe.stderr is not None
+    try:
+        enc = _start("ffmpeg", ffmpeg_cmd, stdin=pipe.stdout, stdout=subprocess.DEVNULL, stderr=ffmpeg_log, env=env)
+        procs.append(enc)
+    finally:
+        pipe.stdout.close()  # ffmpeg owns the read end: vspipe sees a broken pipe if it dies
+    return pipe, enc
+
+
+def _limits(cancel: Optional[threading.Event], deadline: Optional[float], timeout: Optional[float],
+            reader: "_VspipeReader") -> Callable[[], None]:
+    """The check that raises a RenderError once ``cancel`` is set or the deadline has passed."""
+    def check_limits() -> None:
+        if cancel is not None and cancel.is_set():
+            raise RenderError("cancelled by the caller")
+        if deadline is not None and time.monotonic() > deadline:
+            said = reader.last_line()
+            raise RenderError(f"no result after {timeout:g} s" + (f" (vspipe: {said})" if said else ""))
+
+    return check_limits
+
+
+def _finish(reader: "_VspipeReader", pipe: subprocess.Popen, enc: subprocess.Popen, deadline: Optional[float],
+            check_limits: Callable[[], None], ffmpeg_log: IO[bytes], partial: Path) -> str:
+    """Wait for both programs; ffmpeg's log when both succeeded and the partial file has data,
+    else the RenderError naming the program that failed."""
+    rc_pipe = _wait(pipe, deadline, check_limits)
+    rc_enc = _wait(enc, deadline, check_limits)
+    reader.join()
+    ffmpeg_log.seek(0)
+    ffmpeg_text = ffmpeg_log.read().decode(errors="replace")
+    if rc_pipe or rc_enc:
+        raise _failure(rc_pipe, rc_enc, reader.lines, ffmpeg_text)
+    if not partial.is_file() or partial.stat().st_size == 0:
+        raise RenderError(f"ffmpeg wrote no output ({_ffmpeg_error(ffmpeg_text) or 'no message'})", "ffmpeg")
+    return ffmpeg_text
+
+
+def _abort(procs: list[subprocess.Popen], reader: Optional["_VspipeReader"], partial: Path) -> None:
+    """After a failure, timeout, cancel or exception: kill both programs, remove the partial file."""
+    for proc in procs:
+        _kill(proc)
+        proc.wait()
+    if reader is not None:
+        reader.join(timeout=5)  # EOF once the killed processes are gone
+    partial.unlink(missing_ok=True)
 
 
 def _programs(job: RenderJob) -> tuple[str, str]:

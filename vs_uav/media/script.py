@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
+from vs_uav.media.output import OutputSpec, absolute
 from vs_uav.media.probe import BWDIF, MediaInfo, convert, full_chroma_filter, interlaced_message
 from vs_uav.media.probe import probe as probe_media
 from vs_uav.settings import SETTINGS, UpscaleSettings
-from vs_uav.media.output import OutputSpec, absolute
 
 if TYPE_CHECKING:
     pass

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import vapoursynth as vs
 
+from vs_uav.errors import one_line
 from vs_uav.settings import SETTINGS_BY_NAME
 
 NAME = "uav.Upscale"
@@ -56,7 +57,7 @@ def implementation() -> Callable[..., vs.VideoNode]:
 
 def _message(e: BaseException) -> str:
     """One line, ``uav.Upscale: ...``; the type is kept for unexpected errors."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e)
     if not isinstance(e, (vs.Error, ValueError)) and not text.startswith(NAME + ":"):
         text = f"{type(e).__name__}: {text}"
     return text if text.startswith(NAME + ":") else f"{NAME}: {text}"

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
+from vs_uav.errors import UavError
+
 if TYPE_CHECKING:
     import vapoursynth as vs
 
@@ -44,7 +46,7 @@ AUTO, NONE = "auto", "none"  # EncoderSettings.scene_cuts besides a file
 _PROP = "UAVScene"  # PlaneStats' prop prefix on the detector's grey copies
 
 
-class SceneError(ValueError):
+class SceneError(UavError, ValueError):
     """A cut list or option that cannot be used; one line naming it and what is accepted."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import vapoursynth as vs
 
 from vs_uav.engine.cache import ENGINES, check_model_folder, engine_for, model_dir_of, resolve_device
+from vs_uav.errors import UavError
 from vs_uav.settings import UpscaleSettings
 from vs_uav.weights.folder import ModelLoadError
 
@@ -34,7 +35,7 @@ MIN_SIZE = 8
 RANGE_PROP = "_Range"
 
 
-class UpscaleError(vs.Error):
+class UpscaleError(UavError, vs.Error):
     pass
 
 
@@ -254,27 +255,10 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
     :func:`segment` block's): only those frames can be requested, and ``start`` is a cold
     start, so a segment starting at a scene cut gives exactly the whole render's frames."""
     clip = _check_clip(clip)
-    try:
-        settings = UpscaleSettings.from_kwargs(**kwargs)
-    except ValueError as e:
-        raise _fail(str(e)) from None
-    # The cheap checks now, so that bad input fails at once; the weights load on the first
-    # frame request (vspipe --info, or a script being edited, never waits for them).
-    try:
-        resolve_device(settings.device, settings.dtype)
-        check_model_folder(model_dir_of(settings), settings)
-    except (ModelLoadError, ValueError) as e:
-        raise _fail(str(e)) from None
+    settings = _check_settings(kwargs)
     start, stop = _segment if _segment is not None else _SEGMENT.get() or (0, None)
     rgb, info = _to_rgb(clip)
     _check_range(start, rgb.num_frames if stop is None else stop, rgb.num_frames)
-    if settings.cache_dir:
-        from vs_uav.engine.state import check_writable
-
-        try:
-            check_writable(Path(settings.cache_dir).expanduser())
-        except ValueError as e:
-            raise _fail(str(e)) from None
     core, env = vs.core, vs.get_current_environment()
     _release_engines_with_the_core()
 
@@ -282,12 +266,46 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
         with env.use():
             return _make_driver(env, settings, rgb, start, stop)
 
-    driver = LazyDriver(make)
     blank = core.std.BlankClip(rgb, width=clip.width * SCALE, height=clip.height * SCALE, keep=True)
-
     # VapourSynth reports an exception raised here with a Python traceback; the plugin's Guard
     # turns an _UAVError prop into a one-line frame error instead.
     guard = getattr(getattr(core, "uav", None), "Guard", None)
+    render = _frame_renderer(LazyDriver(make), settings, guard is not None)
+    out = core.std.ModifyFrame(blank, clips=[blank, clip], selector=render)
+    out = _from_rgb(out, info)
+    if guard is not None:
+        out = guard(out)
+    # Output props: the input's, except what the conversion rightly changed.
+    return out
+
+
+def _check_settings(kwargs: dict[str, Any]) -> UpscaleSettings:
+    """The call's settings, and the cheap checks now, so that bad input fails at once; the
+    weights load on the first frame request (vspipe --info, or a script being edited, never
+    waits for them)."""
+    try:
+        settings = UpscaleSettings.from_kwargs(**kwargs)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    try:
+        resolve_device(settings.device, settings.dtype)
+        check_model_folder(model_dir_of(settings), settings)
+    except (ModelLoadError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if settings.cache_dir:
+        from vs_uav.engine.state import check_writable
+
+        try:
+            check_writable(Path(settings.cache_dir).expanduser())
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    return settings
+
+
+def _frame_renderer(driver: LazyDriver, settings: UpscaleSettings, guarded: bool):
+    """ModifyFrame's selector: frame ``n`` of the chunk the driver computes, with the input's
+    props (``f[1]``) and the filter's. A failure is an ``_UAVError`` prop when the plugin's
+    Guard is there (``guarded``), else a vs.Error."""
 
     def render(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         try:
@@ -301,7 +319,7 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
             message = str(e).strip().splitlines()[-1] if isinstance(e, vs.Error) and str(e).strip() else \
                 f"{type(e).__name__}: {e}"
             message = message if message.startswith(NAME) else f"{NAME}: frame {n} failed: {message}"
-            if guard is None:
+            if not guarded:
                 raise vs.Error(message) from None
             out = f[0].copy()
             out.props["_UAVError"] = message
@@ -320,9 +338,4 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
         props["_UAVSeed"] = settings.seed
         return out
 
-    out = core.std.ModifyFrame(blank, clips=[blank, clip], selector=render)
-    out = _from_rgb(out, info)
-    if guard is not None:
-        out = guard(out)
-    # Output props: the input's, except what the conversion rightly changed.
-    return out
+    return render

@@ -7,8 +7,17 @@ import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional
-from vs_uav.weights.folder import LAYOUT
-from vs_uav.weights.verify import Manifest, OPTIONAL_PARTS, PathLike, WeightsError, _weight_files, parts_wanted, verify_folder
+
+from vs_uav.weights.folder import LAYOUT, read_state_dict
+from vs_uav.weights.verify import (
+    OPTIONAL_PARTS,
+    Manifest,
+    PathLike,
+    WeightsError,
+    _weight_files,
+    parts_wanted,
+    verify_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +31,6 @@ def convert(folder: PathLike, fp16: bool = False, *, manifests: Optional[Mapping
     """
     import torch
     from safetensors.torch import load_file, save_file
-
-    from vs_uav.weights.folder import read_state_dict
 
     folder = Path(folder).expanduser()
     parts = tuple(p for p in (parts or parts_wanted()) if LAYOUT[p].weights)

@@ -12,8 +12,22 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping, Optional
+
 from vs_uav.weights.folder import LAYOUT
-from vs_uav.weights.verify import DamagedArchive, MANIFEST_FILES, Manifest, OPTIONAL_PARTS, PathLike, Progress, WeightsError, _belongs_to, _check_shapes, load_manifests, parts_wanted, tensor_shapes, verify_folder
+from vs_uav.weights.verify import (
+    MANIFEST_FILES,
+    OPTIONAL_PARTS,
+    DamagedArchive,
+    Manifest,
+    PathLike,
+    Progress,
+    WeightsError,
+    _belongs_to,
+    check_weights,
+    load_manifests,
+    parts_wanted,
+    verify_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +430,7 @@ def _seed(dest: Path, staging: Path, manifests: Mapping[str, Manifest], say: Cal
             continue
         try:
             if rel in owner and owner[rel] in manifests:
-                _check_shapes(owner[rel], p, tensor_shapes(p), manifests[owner[rel]])
+                check_weights(owner[rel], p, manifests[owner[rel]])
             elif p.suffix == ".json":
                 json.loads(p.read_text(encoding="utf-8"))
         except (WeightsError, OSError, ValueError):

@@ -6,8 +6,9 @@ official models (shipped in ``vs_uav/data/manifests``), fetches it from Google D
 Hugging Face repository or a local folder/archive into a staging folder that is moved into
 place only when complete and verified, and rewrites it to safetensors.
 
-Every failure is a :class:`WeightsError` with a one-line message naming the file and the
-next step. Progress goes to ``logging`` and an optional callback; never to stdout.
+Every failure is a :class:`WeightsError` (defined next to the one reader of weight files in
+:mod:`vs_uav.weights.folder`) with a one-line message naming the file and the next step.
+Progress goes to ``logging`` and an optional callback; never to stdout.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Union
 
-from vs_uav.weights.folder import LAYOUT, MODEL_INDEX, TOKENIZER_DIR, TOKENIZER_FILES, ModelLoadError
+from vs_uav.weights.folder import (
+    LAYOUT,
+    MODEL_INDEX,
+    REDOWNLOAD,
+    TOKENIZER_DIR,
+    TOKENIZER_FILES,
+    WeightsError,
+    check_state_dict,
+    tensor_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +51,6 @@ OPTIONAL_PARTS = ("vae_video", "propagator")
 MAY_BE_ABSENT = {"text_encoder": frozenset({"text_model.embeddings.position_ids"})}
 
 
-class WeightsError(ModelLoadError):
-    """A model folder, a source or a weight file is not what it must be (one-line message).
-
-    ``file`` is the file found bad, when there is one: a download drops it from its
-    staging folder so that the next run fetches it again.
-    """
-
-    def __init__(self, message: str, file: Optional[Path] = None):
-        super().__init__(message)
-        self.file = file
-
-
 class DamagedArchive(WeightsError):
     """An archive that cannot be read to its end (a bad or interrupted transfer)."""
 
@@ -64,10 +61,11 @@ class Manifest:
 
     parameters: int
     keys: dict[str, tuple[int, ...]]
+    name: str = field(default="", compare=False)  # what a mismatch is said not to match
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Manifest":
-        return cls(int(data["parameters"]), {k: tuple(v) for k, v in data["keys"].items()})
+    def from_json(cls, data: Mapping, name: str = "") -> "Manifest":
+        return cls(int(data["parameters"]), {k: tuple(v) for k, v in data["keys"].items()}, name)
 
     def to_json(self) -> dict:
         return {"parameters": self.parameters, "keys": {k: list(v) for k, v in self.keys.items()}}
@@ -86,55 +84,20 @@ def load_manifests(folder: Optional[PathLike] = None) -> dict[str, Manifest]:
                 continue  # a custom manifest set may leave optional parts out
             text, source = path.read_text(encoding="utf-8"), str(path)
         try:
-            out[part] = Manifest.from_json(json.loads(text))
+            name = f"the official {part} weights" if folder is None else source
+            out[part] = Manifest.from_json(json.loads(text), name)
         except (ValueError, KeyError, TypeError) as e:
             raise WeightsError(f"{source}: not a manifest ({e})") from None
     return out
 
 
-# -- reading keys and shapes without loading the tensors ------------------------------------------
+# -- checking a weight file against its manifest ---------------------------------------------------
 
-def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Keys and shapes of a weight file; safetensors headers and memory-mapped zip
-    checkpoints are read without loading the data."""
-    import torch
-
-    if not path.is_file():
-        raise WeightsError(f"{path}: file is missing; run `uav download` to fetch it", path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as e:  # torch and safetensors raise many types for damaged files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: truncated or corrupted weight file ({reason}); "
-                           "delete it and run `uav download` again", path) from None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors; delete it and run `uav download` again", path)
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
-def _check_shapes(part: str, path: Path, found: dict[str, tuple[int, ...]], manifest: Manifest) -> None:
-    optional = MAY_BE_ABSENT.get(part, frozenset())
-    missing = sorted(manifest.keys.keys() - found.keys() - optional)
-    unexpected = sorted(found.keys() - manifest.keys.keys())
-    wrong = sorted(k for k in manifest.keys.keys() & found.keys() if found[k] != manifest.keys[k])
-    problem = ""
-    if missing:
-        problem = f"{len(missing)} missing key(s), e.g. {missing[0]}"
-    elif unexpected:
-        problem = f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}"
-    elif wrong:
-        k = wrong[0]
-        problem = f"{len(wrong)} tensor(s) of the wrong shape, e.g. {k}: {found[k]}, expected {manifest.keys[k]}"
-    if problem:
-        raise WeightsError(f"{path}: not the official {part} weights ({problem}); "
-                           "delete it and run `uav download` again", path)
+def check_weights(part: str, path: Path, manifest: Manifest) -> None:
+    """A WeightsError naming ``path`` unless its keys and shapes (read without loading the
+    tensors) are the manifest's: the one reader and the one check of :mod:`vs_uav.weights.folder`."""
+    check_state_dict(manifest.keys, tensor_shapes(path, REDOWNLOAD), path, manifest.name or f"the {part} manifest",
+                     MAY_BE_ABSENT.get(part, ()), REDOWNLOAD)
 
 
 # -- the layout ------------------------------------------------------------------------------------
@@ -210,7 +173,7 @@ def verify_folder(folder: PathLike, manifests: Optional[Mapping[str, Manifest]] 
             raise WeightsError(f"no manifest for {part}; accepted manifests: {', '.join(sorted(manifests))}")
         for path in files:
             t0 = time.monotonic()
-            _check_shapes(part, path, tensor_shapes(path), manifests[part])
+            check_weights(part, path, manifests[part])
             if log:
                 log(f"verified {path.relative_to(folder)} ({time.monotonic() - t0:.1f} s)")
     return folder

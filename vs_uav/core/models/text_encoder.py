@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 
+from vs_uav.errors import one_line
+
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
@@ -42,11 +44,6 @@ def checkpoint_keys(model: torch.nn.Module) -> tuple[Optional[Callable[[str], st
     return rename, tuple(rename(k) for k in OBSOLETE_KEYS)
 
 
-def _one_line(e: BaseException) -> str:
-    # transformers' validation messages span lines; errors here are one line.
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def clip_text_config(data: Mapping[str, Any]) -> "CLIPTextConfig":
     """transformers' CLIP text config from the dict of a ``text_encoder/config.json``."""
     from transformers import CLIPTextConfig
@@ -54,7 +51,7 @@ def clip_text_config(data: Mapping[str, Any]) -> "CLIPTextConfig":
     try:
         return CLIPTextConfig.from_dict(dict(data))
     except Exception as e:  # transformers raises a zoo of types for bad values
-        raise ValueError(f"not a CLIP text config ({_one_line(e)})") from None
+        raise ValueError(f"not a CLIP text config ({one_line(e)})") from None
 
 
 class PromptEncoder:
@@ -78,7 +75,7 @@ class PromptEncoder:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a bad folder
-            raise ValueError(f"{tokenizer_dir}: cannot load the CLIP tokenizer ({_one_line(e)})") from None
+            raise ValueError(f"{tokenizer_dir}: cannot load the CLIP tokenizer ({one_line(e)})") from None
         return cls(tokenizer, CLIPTextModel(config).eval())
 
     @property

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vs_uav.core.models.attention import ROTARY_DIM, RotaryEmbedding, Transformer3DModel
-from vs_uav.core.models.resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 from vs_uav.core.models.config import JsonConfig
+from vs_uav.core.models.resnet import Downsample3D, InflatedConv3d, ResnetBlock3D, Upsample3D
 from vs_uav.core.models.temporal import TemporalModule3D, TemporalModuleConfig
 
 __all__ = ["DeepFeature", "UNetVideoConfig", "UNetVideoModel"]
@@ -48,6 +48,80 @@ _CLASS_EMBED_TYPES = (None, "timestep")  # official "identity" cannot work with 
 def _strip_res_prefix(name: str) -> str:
     # The official block factories accept an optional "UNetRes" prefix.
     return name[len("UNetRes"):] if name.startswith("UNetRes") else name
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_POSITIVE_INT = (lambda v, n: _integer(v) and v > 0,
+                 "UNetVideoConfig.{name} must be a positive integer, got {value!r}")
+_BOOLEAN = (lambda v, n: isinstance(v, bool), "UNetVideoConfig.{name} must be a boolean, got {value!r}")
+_NUMBER = (lambda v, n: _number(v), "UNetVideoConfig.{name} must be a number, got {value!r}")
+_POSITIVE_NUMBER = (lambda v, n: _number(v) and v > 0,
+                    "UNetVideoConfig.{name} must be a positive number, got {value!r}")
+
+# Values of the rules' fields that are not plain attributes.
+_SOURCES = {
+    "block lengths": lambda c: (len(c.down_block_types), len(c.up_block_types), len(c.block_out_channels)),
+    "temporal_module_config": lambda c: c.temporal,  # parsing raises its own message, naming the bad key
+    "attention_head_dim": lambda c: c.heads_per_block,  # one per block; raises on a wrong count
+    "only_cross_attention": lambda c: c.only_cross_per_block,
+}
+
+
+def _rule_values(config: Any, field: str) -> list[tuple[str, Any]]:
+    """(name, value) pairs a rule checks: the field's value, or each entry of an "x[]" field."""
+    base = field.removesuffix("[]")
+    value = _SOURCES[base](config) if base in _SOURCES else getattr(config, base)
+    return [(field, value)] if base == field else [(f"{base}[{i}]", v) for i, v in enumerate(value)]
+
+
+# What UNetVideoConfig accepts, field by field, checked in this order: (fields, rule, message).
+# "x[]" checks each entry of x, named x[i]; a message is formatted with the value's ``name``, its
+# ``field``, the ``value`` and ``n``, the number of blocks.
+_RULES = (
+    (("in_channels", "out_channels", "layers_per_block", "norm_num_groups", "cross_attention_dim"), *_POSITIVE_INT),
+    (("mid_temporal", "center_input_sample", "flip_sin_to_cos", "dual_cross_attention", "use_linear_projection",
+      "upcast_attention", "use_first_frame", "use_relative_position"), *_BOOLEAN),
+    (("block_out_channels",), lambda v, n: len(v) > 0, "UNetVideoConfig.block_out_channels must not be empty"),
+    (("block_out_channels[]",), *_POSITIVE_INT),
+    (("block lengths",), lambda v, n: v[0] == v[1] == v[2],
+     "UNetVideoConfig: down_block_types, up_block_types and block_out_channels must have the same length, "
+     "got {value[0]}, {value[1]} and {value[2]}"),
+    (("down_block_types[]",), lambda v, n: _strip_res_prefix(v) in _DOWN_BLOCK_TYPES,
+     f"UNetVideoConfig: unsupported down block type {{value!r}}; supported: {_DOWN_BLOCK_TYPES}"),
+    (("up_block_types[]",), lambda v, n: _strip_res_prefix(v) in _UP_BLOCK_TYPES,
+     f"UNetVideoConfig: unsupported up block type {{value!r}}; supported: {_UP_BLOCK_TYPES}"),
+    (("mid_block_type",), lambda v, n: v in _MID_BLOCK_TYPES,
+     f"UNetVideoConfig: unsupported mid_block_type {{value!r}}; supported: {_MID_BLOCK_TYPES}"),
+    (("act_fn",), lambda v, n: v in _ACT_FNS,
+     f"UNetVideoConfig: unsupported act_fn {{value!r}}; supported: {_ACT_FNS}"),
+    (("resnet_time_scale_shift",), lambda v, n: v == "default",
+     "UNetVideoConfig: resnet_time_scale_shift={value!r} is not supported; "
+     "only 'default' (additive time embedding) is implemented"),
+    (("dual_cross_attention",), lambda v, n: not v,
+     "UNetVideoConfig: dual_cross_attention is not supported (nor by the official code)"),
+    (("use_first_frame",), lambda v, n: not v,
+     "UNetVideoConfig: use_first_frame (sparse-causal attention) is not supported"),
+    (("class_embed_type",), lambda v, n: v in _CLASS_EMBED_TYPES,
+     f"UNetVideoConfig: unsupported class_embed_type {{value!r}}; supported: {_CLASS_EMBED_TYPES}"),
+    (("num_class_embeds",), lambda v, n: v is None or _POSITIVE_INT[0](v, n), _POSITIVE_INT[1]),
+    (("max_noise_level",), *_NUMBER),
+    (("downsample_padding",), lambda v, n: v in (0, 1), "UNetVideoConfig.{name} must be 0 or 1, got {value!r}"),
+    (("freq_shift",), *_NUMBER),
+    (("norm_eps", "mid_block_scale_factor"), *_POSITIVE_NUMBER),
+    (("temporal_module_config",), lambda v, n: isinstance(v, TemporalModuleConfig),
+     "UNetVideoConfig.temporal_module_config must be a temporal module config, got {value!r}"),
+    (("attention_head_dim[]",), *_POSITIVE_INT),
+    (("only_cross_attention[]",), *_BOOLEAN),
+    (("down_temporal_idx[]", "up_temporal_idx[]"), lambda v, n: _integer(v) and 0 <= v < n,
+     "UNetVideoConfig.{field} entries must be block indices in [0, {n}), got {value!r}"),
+)
 
 
 @dataclass
@@ -133,82 +207,14 @@ class UNetVideoConfig(JsonConfig):
     # -- validation -------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        def positive_int(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"UNetVideoConfig.{name} must be a positive integer, got {value!r}")
-
-        def boolean(name: str) -> None:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"UNetVideoConfig.{name} must be a boolean, got {getattr(self, name)!r}")
-
-        for name in ("in_channels", "out_channels", "layers_per_block", "norm_num_groups", "cross_attention_dim"):
-            positive_int(name, getattr(self, name))
-        for name in ("mid_temporal", "center_input_sample", "flip_sin_to_cos", "dual_cross_attention",
-                     "use_linear_projection", "upcast_attention", "use_first_frame", "use_relative_position"):
-            boolean(name)
-
+        """ValueError (one line, naming the field) at the first broken rule of ``_RULES``, then at
+        the first channel count the blocks cannot take."""
         n = len(self.block_out_channels)
-        if n == 0:
-            raise ValueError("UNetVideoConfig.block_out_channels must not be empty")
-        for i, ch in enumerate(self.block_out_channels):
-            positive_int(f"block_out_channels[{i}]", ch)
-        if len(self.down_block_types) != n or len(self.up_block_types) != n:
-            raise ValueError(
-                "UNetVideoConfig: down_block_types, up_block_types and block_out_channels must have the same "
-                f"length, got {len(self.down_block_types)}, {len(self.up_block_types)} and {n}"
-            )
-        for t in self.down_block_types:
-            if _strip_res_prefix(t) not in _DOWN_BLOCK_TYPES:
-                raise ValueError(f"UNetVideoConfig: unsupported down block type {t!r}; supported: {_DOWN_BLOCK_TYPES}")
-        for t in self.up_block_types:
-            if _strip_res_prefix(t) not in _UP_BLOCK_TYPES:
-                raise ValueError(f"UNetVideoConfig: unsupported up block type {t!r}; supported: {_UP_BLOCK_TYPES}")
-        if self.mid_block_type not in _MID_BLOCK_TYPES:
-            raise ValueError(
-                f"UNetVideoConfig: unsupported mid_block_type {self.mid_block_type!r}; supported: {_MID_BLOCK_TYPES}"
-            )
-        if self.act_fn not in _ACT_FNS:
-            raise ValueError(f"UNetVideoConfig: unsupported act_fn {self.act_fn!r}; supported: {_ACT_FNS}")
-        if self.resnet_time_scale_shift != "default":
-            raise ValueError(
-                f"UNetVideoConfig: resnet_time_scale_shift={self.resnet_time_scale_shift!r} is not supported; "
-                "only 'default' (additive time embedding) is implemented"
-            )
-        if self.dual_cross_attention:
-            raise ValueError("UNetVideoConfig: dual_cross_attention is not supported (nor by the official code)")
-        if self.use_first_frame:
-            raise ValueError("UNetVideoConfig: use_first_frame (sparse-causal attention) is not supported")
-        if self.class_embed_type not in _CLASS_EMBED_TYPES:
-            raise ValueError(
-                f"UNetVideoConfig: unsupported class_embed_type {self.class_embed_type!r}; "
-                f"supported: {_CLASS_EMBED_TYPES}"
-            )
-        if self.num_class_embeds is not None:
-            positive_int("num_class_embeds", self.num_class_embeds)
-        if isinstance(self.max_noise_level, bool) or not isinstance(self.max_noise_level, (int, float)):
-            raise ValueError(f"UNetVideoConfig.max_noise_level must be a number, got {self.max_noise_level!r}")
-        if self.downsample_padding not in (0, 1):
-            raise ValueError(f"UNetVideoConfig.downsample_padding must be 0 or 1, got {self.downsample_padding!r}")
-        if isinstance(self.freq_shift, bool) or not isinstance(self.freq_shift, (int, float)):
-            raise ValueError(f"UNetVideoConfig.freq_shift must be a number, got {self.freq_shift!r}")
-        for name in ("norm_eps", "mid_block_scale_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"UNetVideoConfig.{name} must be a positive number, got {value!r}")
-
-        _ = self.temporal  # parses and validates temporal_module_config
-        heads = self.heads_per_block
-        cross = self.only_cross_per_block
-        for i, h in enumerate(heads):
-            positive_int(f"attention_head_dim[{i}]", h)
-        for i, c in enumerate(cross):
-            if not isinstance(c, bool):
-                raise ValueError(f"UNetVideoConfig.only_cross_attention[{i}] must be a boolean, got {c!r}")
-
-        for name in ("down_temporal_idx", "up_temporal_idx"):
-            for idx in getattr(self, name):
-                if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < n:
-                    raise ValueError(f"UNetVideoConfig.{name} entries must be block indices in [0, {n}), got {idx!r}")
+        for fields, ok, message in _RULES:
+            for field in fields:
+                for name, value in _rule_values(self, field):
+                    if not ok(value, n):
+                        raise ValueError(message.format(name=name, field=field.removesuffix("[]"), value=value, n=n))
 
         # Channel constraints, checked here so a bad config fails before any allocation.
         for i, ch in enumerate(self.block_out_channels):
@@ -217,6 +223,7 @@ class UNetVideoConfig(JsonConfig):
                     f"UNetVideoConfig: block_out_channels[{i}] = {ch} is not divisible by "
                     f"norm_num_groups = {self.norm_num_groups}"
                 )
+        heads = self.heads_per_block
         rev = list(reversed(self.block_out_channels))
         # (level, channels, heads) of every transformer: cross-attention down/up blocks and the mid block.
         attn_levels = [

@@ -1,0 +1,50 @@
+"""The join: the finished segments into the output by stream copy (ffmpeg's concat demuxer),
+with the source's audio; the output appears only once its frame count is the source's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+from vs_uav.app.cluster.job import ClusterJob
+from vs_uav.app.cluster.options import ClusterError
+from vs_uav.media.probe import count_frames, has_audio
+from vs_uav.errors import last_line
+
+
+def _merge(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0)) -> None:
+    """The segments joined by stream copy with the source's audio into ``job.output``, which
+    appears only once its frame count is the source's; ``delay``: the source's first frame time."""
+    from vs_uav.media.output import path_arg
+    from vs_uav.media.render import _ffmpeg_command
+
+    ffmpeg = shutil.which("ffmpeg")
+    if not ffmpeg:
+        raise ClusterError("ffmpeg not found; install it or run `uav doctor`")
+    listing = work / "segments.txt"
+    # The concat demuxer's syntax: a quote inside a quoted path is written '\''.
+    listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in parts), encoding="utf-8")
+    offset = ["-itsoffset", f"{float(delay):.9f}"] if delay else []  # the source's first frame time
+    args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True)]
+    if job.encoder.audio == "copy" and has_audio(job.source):
+        args += ["-i", path_arg(Path(job.source).absolute(), True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
+    else:
+        args += ["-map", "0:v:0"]
+    args += ["-c:v", "copy"]
+    output = Path(job.output)
+    partial = output.with_name(f"{output.stem}.partial{output.suffix}")
+    run = subprocess.run(_ffmpeg_command(ffmpeg, args, partial), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        if run.returncode:
+            raise ClusterError(f"joining the segments failed (ffmpeg: {last_line(run.stderr) or run.returncode})")
+        frames = count_frames(partial)
+        if frames != job.spec.media.frames:
+            raise ClusterError(f"the joined output has {frames} frames, the source {job.spec.media.frames}; "
+                               f"the segments stay in {work}")
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,193 @@
+"""Segments to workers through :class:`ray.util.ActorPool`, longest first, with the results,
+the retries and the progress. Ray restarts a worker that dies and retries the segment it had
+(``max_restarts``, ``max_task_retries``: see :func:`vs_uav.app.cluster.actors._workers`); only a
+worker whose restarts are used up reaches the driver (``RayActorError``): it leaves the pool and
+its segment goes to another."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from vs_uav.app.cluster.actors import MAX_ATTEMPTS, POLL_S
+from vs_uav.app.cluster.job import ClusterProgress, ClusterResult
+from vs_uav.app.cluster.options import ClusterError
+from vs_uav.app.cluster.worker import SegmentResult, SegmentTask
+from vs_uav.errors import one_line
+from vs_uav.vsfilter.scenes import Segment
+
+logger = logging.getLogger(__name__)
+
+_RAY_LOGS = "see the Ray logs (/tmp/ray/session_latest/logs)"
+PROGRESS_S = 2.0  # how long a report waits for the busy workers to say how far they are
+
+
+class SegmentPool:
+    """Render ``todo`` on ``actors`` (placed, described by ``where``): :meth:`run` returns when
+    every segment is done, or raises ClusterError (one line)."""
+
+    def __init__(self, ray, actors: list[Any], where: Sequence[dict[str, Any]], task: Callable[[Segment], SegmentTask],
+                 todo: list[Segment], segments: list[Segment], finished: list[Segment], result: ClusterResult,
+                 progress: Optional[Callable[[ClusterProgress], None]] = None,
+                 stopped: Callable[[], bool] = lambda: False):
+        from ray.util import ActorPool
+
+        self.ray, self.actors, self.task, self.result = ray, actors, task, result
+        self.pool = ActorPool(actors)
+        self.where = [dict(w) for w in where]  # each worker's node and process (describe): a new pid is a restart
+        self.progress, self.stopped = progress, stopped
+        self.pending = list(todo)  # longest first; a lost worker's segment goes first again
+        self.attempts: dict[Segment, int] = {}
+        self.running: dict[int, tuple[Any, Segment]] = {}  # worker -> (its render's object ref, segment)
+        self.total, self.segments = sum(s.frames for s in segments), len(segments)
+        self.done = sum(s.frames for s in finished)  # frames in finished segments, resumed ones included
+        self.resumed = len(finished)
+        self.rendered = 0  # frames rendered by this run
+        self.first: Optional[float] = None
+        self.reported = 0.0
+        self.said: set[tuple[int, Segment]] = set()  # (worker pid, segment) already logged
+
+    def run(self) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        while self.pending or self.running:
+            if self.stopped():
+                raise ClusterError("cancelled")
+            # Submitted only to an idle worker: the pool never queues, so a lost worker can be taken out of it.
+            while self.pending and self.pool.has_free():
+                self.pool.submit(self._render, self.pending.pop(0))
+            if not self.running:
+                raise ClusterError(f"every worker died; {_RAY_LOGS}")
+            try:
+                self._finished(self.pool.get_next_unordered(timeout=POLL_S))
+            except TimeoutError:
+                pass  # nothing finished within the poll: the progress below
+            except RayActorError as e:
+                self._lost(e)
+            except RayTaskError as e:  # the render failed: its one line, not a traceback
+                cause = getattr(e, "cause", None)
+                raise ClusterError(one_line(cause if cause is not None else e)) from None
+            if time.monotonic() - self.reported >= 1.0:
+                self._report()
+
+    def _render(self, actor, seg: Segment):
+        """The pool's call: ``seg`` to ``actor``, its object ref."""
+        i = self.actors.index(actor)
+        self.attempts[seg] = self.attempts.get(seg, 0) + 1
+        ref = actor.render.remote(self.task(seg))
+        self.running[i] = (ref, seg)
+        self.first = self.first or time.monotonic()
+        logger.info("cluster: frames %d-%d to worker %d", seg.start, seg.stop - 1, i + 1)
+        return ref
+
+    def _finished(self, res: SegmentResult) -> None:
+        seg = res.segment
+        i = next(i for i, (_, s) in self.running.items() if s == seg)
+        del self.running[i]
+        self._restarted(i, res.pid, seg)
+        self.result.rendered.append(res)
+        self.done += seg.frames
+        self.rendered += seg.frames
+        logger.info("cluster: frames %d-%d done by worker %d (pid %d on %s, %d thread%s) in %.1f s, peak memory "
+                    "%.0f MiB", seg.start, seg.stop - 1, i + 1, res.pid, res.node, res.threads,
+                    "s" if res.threads != 1 else "", res.seconds, res.peak_rss / 2**20)
+
+    def _lost(self, error) -> None:
+        """A worker Ray could not bring back (its restarts used up): out of the pool; its segment
+        first in line for another, unless it was tried ``MAX_ATTEMPTS`` times."""
+        from ray.exceptions import ActorDiedError
+
+        i = self._worker_of(error)
+        _, seg = self.running.pop(i)
+        logger.warning("cluster: worker %d lost (%s)", i + 1, one_line(error))
+        if isinstance(error, ActorDiedError):
+            self._evict(self.actors[i])
+        if self.attempts[seg] >= MAX_ATTEMPTS:
+            raise ClusterError(f"segment {seg.start}-{seg.stop - 1}: its worker died {self.attempts[seg]} times; "
+                               f"{_RAY_LOGS}") from None
+        self.pending.insert(0, seg)
+
+    def _worker_of(self, error) -> int:
+        """The worker whose render ended in ``error``: the actor Ray names, else the running
+        render that ended the same way."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        ids = [w.get("actor_id") for w in self.where]
+        if error.actor_id in ids and ids.index(error.actor_id) in self.running:
+            return ids.index(error.actor_id)
+        for i, (ref, _) in self.running.items():
+            if self.ray.wait([ref], timeout=0)[0]:
+                try:
+                    self.ray.get(ref, timeout=0)
+                except RayActorError:
+                    return i
+                except RayTaskError:  # a failed render: the pool raises it next
+                    continue
+        raise ClusterError(f"a worker was lost and Ray does not say which ({one_line(error)}); {_RAY_LOGS}")
+
+    def _evict(self, actor) -> None:
+        """``actor`` out of the pool's idle workers (a recent Ray's ActorPool drops a dead one
+        itself; an older one gives it back as idle)."""
+        idle = []
+        while (a := self.pool.pop_idle()) is not None:
+            idle.append(a)
+        for a in idle:
+            if a != actor:
+                self.pool.push(a)
+
+    def _restarted(self, i: int, pid: int, seg: Segment) -> None:
+        """Say once (a warning) that worker ``i`` answers from another process than before: it
+        died, Ray restarted it, and the segment it had is rendered again."""
+        w = self.where[i]
+        if pid != w["pid"]:
+            logger.warning("cluster: worker %d (pid %d on %s, Ray node %s) died; Ray restarted it as pid %d, which "
+                           "renders frames %d-%d again", i + 1, w["pid"], w["node"], w["node_id"][:8], pid, seg.start,
+                           seg.stop - 1)
+            w["pid"] = pid
+
+    def _report(self) -> None:
+        """Ask the busy workers how far they are; log what each renders; call ``progress``."""
+        now = self.reported = time.monotonic()
+        busy = [(i, seg) for i, (_, seg) in self.running.items()]
+        partial = 0
+        for (i, running), state in zip(busy, self._states([i for i, _ in busy])):
+            if state is None:
+                continue
+            seg, written, pid = state
+            self._restarted(i, pid, seg or running)
+            if seg is not None:
+                partial += written
+                if (pid, seg) not in self.said:
+                    self.said.add((pid, seg))
+                    logger.info("cluster: worker %d (pid %d) rendering frames %d-%d", i + 1, pid, seg.start,
+                                seg.stop - 1)
+        if self.progress is None:
+            return
+        elapsed = now - (self.first or now)
+        fps = (self.rendered + partial) / elapsed if elapsed > 1 and self.rendered + partial else None
+        left = self.total - self.done - partial
+        self.progress(ClusterProgress(self.done + partial, self.total, fps, left / fps if fps else None, len(busy),
+                                      len(self.actors), self.resumed + len(self.result.rendered), self.segments))
+
+    def _states(self, workers: list[int]) -> list[Optional[tuple[Optional[Segment], int, int]]]:
+        """Each worker's :meth:`SegmentWorker.progress`, None for one that does not answer within
+        ``PROGRESS_S`` or died (restarting: busy, nothing written yet; said at debug level)."""
+        from ray.exceptions import RayActorError
+
+        if not workers:
+            return []
+        refs = [self.actors[i].progress.remote() for i in workers]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=PROGRESS_S)
+        states: list[Optional[tuple[Optional[Segment], int, int]]] = []
+        for i, ref in zip(workers, refs):
+            state = None
+            if ref not in ready:
+                logger.debug("cluster: worker %d did not say how far it is within %.0f s", i + 1, PROGRESS_S)
+            else:
+                try:
+                    state = self.ray.get(ref)
+                except RayActorError as e:  # the render's own result says what became of it
+                    logger.debug("cluster: worker %d did not say how far it is (%s)", i + 1, one_line(e))
+            states.append(state)
+        return states

@@ -1,0 +1,435 @@
+"""The one job layer: what ``uav upscale``, the preset editor and the cluster share.
+
+An :class:`UpscaleJob` is one render: a source, the settings, the encoder, the output, and
+where it runs (this machine, or a Ray cluster with :class:`~vs_uav.app.cluster.ClusterOptions`).
+:func:`run_job` runs it in numbered steps:
+
+1. the work folder next to the output, locked (:class:`RunFolder`);
+2. the source probed once and prepared (odd sizes, deinterlacing), what the output can keep of
+   it (:func:`vs_uav.media.output.output_spec`), the cut list read;
+3. what can fail cheaply checked before the model loads (:func:`vs_uav.media.preflight.preflight`);
+4. the script written (:func:`vs_uav.media.script.make_script`);
+5. the render: ``vspipe | ffmpeg`` here (:func:`vs_uav.media.render.render`) or segments on the
+   cluster (:func:`vs_uav.app.cluster.render_cluster`);
+6. the output verified, the work folder removed.
+
+Front ends bring :class:`JobEvents` (progress, warnings, notes) and a stop event. Every failure
+is a :class:`JobError` (one line, no program prefix: the front end adds its own); a stop is
+:class:`JobStopped`, which says what was kept and how to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from vs_uav.errors import UavError
+
+try:
+    import fcntl  # the work folder's lock; POSIX
+except ImportError:  # pragma: no cover - Windows: renders are not locked against each other
+    fcntl = None
+
+if TYPE_CHECKING:
+    from vs_uav.app.cluster import ClusterOptions
+    from vs_uav.app.presets import Preset
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.media.output import OutputSpec
+    from vs_uav.media.probe import MediaInfo
+    from vs_uav.media.render import RenderJob
+    from vs_uav.settings import UpscaleSettings
+
+SCRIPT_NAME = "upscale.vpy"
+
+
+class JobError(UavError, RuntimeError):
+    """A job that cannot be run or did not finish; one line without a program prefix."""
+
+
+class JobStopped(UavError, RuntimeError):
+    """The stop event was set: everything ended; ``kept`` says what stays and how to go on."""
+
+    def __init__(self, ended: str, kept: str):
+        super().__init__(f"{ended}; {kept}")
+        self.ended, self.kept = ended, kept
+
+
+class _Stop(Exception):
+    """The stop event was seen inside a step; run_job says what was kept."""
+
+
+class JobEvents:
+    """What a running job tells its front end; every method may be left as it is (silent)."""
+
+    def started(self, frames: int) -> None:
+        """The render begins: the source's frame count, from the probe."""
+
+    def frames(self, done: int, total: int) -> None:
+        """Frames written so far (one machine)."""
+
+    def step(self, step: int, steps: int, chunk: int, chunks: int) -> None:
+        """A denoising step of a chunk finished (one machine)."""
+
+    def cached(self, chunk: int, chunks: int) -> None:
+        """A chunk was read from the disk cache instead of computed (one machine)."""
+
+    def cluster(self, state: Any) -> None:
+        """The cluster's progress (a :class:`vs_uav.app.cluster.ClusterProgress`)."""
+
+    def warning(self, text: str) -> None:
+        """Something the user should know that does not stop the job."""
+
+    def note(self, text: str) -> None:
+        """A plain line worth saying (e.g. what an earlier killed run left and was removed)."""
+
+
+@dataclass(frozen=True)
+class JobResult:
+    output: Path
+    seconds: float
+    summary: str = ""  # the cluster's "N segments on M workers ..."; "" on one machine
+
+
+@dataclass(frozen=True)
+class UpscaleJob:
+    """One render. Paths are absolute (:meth:`create` makes them so): the script runs in the
+    work folder, and a cluster's nodes read the same paths."""
+
+    source: Path
+    output: Path
+    settings: "UpscaleSettings"
+    encoder: "EncoderSettings"
+    cluster: Optional["ClusterOptions"] = None  # None: this machine
+    deinterlace: str = "none"
+    resume: bool = True  # one machine: the chunk cache in the work folder (the cluster always resumes)
+    check: bool = True  # the cheap checks (preflight) before the model loads
+    prepare: tuple[str, ...] = ()  # script lines between reading the source and uav.Upscale
+
+    @classmethod
+    def create(cls, source: os.PathLike | str, settings: "UpscaleSettings", encoder: "EncoderSettings",
+               output: Optional[os.PathLike | str] = None, **options: Any) -> "UpscaleJob":
+        """A job with its paths made absolute and the default output (``in.uav.mkv`` next to
+        ``in.mp4``) when ``output`` is None; JobError for an input that is not a file, an
+        output that is the input, or options that do not go together."""
+        from vs_uav.app.plan import default_output
+        from vs_uav.media.output import absolute
+        from vs_uav.media.probe import not_a_video
+
+        given = Path(source)
+        if not given.is_file():
+            raise JobError(not_a_video(given))
+        source = absolute(given)
+        output = absolute(output) if output is not None else default_output(source, encoder)
+        if output.resolve() == source.resolve():
+            raise JobError(f"--output {output} is the input; choose another file")
+        job = cls(source, output, settings, encoder, **options)
+        if job.cluster is not None and not job.resume:
+            raise JobError("--no-resume: accepted: one-machine renders only (a cluster render keeps its "
+                           "finished segments; --keep-work keeps them after success too)")
+        return job
+
+    def command(self, preset: "Preset", base: Optional["Preset"] = None) -> str:
+        """The ``uav upscale`` line that runs this job with ``preset``'s values (see
+        :func:`upscale_command`)."""
+        return upscale_command(preset, self.source, self.output, self.cluster, base)
+
+
+# -- the command line of a job ------------------------------------------------------------------
+
+def upscale_command(preset: "Preset", source: Path, output: Path, cluster: Optional["ClusterOptions"] = None,
+                    base: Optional["Preset"] = None) -> str:
+    """The ``uav upscale`` command line that renders ``preset`` from ``source`` into ``output``:
+    ``--preset NAME`` when ``base`` (a preset loadable by its name) is given, then an option for
+    every value differing from it (from the defaults without ``base``), written so that the CLI
+    reads back exactly ``preset``'s settings; ``cluster`` adds ``--cluster`` and its options.
+    The preset editor shows it. ``uav`` is taken from PATH."""
+    from vs_uav.app.presets import Preset
+    from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
+    from vs_uav.settings import SETTINGS, UpscaleSettings
+
+    start = base if base is not None else Preset("command-line", UpscaleSettings(), EncoderSettings())
+    args = ["uav", "upscale", str(source), "-o", str(output)] + (["--preset", base.name] if base is not None else [])
+    for specs, table in ((SETTINGS, "upscale"), (ENCODER_SETTINGS, "encoder")):
+        now, was = preset.values(table), start.values(table)
+        args += [arg for spec in specs if now[spec.name] != was[spec.name] for arg in _option(spec, now[spec.name])]
+    return shlex.join(args + (_cluster_args(cluster) if cluster is not None else []))
+
+
+def _option(spec: Any, value: Any) -> list[str]:
+    flag = "--" + spec.name.replace("_", "-")
+    if spec.type is bool:
+        return [flag if value else f"--no-{flag[2:]}"]
+    text = ",".join(map(str, value)) if spec.type is list else repr(value) if spec.type is float else str(value)
+    return [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # a value starting with '-' is no option
+
+
+def _cluster_args(cluster: "ClusterOptions") -> list[str]:
+    from vs_uav.app.cluster import DEFAULT_SEGMENT_SECONDS
+
+    args = ["--cluster", cluster.address]
+    if cluster.workers is not None:
+        args += ["--workers", str(cluster.workers)]
+    if cluster.segment_seconds != DEFAULT_SEGMENT_SECONDS:
+        args += ["--segment-seconds", repr(cluster.segment_seconds)]
+    if cluster.split_long:
+        args += ["--split-long", repr(cluster.split_long)]
+    if cluster.keep_work:
+        args.append("--keep-work")
+    return args
+
+
+# -- the work folder ----------------------------------------------------------------------------
+
+class RunFolder:
+    """A one-machine render's work folder next to the output, ``.out.mkv.uav-work`` (the
+    cluster's, :func:`vs_uav.app.cluster.work_folder`): ``job/`` holds the script and the files
+    its command reads, ``cache/`` the finished chunks with ``resume`` (the render's cache_dir),
+    and ``lock`` the pid of the uav rendering into it.
+
+    ``lock`` is locked (flock) while the render runs. The kernel releases the lock with the
+    process, even a SIGKILLed one: what a later run finds in an unlocked folder was left by a
+    run that has ended, and goes (its partial output, its script folder, half-written cache
+    files); a locked one is another render still going, and the new one is refused without
+    touching anything. The folder is removed after the output is verified; after a failure
+    or a stop only the finished chunks stay (``kept`` says how many).
+    """
+
+    def __init__(self, output: Path, resume: bool, events: JobEvents):
+        from vs_uav.app.cluster import work_folder
+        from vs_uav.media.render import partial_path
+
+        self.output, self.resume, self.events = Path(output), resume, events
+        self.path = work_folder(self.output)
+        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", partial_path(self.output)
+        self.kept, self.verified, self._lock = 0, False, None
+
+    def __enter__(self) -> "RunFolder":
+        from vs_uav.media.preflight import PreflightError, check_writable_folder
+
+        try:  # before anything is created next to the output
+            check_writable_folder(self.path.parent, "--output")
+        except PreflightError as e:
+            raise JobError(str(e)) from None
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        self._clean_leftovers()
+        self.job.mkdir()
+        return self
+
+    def _acquire(self) -> None:
+        lock = open(self.path / "lock", "a+", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                owner = lock.read().strip() or "?"
+                lock.close()
+                raise JobError(f"another uav (pid {owner}) is rendering {self.output} (its work folder {self.path} "
+                               "is locked); wait for it to end or stop it") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+
+    def _clean_leftovers(self) -> None:
+        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
+        left = [p for p in (self.partial, self.job) if p.exists()]
+        left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
+        for p in left:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if left:
+            self.events.note("removed what an earlier run that did not end cleanly left: "
+                             f"{', '.join(str(p) for p in left)}")
+
+    def finished_chunks(self) -> int:
+        # ChunkDriver's layout: cache/<fingerprint>/chunk<first>-<end>-<digest>/state.safetensors
+        return sum(1 for p in self.cache.glob("*/chunk*/state.safetensors") if ".damaged-" not in p.parent.name)
+
+    def verify(self, frames: int) -> None:
+        """The output holds the frames vspipe wrote: then the folder can go."""
+        from vs_uav.media.probe import count_frames
+
+        found = count_frames(self.output)
+        self.verified = found == frames
+        if not self.verified:
+            self.events.warning(f"{self.output} holds {found} frames, vspipe wrote {frames}: the finished chunks "
+                                "are kept")
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            shutil.rmtree(self.job, ignore_errors=True)
+            self.kept = 0 if self.verified else self.finished_chunks()
+            if self.kept:
+                (self.path / "lock").unlink(missing_ok=True)  # still locked by this process: no one else takes it
+            else:
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # the lock with it
+
+
+# -- running a job ------------------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    """What steps 2-4 made: the render job, the file the script reads, the output's spec, the
+    ffmpeg filter file (or None)."""
+
+    render: "RenderJob"
+    video: Path
+    spec: "OutputSpec"
+    filter_file: Optional[Path]
+
+
+def run_job(job: UpscaleJob, events: Optional[JobEvents] = None,
+            stop: Optional[threading.Event] = None) -> JobResult:
+    """Run ``job`` (the steps in the module's docstring). JobError in one line on failure,
+    JobStopped when ``stop`` is set; only a complete file gets the output's name."""
+    events = events or JobEvents()
+    stop = stop or threading.Event()
+    if job.cluster is not None:
+        return _run_on_cluster(job, events, stop)
+    run = RunFolder(job.output, job.resume and not job.settings.cache_dir, events)
+    try:
+        with run:  # 1.
+            settings = job.settings.replace(cache_dir=str(run.cache)) if run.resume else job.settings
+            prepared = _prepare(job, settings, run.job, events, stop)  # 2.-4.
+            result = _render_here(prepared, events, stop)  # 5.
+            run.verify(result.frames)  # 6.
+    except _Stop:
+        raise JobStopped("vspipe and ffmpeg ended", _kept(run, job)) from None
+    return JobResult(job.output, result.seconds)
+
+
+def _render_here(prepared: _Prepared, events: JobEvents, stop: threading.Event):
+    from vs_uav.media.render import RenderError, render
+
+    events.started(prepared.spec.media.frames)
+    try:
+        return render(prepared.render, progress=events.frames, cancel=stop, step_progress=events.step,
+                      warning=events.warning, cached=events.cached)
+    except RenderError as e:
+        if stop.is_set():
+            raise _Stop from None
+        raise JobError(str(e)) from None
+
+
+def _run_on_cluster(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> JobResult:
+    """Step 5 on the cluster: the same script, in segments; its files in the work folder."""
+    from vs_uav.app.cluster import ClusterError, ClusterJob, driver_settings, job_folder, render_cluster, work_folder
+
+    settings = driver_settings(job.settings)  # the workers' environment is not this one
+    try:
+        with job_folder(job.output) as folder:
+            p = _prepare(job, settings, Path(folder), events, stop)
+            cluster_job = ClusterJob(p.render.script, job.source, p.video, job.output, settings, job.encoder, p.spec,
+                                     p.filter_file, job.prepare)
+            try:
+                result = render_cluster(cluster_job, job.cluster, progress=events.cluster, cancel=stop)
+            except ClusterError as e:
+                if stop.is_set():
+                    raise _Stop from None
+                raise JobError(str(e)) from None
+    except _Stop:
+        kept = (f"the finished segments stay in {work_folder(job.output)}: run the same command to resume"
+                if work_folder(job.output).is_dir() else "nothing was kept: run the same command to start again")
+        raise JobStopped("the workers and Ray ended", kept) from None
+    return JobResult(result.output, result.seconds, result.summary())
+
+
+def _kept(run: RunFolder, job: UpscaleJob) -> str:
+    """What a stopped one-machine render kept, and how to go on."""
+    if job.settings.cache_dir:
+        return f"the finished chunks stay in --cache-dir {job.settings.cache_dir}: run the same command to resume"
+    if run.kept:
+        return (f"{run.kept} finished chunk{'s stay' if run.kept > 1 else ' stays'} in {run.path}: run the same "
+                "command to resume")
+    if run.resume:
+        return "no chunk was finished, nothing was kept: run the same command to start again"
+    return f"nothing was kept{' (--no-resume)' if not job.resume else ''}: run the same command to start again"
+
+
+def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events: JobEvents,
+             stop: threading.Event) -> _Prepared:
+    """Steps 2-4: the source probed and prepared, the cheap checks, the script written into
+    ``folder``. JobStopped as soon as ``stop`` is set."""
+    from vs_uav.media.output import ffmpeg_options, shell_command
+    from vs_uav.media.render import RenderJob
+    from vs_uav.media.script import make_script
+
+    video, spec, filter_file = _probe(job, folder, events)  # 2.
+    _check_scene_cuts(job.encoder, spec.media.frames)
+    _stopped(stop)
+    render_job = RenderJob(folder / SCRIPT_NAME, job.output, ffmpeg_options(job.source, job.encoder, spec,
+                                                                            filter_file))
+    if job.check:  # 3.
+        _preflight(job, render_job, spec.media, settings, folder, stop)
+    command = shell_command(render_job.script, job.source, job.output, job.encoder, spec, filter_file)
+    render_job.script.write_text(make_script(video, settings, namespace=has_namespace(), prepare=job.prepare,
+                                             spec=spec, command=command, encoder=job.encoder), encoding="utf-8")  # 4.
+    _stopped(stop)
+    return _Prepared(render_job, video, spec, filter_file)
+
+
+def _stopped(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise _Stop
+
+
+def _preflight(job: UpscaleJob, render_job: "RenderJob", media: "MediaInfo", settings: "UpscaleSettings",
+               folder: Path, stop: threading.Event) -> None:
+    from vs_uav.media.preflight import PreflightError, preflight
+
+    try:
+        preflight(render_job, job.source, media, settings, job.encoder, folder)
+    except (PreflightError, ValueError) as e:
+        _stopped(stop)  # Ctrl+C reaches ffprobe and the test encode too
+        raise JobError(str(e)) from None
+
+
+def _probe(job: UpscaleJob, folder: Path, events: JobEvents) -> tuple[Path, "OutputSpec", Optional[Path]]:
+    """(the file the script reads, the output's spec, the filter file or None): the clip the
+    script hands the filter, probed once; an interlaced one refused, or deinterlaced into
+    ``folder`` first; an odd 4:2:0 size kept through 4:4:4; what the codec cannot keep said."""
+    from vs_uav.media.output import needs_filter_file, output_spec, video_filter
+    from vs_uav.media.script import prepare_source
+
+    try:
+        video, media = prepare_source(job.source, job.prepare, folder, job.deinterlace)
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    spec = output_spec(media, job.encoder, container=job.output.suffix)
+    if spec.note:
+        events.warning(spec.note)
+    filter_file = None
+    if needs_filter_file(spec):
+        filter_file = folder / "video.filter"
+        filter_file.write_text(video_filter(spec), encoding="utf-8")
+    return video, spec, filter_file
+
+
+def _check_scene_cuts(encoder: "EncoderSettings", frames: int) -> None:
+    """A --scene-cuts file is read now (cheap): a bad line fails here, not inside vspipe."""
+    from vs_uav.vsfilter.scenes import AUTO, NONE, SceneError, read_cuts
+
+    if encoder.scene_cuts not in (AUTO, NONE):
+        try:
+            read_cuts(encoder.scene_cuts, frames)
+        except SceneError as e:
+            raise JobError(str(e)) from None
+
+
+def has_namespace() -> bool:
+    """Whether the native plugin gives core.uav here (else scripts import vs_uav)."""
+    try:
+        import vapoursynth as vs
+
+        return hasattr(vs.core, "uav")
+    except Exception:  # noqa: BLE001 - a broken VapourSynth: the script imports vs_uav and says why
+        return False
