@@ -17,12 +17,17 @@ $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh vs_uav/settings.py
 demo: setup
 	$(PY) -m vs_uav demo
 
-# The whole suite, slow end-to-end tests included (what CI runs).
+# The whole suite, slow end-to-end tests included (what CI runs). Two pytest-xdist workers:
+# most tests wait on vspipe, ffmpeg or Ray, so two share the two cores of a small machine well;
+# a test file stays on one worker (--dist loadfile), so its module fixtures are made once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

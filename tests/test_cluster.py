@@ -186,7 +186,7 @@ def _ntsc_mkv(path: Path, *vf: str, frames: int = 24) -> Path:
 
 def _cluster_timing(src: Path):
     """What the cluster's timing check says of ``src`` (the start delay, or its ClusterError)."""
-    from vs_uav.app.cluster import ClusterError, ClusterJob, _start_delay
+    from vs_uav.app.cluster import ClusterError, ClusterJob, start_delay
     from vs_uav.media.encoder import EncoderSettings
     from vs_uav.media.output import output_spec
     from vs_uav.media.probe import probe
@@ -197,7 +197,7 @@ def _cluster_timing(src: Path):
     encoder = EncoderSettings(codec="ffv1")
     job = ClusterJob(src, src, src, src.with_name("o.mkv"), UpscaleSettings(), encoder, output_spec(media, encoder))
     try:
-        return media, _start_delay(job)
+        return media, start_delay(job)
     except ClusterError as e:
         return media, str(e)
 
@@ -403,8 +403,13 @@ def test_a_worker_killed_mid_render_is_replaced(clip, reference, tmp_path, ray_e
 def test_a_short_clip_renders_on_the_workers_it_needs_with_all_their_threads(tmp_path, ray_env):
     """One segment for two workers: one renders it with the cores of both, and the summary says
     1 worker. The source is a 23.976 fps MKV (millisecond timestamps, video starting 23 ms in):
-    the joined output keeps every frame's time."""
-    src = _ntsc_mkv(tmp_path / "ntsc.mkv", frames=14)
+    the joined output keeps every frame's time, and the audio, subtitles and title as the
+    one-machine pipe does (one set of source options for both)."""
+    plain = _ntsc_mkv(tmp_path / "plain.mkv", frames=14)
+    (tmp_path / "a.srt").write_text("1\n00:00:00,100 --> 00:00:00,300\nHello\n", encoding="utf-8")
+    src = tmp_path / "ntsc.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(plain), "-i", str(tmp_path / "a.srt"), "-map", "0", "-map", "1",
+                    "-c", "copy", "-c:s", "srt", "-metadata", "title=Le film", str(src)], check=True)
     out = tmp_path / "out.mkv"
     r = upscale(src, out, "--cluster", "local", "--workers", "2", "--scene-cuts", "none", env=ray_env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -421,6 +426,12 @@ def test_a_short_clip_renders_on_the_workers_it_needs_with_all_their_threads(tmp
                               "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True)
         return sorted(float(t) for t in run.stdout.split())
 
+    got = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name:"
+                                     "format_tags=title", "-of", "json", str(out)], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert [(t["codec_type"], t["codec_name"]) for t in got["streams"]] == [("video", "ffv1"), ("audio", "aac"),
+                                                                          ("subtitle", "subrip")], got
+    assert got["format"]["tags"]["title"] == "Le film"
     ours, theirs = times(out), times(src)
     assert len(ours) == len(theirs) == 14 and theirs[0] == 0.023
     assert max(abs(a - b) for a, b in zip(ours, theirs)) <= 0.001 + 1e-9, (ours, theirs)

@@ -102,7 +102,7 @@ def _resolve_path(bullet: str) -> list[str]:
         if not re.fullmatch(r"[A-Za-z_][\w.]*", name) or name.startswith(("core.uav", "uav ")):
             continue  # a call with its arguments, e.g. settings.check_model(*engine.limits())
         parts, obj = name.split("."), None
-        if parts[0] == "vs_uav":
+        if parts[0] in ("vs_uav", "vs_uav_gui"):
             for i in range(len(parts), 0, -1):
                 try:
                     obj, module = importlib.import_module(".".join(parts[:i])), importlib.import_module(

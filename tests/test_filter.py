@@ -10,6 +10,7 @@ import pytest
 import torch
 import vapoursynth as vs
 from conftest import MODEL_DIR, copy_model
+from setting_errors import BAD_SETTINGS, row_id
 
 from vs_uav.vsfilter.upscale import upscale
 
@@ -125,9 +126,6 @@ BAD = [
     (lambda: upscale(source(4), device="cuda", **KW), r"uav.Upscale: device='cuda' but CUDA is not available"),
     (lambda: upscale(source(4), dtype="float16", device="cpu", **KW),
      r"uav.Upscale: dtype='float16' is not supported on the CPU; accepted: 'float32', 'bfloat16'"),
-    (lambda: upscale(source(4), **{**KW, "noise_level": 351}), r"uav.Upscale: noise_level=351; accepted: an integer in \[0, 350\]"),
-    (lambda: upscale(source(4), **{**KW, "vae": "4d"}), r"uav.Upscale: vae='4d'; accepted: '3d', 'video'"),
-    (lambda: upscale(source(4), stepz=3, **KW), r"uav.Upscale: unknown parameter 'stepz'; accepted: prompt, "),
 ]
 
 
@@ -136,6 +134,15 @@ def test_bad_input_gets_one_clear_line(call, message):
     with pytest.raises(vs.Error, match=message) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_SETTINGS, ids=[row_id(r) for r in BAD_SETTINGS])
+def test_the_settings_tables_refusals_with_the_filters_prefix(kwargs, message):
+    """The settings model's whole table through vs_uav.upscale: its line after the prefix,
+    before the model loads."""
+    with pytest.raises(vs.Error) as e:
+        upscale(source(4), model=str(MODEL_DIR), **kwargs)
+    assert str(e.value).startswith(f"uav.Upscale: {message}") and "\n" not in str(e.value), str(e.value)
 
 
 def test_model_folder_missing_a_file(tmp_path):

@@ -193,5 +193,6 @@ def test_the_probe_says_the_audio_the_estimate_counts(tmp_path):
     assert 0.5 * 2 * 128_000 / 8 < info.audio_bytes < 1.5 * 2 * 128_000 / 8
     silent = tmp_path / "s.mp4"
     ffmpeg("-i", str(source), "-an", "-c", "copy", str(silent))
-    assert (probe(silent, reading_script(silent)).audio, probe(silent, reading_script(silent)).audio_bytes) == (None, 0)
+    quiet = probe(silent, reading_script(silent))
+    assert (quiet.audio, quiet.audio_bytes) == (None, 0)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MODEL_DIR
+from setting_errors import row
 
 VIDEOS = Path(__file__).resolve().parent.parent.parent / "shared" / "videos"
 ANIMATION = VIDEOS / "old_animation_1.mp4"  # 320x240, 25 fps, with an audio track
@@ -156,7 +157,7 @@ def test_uav_upscale_command(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--noise-level", "400"], "uav upscale: noise_level=400; accepted: an integer in [0, 350]"),
+    (["--noise-level", "400"], "uav upscale: " + row(noise_level=400)[1]),
     (["--model", "/nonexistent/uav"], "/nonexistent/uav: model folder not found; run `uav download`"),
     (["-o", "SOURCE"], "uav upscale: --output SOURCE is the input; choose another file"),
 ])

@@ -19,6 +19,7 @@ from pathlib import Path
 import bridge_impl
 import pytest
 import vapoursynth as vs
+from setting_errors import row, row_id
 
 from vs_uav.settings import SETTINGS, SETTINGS_BY_NAME, VS_RETURN, vs_signature
 
@@ -117,19 +118,15 @@ def test_integers_arrive_as_written_whole_and_exact(impl):
     assert type(calls[0]["chunk_size"]) is int and type(calls[0]["seed"]) is int and type(calls[3]["seed"]) is bool
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=2.7), "steps=2.7; accepted: an integer in [1, 1000]"),
-    (dict(seed=1.9), "seed=1.9; accepted: an integer in [0, 9223372036854775807]"),
-    (dict(seed=2**63), "seed=9223372036854775808; accepted: an integer in [0, 9223372036854775807]"),
-    (dict(seed=-1), "seed=-1; accepted: an integer in [0, 9223372036854775807]"),
-    (dict(seed="many"), "seed='many'; accepted: an integer in [0, 9223372036854775807]"),
-    (dict(chunk_size=8.5), "chunk_size=8.5; accepted: an integer in [8, 4096]"),
-    (dict(noise_level=-3), "noise_level=-3; accepted: an integer in [0, 350]"),
-    (dict(scene_change=0.5), "scene_change=0.5; accepted: True or False"),
-    (dict(propagation_steps=[3, 3]), "propagation_steps=[3, 3]; accepted: distinct step indices in [0, 29]"),
-    (dict(propagation_steps=[2.5]), "propagation_steps=[2.5]; accepted: distinct step indices in [0, 29]"),
-    (dict(steps=4, propagation_steps=[4]), "propagation_steps=[4]; accepted: distinct step indices in [0, 3]"),
-])
+# The settings table's rows whose values VapourSynth can pass (numbers, arrays of them), then
+# what only the plugin sees: a word for a number.
+VS_ROWS = [row(steps=2.7), row(seed=1.9), row(seed=2**63), row(seed=-1), row(chunk_size=8.5), row(noise_level=-3),
+           row(scene_change=0.5), row(propagation_steps=[3, 3]), row(propagation_steps=[2.5]),
+           (dict(seed="many"), "seed='many'; accepted: an integer in [0, 9223372036854775807]"),
+           (dict(steps=4, propagation_steps=[4]), "propagation_steps=[4]; accepted: distinct step indices in [0, 3]")]
+
+
+@pytest.mark.parametrize("kwargs, message", VS_ROWS, ids=[row_id(r) for r in VS_ROWS])
 def test_the_filter_refuses_bad_numbers_in_one_line(monkeypatch, kwargs, message):
     """Through the real plugin and filter: one line with the prefix, the value as written
     and what is accepted, before any model is loaded (the folder does not exist)."""

@@ -16,7 +16,7 @@ PROMPT_SUFFIX = "best quality, extremely detailed"
 NEGATIVE_PROMPT = "blur, worst quality"
 
 
-def _opt(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
+def setting_field(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
          choices: Optional[tuple[str, ...]] = None, group: str = "diffusion", output: bool = True,
          label: str = "") -> Any:
     """A setting's field. ``output=False``: the setting never changes the frames (where to
@@ -33,76 +33,76 @@ def _opt(default: Any, help: str, *, min: Optional[float] = None, max: Optional[
 class UpscaleSettings:
     """Every parameter of ``core.uav.Upscale`` (and ``vs_uav.upscale``), with its default."""
 
-    prompt: str = _opt("", "What the video shows, e.g. 'a koala in a tree'. Guides the generated texture.",
+    prompt: str = setting_field("", "What the video shows, e.g. 'a koala in a tree'. Guides the generated texture.",
                        group="prompt", label="Prompt")
-    prompt_suffix: str = _opt(PROMPT_SUFFIX, "Appended to the prompt (the official quality tags).", group="prompt",
+    prompt_suffix: str = setting_field(PROMPT_SUFFIX, "Appended to the prompt (the official quality tags).", group="prompt",
                               label="Quality tags")
-    negative_prompt: str = _opt(NEGATIVE_PROMPT, "What to steer away from (used when guidance_scale > 1).",
+    negative_prompt: str = setting_field(NEGATIVE_PROMPT, "What to steer away from (used when guidance_scale > 1).",
                                 group="prompt", label="Negative prompt")
     # The model's identity enters cache fingerprints by its resolved folder, not by this string.
-    model: str = _opt("", "Model folder (official upscale_a_video layout). Empty: $UAV_MODEL_DIR, then the "
+    model: str = setting_field("", "Model folder (official upscale_a_video layout). Empty: $UAV_MODEL_DIR, then the "
                           "user data folder where `uav download` puts it.", group="model", output=False,
                       label="Model folder")
-    vae: str = _opt("3d", "Decoder: '3d' (default VAE) or 'video' (low-res conditioned, temporal; more "
+    vae: str = setting_field("3d", "Decoder: '3d' (default VAE) or 'video' (low-res conditioned, temporal; more "
                           "faithful, slower).", choices=("3d", "video"), group="model", label="Decoder (VAE)")
-    steps: int = _opt(30, "Denoising steps. More adds detail and time (official: 20-30).", min=1, max=1000,
+    steps: int = setting_field(30, "Denoising steps. More adds detail and time (official: 20-30).", min=1, max=1000,
                       label="Denoising steps")
-    guidance_scale: float = _opt(6.0, "Classifier-free guidance: how strongly the prompt steers (official: "
+    guidance_scale: float = setting_field(6.0, "Classifier-free guidance: how strongly the prompt steers (official: "
                                       "5-9). <= 1 turns it off and halves the cost.", min=0.0, max=50.0,
                                  label="Prompt strength (guidance)")
-    noise_level: int = _opt(120, "Noise added to the input: higher trades fidelity for generated detail "
+    noise_level: int = setting_field(120, "Noise added to the input: higher trades fidelity for generated detail "
                                  "(official: 100-150).", min=0, max=350, label="Input noise (fidelity vs. detail)")
-    propagation_steps: list = _opt([], "Step indices (0-based) at which latents are propagated along optical "
+    propagation_steps: list = setting_field([], "Step indices (0-based) at which latents are propagated along optical "
                                        "flow for long-range consistency, e.g. 24,26,28 of 30.", min=0, max=999,
                                    label="Flow propagation at steps")
-    flow: str = _opt("auto", "Optical flow for propagation: 'raft' (official weights), 'dis' (OpenCV, no "
+    flow: str = setting_field("auto", "Optical flow for propagation: 'raft' (official weights), 'dis' (OpenCV, no "
                              "weights) or 'auto' (RAFT when present).", choices=("auto", "raft", "dis"),
                      group="model", label="Optical flow")
-    color_fix: str = _opt("none", "Colour correction against the input: 'none', 'adain' or 'wavelet'.",
+    color_fix: str = setting_field("none", "Colour correction against the input: 'none', 'adain' or 'wavelet'.",
                           choices=("none", "adain", "wavelet"), label="Colour correction")
-    w_lr: float = _opt(1.0, "Weight of the low-res frames in the 'video' VAE (1.0 official; 0 ignores them).",
+    w_lr: float = setting_field(1.0, "Weight of the low-res frames in the 'video' VAE (1.0 official; 0 ignores them).",
                        min=0.0, max=2.0, label="Low-res weight (video VAE)")
-    seed: int = _opt(0, "Random seed. Each frame's draws depend on (seed, frame index) only, so results are "
+    seed: int = setting_field(0, "Random seed. Each frame's draws depend on (seed, frame index) only, so results are "
                         "reproducible in any order, on any machine.", min=0, max=2**63 - 1, label="Random seed")
-    chunk_size: int = _opt(32, "Frames denoised together; memory grows with it, not with clip length.",
+    chunk_size: int = setting_field(32, "Frames denoised together; memory grows with it, not with clip length.",
                            min=8, max=4096, group="memory", label="Frames per chunk")
-    lookahead: int = _opt(8, "Frames past each chunk's end denoised and discarded, so the frames before "
+    lookahead: int = setting_field(8, "Frames past each chunk's end denoised and discarded, so the frames before "
                              "a chunk boundary see what follows, as in one long chunk. 0: none (faster); "
                              "chunking is exact when >= 7 x steps + 3 and propagation_steps is empty.",
                           min=0, max=1024, group="memory", label="Look-ahead frames")
-    tile_size: int = _opt(0, "Spatial tile in low-res pixels (multiple of 8); 0 tiles only when memory "
+    tile_size: int = setting_field(0, "Spatial tile in low-res pixels (multiple of 8); 0 tiles only when memory "
                              "requires it.", min=0, max=4096, group="memory", label="Tile size (low-res pixels)")
-    tile_overlap: int = _opt(16, "Overlap of neighbouring tiles in low-res pixels, blended smoothly.",
+    tile_overlap: int = setting_field(16, "Overlap of neighbouring tiles in low-res pixels, blended smoothly.",
                              min=0, max=2048, group="memory", label="Tile overlap (low-res pixels)")
-    cache_interval: int = _opt(1, "Step caching (DeepCache): the U-Net's deep blocks are recomputed every N "
+    cache_interval: int = setting_field(1, "Step caching (DeepCache): the U-Net's deep blocks are recomputed every N "
                                   "steps and reused in between, the shallow ones every step. 1: exact (default); "
                                   "3: about twice as fast, approximate.", min=1, max=10,
                                label="Step caching interval")
-    max_memory: float = _opt(0.0, "Device memory budget in GiB: tiles and windows run at once are chosen to fit "
+    max_memory: float = setting_field(0.0, "Device memory budget in GiB: tiles and windows run at once are chosen to fit "
                                   "it, and a chunk that runs out of memory is retried with smaller tiles. 0: what "
                                   "the device has free (CPU: half the free RAM).", min=0.0, max=65536.0,
                              group="memory", output=False, label="Memory budget (GiB, 0: free)")
-    device: str = _opt("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", group="device",
+    device: str = setting_field("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", group="device",
                        output=False, label="Device")
-    dtype: str = _opt("auto", "U-Net precision: 'auto' (float16 on CUDA, float32 on CPU), 'float32', "
+    dtype: str = setting_field("auto", "U-Net precision: 'auto' (float16 on CUDA, float32 on CPU), 'float32', "
                               "'float16', 'bfloat16'. The VAE always decodes in float32.",
                       choices=("auto", "float32", "float16", "bfloat16"), group="device", label="U-Net precision")
-    weights: str = _opt("default", "U-Net weight storage: 'default' (in the U-Net precision) or 'fp8' (float8, "
+    weights: str = setting_field("default", "U-Net weight storage: 'default' (in the U-Net precision) or 'fp8' (float8, "
                                    "about half the memory of bfloat16; computes in the U-Net precision, small "
                                    "deviation).", choices=("default", "fp8"), group="device",
                         label="U-Net weight storage")
-    offload: bool = _opt(False, "Keep the U-Net's blocks in host memory and move each to the GPU when it runs: "
+    offload: bool = setting_field(False, "Keep the U-Net's blocks in host memory and move each to the GPU when it runs: "
                                 "fits a small GPU, slower. No effect on the CPU.", group="device", output=False,
                          label="Offload U-Net blocks to host memory")
-    compile: bool = _opt(False, "Compile the U-Net's repeated blocks with torch.compile: faster after a slower "
+    compile: bool = setting_field(False, "Compile the U-Net's repeated blocks with torch.compile: faster after a slower "
                                 "first chunk (compiled code is cached between runs); same numbers within "
                                 "rounding.", group="device", output=False, label="Compile the U-Net")
-    cache_dir: str = _opt("", "Folder for finished chunks and boundary states: a killed render resumes "
+    cache_dir: str = setting_field("", "Folder for finished chunks and boundary states: a killed render resumes "
                               "where it stopped. Empty: no disk cache.", group="memory", output=False,
                           label="Chunk cache folder")
-    scene_change: bool = _opt(True, "Start fresh at frames with _SceneChangePrev set: nothing is carried "
+    scene_change: bool = setting_field(True, "Start fresh at frames with _SceneChangePrev set: nothing is carried "
                                     "across a cut.", group="memory", label="Start fresh at scene cuts")
-    seek: str = _opt("exact", "'exact': a far request first computes the chunks before it (identical "
+    seek: str = setting_field("exact", "'exact': a far request first computes the chunks before it (identical "
                               "frames); 'fast': cold start at the requested chunk.",
                      choices=("exact", "fast"), group="memory", output=False, label="Far seeks")
 
@@ -324,7 +324,7 @@ def vs_signature() -> str:
         f"{s.name}:{s.vs_type}:opt{':empty' if s.type is list else ''};" for s in SETTINGS)
 
 
-def _settings_of(cls) -> tuple[Setting, ...]:
+def settings_of(cls) -> tuple[Setting, ...]:
     types = {"str": str, "int": int, "float": float, "bool": bool, "list": list}
     out = []
     for f in fields(cls):
@@ -335,5 +335,5 @@ def _settings_of(cls) -> tuple[Setting, ...]:
     return tuple(out)
 
 
-SETTINGS = _settings_of(UpscaleSettings)
+SETTINGS = settings_of(UpscaleSettings)
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from PySide6.QtCore import Qt, QThread, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QGridLayout,
@@ -33,8 +33,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vs_uav.errors import UavError
 from vs_uav.settings import UpscaleSettings
+
+from .background import BackgroundJob
 
 logger = logging.getLogger("vs_uav_gui")
 
@@ -99,7 +100,7 @@ def read_crop(request: PreviewRequest):
         import vapoursynth as vs
     except ImportError as e:
         raise ValueError(f"the preview reads videos with VapourSynth: {e}") from None
-    from vs_uav.vsfilter.upscale import _chunk_source, _to_rgb
+    from vs_uav.vsfilter.upscale import chunk_source, to_rgb
 
     source = request.source
     if not hasattr(vs.core, "bs"):
@@ -115,9 +116,9 @@ def read_crop(request: PreviewRequest):
     first = max(0, request.frame - request.context)
     last = min(clip.num_frames - 1, request.frame + request.context)
     box = crop_box(clip.width, clip.height, request.x, request.y, request.size)
-    rgb, _ = _to_rgb(clip)
+    rgb, _ = to_rgb(clip)
     left, top, w, h = box
-    video, _ = _chunk_source(vs.core.std.CropAbs(rgb, w, h, left, top))(first, last + 1)
+    video, _ = chunk_source(vs.core.std.CropAbs(rgb, w, h, left, top))(first, last + 1)
     return video.float(), box, (first, last)
 
 
@@ -164,43 +165,18 @@ def render_preview(request: PreviewRequest, cancelled: Callable[[], bool] = lamb
                              time.monotonic() - started)
 
 
-class PreviewJob(QThread):
+class PreviewJob(BackgroundJob):
     """One preview on a background thread; ``cancel()`` stops it at the next step."""
 
-    progressed = Signal(int, int)
-    succeeded = Signal(object)
-    failed = Signal(str)
-    stopped = Signal()  # cancelled: no result
+    stop_types = (Cancelled,)
+    what = "preview"
 
     def __init__(self, request: PreviewRequest, parent=None) -> None:
         super().__init__(parent)
         self.request = request
-        self._cancel = threading.Event()
-        self.outcome = "running"  # then "done", "failed" or "cancelled"
 
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelling(self) -> bool:
-        return self._cancel.is_set()
-
-    def run(self) -> None:
-        try:
-            result = render_preview(self.request, self._cancel.is_set, self.progressed.emit)
-        except Cancelled:
-            self.outcome = "cancelled"
-            self.stopped.emit()
-        except Exception as e:  # any failure is a line in the status area, never a crash
-            expected = isinstance(e, (UavError, ValueError, OSError))
-            if not expected:  # a bug: its traceback goes to the log
-                logger.warning("preview failed", exc_info=True)
-            message = " ".join(str(e).split())
-            self.outcome = "failed"
-            self.failed.emit(message if expected and message else f"{type(e).__name__}: {message}")
-        else:
-            self.outcome = "done"
-            self.succeeded.emit(result)
+    def work(self) -> PreviewResult:
+        return render_preview(self.request, self.stop.is_set, self.progressed.emit)
 
 
 def _pixmap(rgb) -> QPixmap:
@@ -331,7 +307,7 @@ class PreviewPanel(QWidget):
         job.progressed.connect(lambda done, total, j=job: self._on_progress(j, done, total))
         job.succeeded.connect(lambda result, j=job: self._on_success(j, result))
         job.failed.connect(lambda message, j=job: self._on_failure(j, message))
-        job.stopped.connect(lambda j=job: self._on_stopped(j))
+        job.stopped.connect(lambda _said, j=job: self._on_stopped(j))
         job.finished.connect(lambda j=job: self._on_finished(j))
         self.job = job
         self._jobs.append(job)

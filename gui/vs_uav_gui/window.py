@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from vs_uav.app import presets
 from vs_uav.app.plan import RenderPlan, default_output, default_script, plan_preset_render
+from vs_uav.app.job import UpscaleJob
 from vs_uav.app.presets import Preset, PresetError
 from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.media.probe import not_a_video, probe
@@ -49,6 +50,7 @@ from vs_uav.media.script import absolute, reading_script
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
 from .preview import PreviewPanel
+from .render import RenderBar
 
 logger = logging.getLogger("vs_uav_gui")
 
@@ -94,6 +96,26 @@ def probe_video(path: Path) -> VideoInfo:
         raise ValueError(said)
     info = probe(path, reading_script(path))
     return VideoInfo(info.width, info.height, info.frames, float(info.fps))
+
+
+# Probe threads still running, kept alive until they end (a QThread destroyed while it runs aborts).
+_RUNNING: set["_ProbeThread"] = set()
+
+
+class _ProbeThread(QThread):
+    """:func:`probe_video` off the UI thread; ``probed``: (path, VideoInfo or None, the reason)."""
+
+    probed = Signal(str, object, str)
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def run(self) -> None:
+        try:
+            self.probed.emit(self.path, probe_video(Path(self.path)), "")
+        except ValueError as e:
+            self.probed.emit(self.path, None, str(e))
 
 
 # -- one field per setting -----------------------------------------------------------------------
@@ -233,6 +255,7 @@ class PresetEditor(QMainWindow):
         self.video: Optional[VideoInfo] = None
         self.errors: dict[str, str] = {}  # field name -> reason, as shown next to the field
         self._auto_paths = True  # script/output follow the source until the user edits them
+        self._probes: list[_ProbeThread] = []  # sources being probed (the last one's answer counts)
         self.setWindowTitle("vs-uav preset editor")
         self._build()
         self._build_actions()
@@ -372,6 +395,8 @@ class PresetEditor(QMainWindow):
         out_buttons.addWidget(self.save_script_button)
         out_buttons.addWidget(self.copy_button)
         rv.addLayout(out_buttons)
+        self.render_bar = RenderBar(self.make_job)
+        rv.addWidget(self.render_bar)
         return right
 
     def _build_views(self, rv: QVBoxLayout) -> None:
@@ -449,7 +474,8 @@ class PresetEditor(QMainWindow):
                                 self.description_edit, self.save_button, self.duplicate_button, self.delete_button]
         chain += [f.editor for f in self.fields.values()]
         chain += [self.script_edit, self.output_edit, self.script_view, self.command_view, self.render_on,
-                  self.workers_spin, self.cluster_edit, self.save_script_button, self.copy_button]
+                  self.workers_spin, self.cluster_edit, self.save_script_button, self.copy_button,
+                  self.render_bar.render_button, self.render_bar.cancel_button]
         for a, b in zip(chain, chain[1:]):
             QWidget.setTabOrder(a, b)
 
@@ -467,6 +493,8 @@ class PresetEditor(QMainWindow):
         action(file_menu, "&Open source video\u2026", self.browse_source, QKeySequence.StandardKey.Open)
         self.save_script_action = action(file_menu, "&Save script", self.save_script, "Ctrl+E")
         self.copy_action = action(file_menu, "&Copy command", self.copy_command, "Ctrl+Shift+C")
+        action(file_menu, "Re&nder", self.render_bar.start, "Ctrl+Shift+R")
+        action(file_menu, "Cancel render", self.render_bar.cancel)
         file_menu.addSeparator()
         action(file_menu, "Run &preview", self.run_preview, "Ctrl+R")
         file_menu.addSeparator()
@@ -680,6 +708,20 @@ class PresetEditor(QMainWindow):
             w.setEnabled(ready)
         for w in (self.copy_button, self.copy_action):
             w.setEnabled(ready and bool(self.command))
+        self.render_bar.set_ready(ready and bool(self.command))
+
+    def make_job(self) -> UpscaleJob:
+        """The job the form describes, as ``uav upscale`` would run it (the source, the preset's
+        settings and encoder, the output, "Render on"); JobError or ValueError in one line."""
+        source = self.source_edit.text().strip()
+        if self.current is None:
+            raise ValueError("the settings have errors: " + (next(iter(self.errors.values()), "")
+                                                             or self.name_error.text()))
+        if not source:
+            raise ValueError("choose a source video first")
+        output = self.output_edit.text().strip() or None
+        return UpscaleJob.create(Path(source), self.current.settings, self.current.encoder, output,
+                                 cluster=self.cluster_options())
 
     def _render_command(self, source: Path, output: Path) -> str:
         """The command "Render on" asks for: the plan's vspipe | ffmpeg command, or the
@@ -732,20 +774,40 @@ class PresetEditor(QMainWindow):
             self.set_source(path)
 
     def set_source(self, path: os.PathLike | str) -> None:
+        """Show ``path`` as the source; its probe runs on a background thread (BestSource may
+        index a long file), and what it says replaces "Reading..." unless another source was
+        chosen meanwhile. A missing file or a folder is said at once."""
         path = str(path)
         if self.source_edit.text() != path:
             self.source_edit.setText(path)
-        if not path:
-            self.video, text = None, "no source"
-        else:
-            try:
-                self.video = probe_video(Path(path))
-                text = self.video.describe()
-            except ValueError as e:
-                self.video, text = None, str(e)
-        self.video_label.setText(text)
-        if self.video is not None:
-            self.preview.set_video(self.video.width, self.video.height, self.video.frames)
+        self.video = None
+        said = "no source" if not path else not_a_video(Path(path))
+        if said:
+            self.video_label.setText(said)
+            return
+        self.video_label.setText(f"Reading {Path(path).name}\u2026")
+        thread = _ProbeThread(path)  # no parent: it must not be destroyed with a window while it runs
+        thread.probed.connect(self._on_probed)
+        self._probes.append(thread)
+        _RUNNING.add(thread)
+        thread.finished.connect(lambda: self._probe_done(thread))
+        thread.start()
+
+    def _probe_done(self, thread: "_ProbeThread") -> None:
+        self._probes.remove(thread)
+        _RUNNING.discard(thread)
+
+    def probing(self) -> bool:
+        """Whether a source is still being probed."""
+        return bool(self._probes)
+
+    def _on_probed(self, path: str, video: Optional[VideoInfo], said: str) -> None:
+        if path != self.source_edit.text():
+            return  # another source was chosen meanwhile
+        self.video = video
+        self.video_label.setText(video.describe() if video is not None else said)
+        if video is not None:
+            self.preview.set_video(video.width, video.height, video.frames)
 
     def run_preview(self) -> None:
         """Show the preview tab and render the chosen crop with the form's settings."""
@@ -814,6 +876,9 @@ class PresetEditor(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.preview.shutdown()
+        self.render_bar.shutdown()
+        for thread in list(self._probes):
+            thread.wait()
         self.save_state()
         super().closeEvent(event)
 

@@ -366,7 +366,7 @@ def check_cluster(timeout: float = 2.0) -> Check:
     import importlib.util
     import socket
 
-    from vs_uav.app.cluster import ClusterOptions, _local_cpus, default_address, ray_available
+    from vs_uav.app.cluster import ClusterOptions, local_cpus, default_address, ray_available
 
     try:
         found = importlib.util.find_spec("ray") is not None
@@ -377,7 +377,7 @@ def check_cluster(timeout: float = 2.0) -> Check:
         return Check("cluster", "warn", "Ray is not installed: uav upscale --cluster is unavailable")
     address = default_address()
     if address == "local":
-        cpus, gpus = _local_cpus(), _visible_gpus()
+        cpus, gpus = local_cpus(), _visible_gpus()
         workers = "one worker per GPU" if gpus else "one CPU worker, --workers N for more"
         return Check("cluster", "ok", f"Ray {version}; a bare --cluster starts a local Ray instance on 127.0.0.1 "
                                       f"with {cpus} CPU{'s' if cpus != 1 else ''} and {gpus} GPU"

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 from vs_uav.media.probe import VideoFormat
-from vs_uav.settings import Setting, _opt, _settings_of
+from vs_uav.settings import Setting, setting_field, settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +37,23 @@ class EncoderSettings:
     """How ``uav upscale`` and generated commands encode the 4x output with ffmpeg, and where
     the generated script marks scene cuts."""
 
-    codec: str = _opt("x265", "Video codec: 'x265' (HEVC, 10-bit or more), 'x264', 'ffv1' (lossless) or 'prores' "
+    codec: str = setting_field("x265", "Video codec: 'x265' (HEVC, 10-bit or more), 'x264', 'ffv1' (lossless) or 'prores' "
                               "(422 HQ; 4444 for 4:4:4). Each keeps the source's format where it can.",
                       choices=tuple(CODECS), group="encoder", label="Video codec")
-    crf: int = _opt(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
+    crf: int = setting_field(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
                     group="encoder", label="Quality (CRF, lower is better)")
     # Not called 'preset': that names a vs-uav preset (--preset); schema-0 preset files migrate.
-    speed: str = _opt("medium", "x265/x264 speed preset: slower is smaller at the same quality.",
+    speed: str = setting_field("medium", "x265/x264 speed preset: slower is smaller at the same quality.",
                       choices=("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                                "veryslow"), group="encoder", label="Encoder speed")
-    audio: str = _opt("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
+    audio: str = setting_field("copy", "Audio from the source: 'copy' (unchanged) or 'none'.", choices=("copy", "none"),
                       group="encoder", label="Audio")
     # Not filter parameters: the generated script marks cuts before uav.Upscale (vs_uav.vsfilter.scenes).
-    scene_cuts: str = _opt("auto", "Scene cuts, where uav.Upscale carries nothing across: 'auto' detects them "
+    scene_cuts: str = setting_field("auto", "Scene cuts, where uav.Upscale carries nothing across: 'auto' detects them "
                                    "(scene_threshold), 'none' marks none, or a text file listing the first frame "
                                    "of each scene (one frame number per line, # comments).",
                            group="encoder", label="Scene cuts")
-    scene_threshold: float = _opt(0.1, "Scene-cut detection: a frame whose mean luma difference to the previous "
+    scene_threshold: float = setting_field(0.1, "Scene-cut detection: a frame whose mean luma difference to the previous "
                                        "one (0..1, on 64-pixel-wide grey copies) is above this starts a new scene, "
                                        "as does one above a quarter of it that is 4x the motion around it; either "
                                        "way most of the picture (0.65 of its 8x8 blocks, each by over 0.4x this) "
@@ -110,7 +110,7 @@ class EncoderSettings:
         return CODECS[self.codec][1]
 
 
-ENCODER_SETTINGS: tuple[Setting, ...] = _settings_of(EncoderSettings)
+ENCODER_SETTINGS: tuple[Setting, ...] = settings_of(EncoderSettings)
 
 # The fewest bits per sample a codec is given: 8-bit sources lose nothing, and x265 compresses
 # better at 10 bits; ProRes is 10-bit.

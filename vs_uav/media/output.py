@@ -10,13 +10,10 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.probe import MediaInfo, VideoFormat
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
@@ -274,35 +271,47 @@ def path_arg(path: Path, ffmpeg: bool = False) -> str:
     return s
 
 
+def source_streams(source: Optional[Path], encoder: EncoderSettings,
+                   spec: Optional[OutputSpec] = None) -> tuple[list[str], list[str]]:
+    """What the output takes from the source besides the video, as ffmpeg's second input (input
+    1; input 0 is the video): the input options, and the output options after ``-map 0:v:0``:
+    the audio when asked for, the subtitles and global tags of ``spec``, and the cut of the audio
+    a player drops. The one-machine pipe and the cluster's join both use it."""
+    media = spec.media if spec is not None else None
+    copy_audio = encoder.audio == "copy" and source is not None
+    if source is None or not (copy_audio or (media is not None and (media.tagged or spec.subtitles))):
+        return [], []
+    inputs, maps = ["-i", path_arg(absolute(source), True)], []
+    if copy_audio:
+        maps += ["-map", "1:a?", "-c:a", "copy"]  # '1:a?': a source without audio is fine
+    if media is None:
+        return inputs, maps
+    for n, (i, codec) in enumerate(spec.subtitles):
+        maps += ["-map", f"1:s:{i}", f"-c:s:{n}", codec]
+    if media.tagged:
+        maps += ["-map_metadata", "1"]
+    if copy_audio and media.preroll:
+        # The output starts where a player starts the source: the audio packets before it go.
+        maps += ["-ss", "0"]
+    return inputs, maps
+
+
 def ffmpeg_options(source: Optional[Path], encoder: EncoderSettings, spec: Optional[OutputSpec] = None,
                    filter_file: Optional[Path] = None) -> list[str]:
     """ffmpeg's inputs and encoding options, without the program and the output: y4m on stdin,
-    the source's audio mapped in when asked for (and a source is given), the video codec.
+    what the output takes from the source (:func:`source_streams`, when a source is given), the
+    video codec.
 
     ``spec`` (:func:`output_spec`): the source's pixel format, colour tags, sample aspect ratio,
     timing, subtitles, global tags and HDR10 metadata kept; without it, the codec's default
     format and no tags. ``filter_file``: where the video filter graph was written when
     :func:`needs_filter_file` says it must be.
     """
-    args = ["-i", "-"]
-    media = spec.media if spec is not None else None
-    copy_audio = encoder.audio == "copy" and source is not None
-    if source is not None and (copy_audio or (media is not None and (media.tagged or spec.subtitles))):
-        args += ["-i", path_arg(absolute(source), True)]
-    args += ["-map", "0:v:0"]
-    if copy_audio:
-        # '1:a?': a source without audio is fine.
-        args += ["-map", "1:a?", "-c:a", "copy"]
-    if media is None:
+    inputs, maps = source_streams(source, encoder, spec)
+    args = ["-i", "-", *inputs, "-map", "0:v:0", *maps]
+    if spec is None:
         return [*args, *encoder.ffmpeg_video_args()]
-    if source is not None:
-        for n, (i, codec) in enumerate(spec.subtitles):
-            args += ["-map", f"1:s:{i}", f"-c:s:{n}", codec]
-        if media.tagged:
-            args += ["-map_metadata", "1"]
-        if copy_audio and media.preroll:
-            # The output starts where a player starts the source: the audio packets before it go.
-            args += ["-ss", "0"]
+    media = spec.media
     args += [*_video_options(spec, filter_file), *encoder.ffmpeg_video_args(spec.pix_fmt)]
     if encoder.codec == "x264" and media.range is None and spec.range == "tv":
         # libx264 writes no range without other colour tags: said in the bitstream, as x265 does.

@@ -455,9 +455,3 @@ def count_frames(path: Path) -> int:
     except (KeyError, IndexError, TypeError, ValueError):
         logger.debug("probe: ffprobe could not count the frames of %s (%s)", path, said)
         return -1
-
-
-def has_audio(path: Path) -> bool:
-    """Whether ``path`` has an audio stream (False when ffprobe is missing or cannot read it)."""
-    return bool(_ffprobe(["-select_streams", "a", "-show_entries", "stream=index"], path).get("streams"))
-

@@ -233,7 +233,7 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     output, partial = Path(job.output), job.partial
     output.parent.mkdir(parents=True, exist_ok=True)
     vspipe_cmd = vspipe_args(Path(job.script), vspipe, progress=True, options=job.vspipe_args)
-    ffmpeg_cmd = _ffmpeg_command(ffmpeg, job.ffmpeg_args, partial)
+    ffmpeg_cmd = ffmpeg_command(ffmpeg, job.ffmpeg_args, partial)
     env = dict(job.env) if job.env is not None else None
     logger.debug("render: %s | %s", shlex.join(vspipe_cmd), shlex.join(ffmpeg_cmd))
 
@@ -349,7 +349,7 @@ def _pump(reader: "_VspipeReader", callbacks: dict[str, Optional[Callable]], che
             _kill(pipe)  # ffmpeg failed: vspipe might compute a slow frame before it notices
 
 
-def _ffmpeg_command(ffmpeg: str, ffmpeg_args: Sequence[str], target: Path) -> list[str]:
+def ffmpeg_command(ffmpeg: str, ffmpeg_args: Sequence[str], target: Path) -> list[str]:
     # -nostdin: stdin is the y4m stream, never keyboard commands; -y: a stale partial is replaced.
     return [ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-y", *ffmpeg_args, path_arg(target, ffmpeg=True)]
 
@@ -370,7 +370,7 @@ def check_encoder(job: RenderJob, folder: Path, size: tuple[int, int] = (64, 48)
     frame = f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\nFRAME\n".encode() + bytes([128]) * (w * h * 3 // 2)
     target = Path(folder) / f"encoder-check{Path(job.output).suffix}"
     # One frame, and no more than a moment of the source's audio.
-    cmd = _ffmpeg_command(ffmpeg, [*job.ffmpeg_args, "-frames:v", "1", "-t", "0.2"], target)
+    cmd = ffmpeg_command(ffmpeg, [*job.ffmpeg_args, "-frames:v", "1", "-t", "0.2"], target)
     try:
         run = subprocess.run(cmd, input=frame, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              env=dict(job.env) if job.env is not None else None, timeout=timeout)

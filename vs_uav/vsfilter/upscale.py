@@ -76,7 +76,7 @@ def _write_frame(frame: vs.VideoFrame, data: np.ndarray) -> None:
 
 # -- the source -------------------------------------------------------------------------------
 
-def _chunk_source(rgb: vs.VideoNode):
+def chunk_source(rgb: vs.VideoNode):
     """The chunk driver's source: frames a..b-1 of the RGBS clip as (1, 3, T, H, W) in
     [-1, 1], and the frames among them that start a scene (``_SceneChangePrev``)."""
     import torch
@@ -120,7 +120,7 @@ def _check_progressive(props: Any) -> None:
                     "field), or ffmpeg's bwdif filter (uav upscale --deinterlace bwdif)")
 
 
-def _to_rgb(clip: vs.VideoNode) -> tuple[vs.VideoNode, dict[str, Any]]:
+def to_rgb(clip: vs.VideoNode) -> tuple[vs.VideoNode, dict[str, Any]]:
     """RGBS [0, 1], using the clip's colour props; unset ones default as VapourSynth users
     expect (709 for HD, 601 for SD; limited range for YUV, full for RGB)."""
     core = vs.core
@@ -241,7 +241,7 @@ def _make_driver(env: Any, settings: UpscaleSettings, rgb: vs.VideoNode, start: 
         _log(core, STEP_PROGRESS.format(chunk=k + 1, chunks=chunks, step=step, steps=steps))
 
     try:
-        return ChunkDriver(engine, settings, rgb.num_frames, _chunk_source(rgb), start=start, stop=stop, run=run,
+        return ChunkDriver(engine, settings, rgb.num_frames, chunk_source(rgb), start=start, stop=stop, run=run,
                            progress=progress, log=lambda message: _log(core, message))
     except ValueError as e:
         raise _fail(str(e)) from None
@@ -257,7 +257,7 @@ def upscale(clip: vs.VideoNode, _segment: Optional[tuple[int, int]] = None, **kw
     clip = _check_clip(clip)
     settings = _check_settings(kwargs)
     start, stop = _segment if _segment is not None else _SEGMENT.get() or (0, None)
-    rgb, info = _to_rgb(clip)
+    rgb, info = to_rgb(clip)
     _check_range(start, rgb.num_frames if stop is None else stop, rgb.num_frames)
     core, env = vs.core, vs.get_current_environment()
     _release_engines_with_the_core()

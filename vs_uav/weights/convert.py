@@ -14,7 +14,7 @@ from vs_uav.weights.verify import (
     Manifest,
     PathLike,
     WeightsError,
-    _weight_files,
+    weight_files,
     parts_wanted,
     verify_folder,
 )
@@ -34,7 +34,7 @@ def convert(folder: PathLike, fp16: bool = False, *, manifests: Optional[Mapping
 
     folder = Path(folder).expanduser()
     parts = tuple(p for p in (parts or parts_wanted()) if LAYOUT[p].weights)
-    present = tuple(p for p in parts if _weight_files(folder, p) or p not in OPTIONAL_PARTS)
+    present = tuple(p for p in parts if weight_files(folder, p) or p not in OPTIONAL_PARTS)
     verify_folder(folder, manifests, present)
     written = []
     for part in present:

@@ -22,7 +22,7 @@ from vs_uav.weights.verify import (
     PathLike,
     Progress,
     WeightsError,
-    _belongs_to,
+    belongs_to,
     check_weights,
     load_manifests,
     parts_wanted,
@@ -168,7 +168,7 @@ def _fetch_folder(src: Path, staging: Path, skipped: tuple[str, ...], progress: 
     todo = []
     for p in files:
         rel = p.relative_to(base).as_posix() if p.is_relative_to(base) else None
-        if rel is None or rel.endswith(".part") or _is_junk(rel) or _belongs_to(rel, skipped):
+        if rel is None or rel.endswith(".part") or _is_junk(rel) or belongs_to(rel, skipped):
             continue
         size = p.stat().st_size
         if link and not (staging / rel).exists() and _hardlink(p, staging / rel):
@@ -237,7 +237,7 @@ def _extract(src: Path, members, staging: Path, skipped: tuple[str, ...], progre
         # Refuse paths that would escape the staging folder.
         if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
             raise WeightsError(f"{src}: unsafe member path {name!r} in archive; refusing to extract")
-        if not _belongs_to(rel, skipped):
+        if not belongs_to(rel, skipped):
             todo.append((rel, size, opener))
     _check_space(staging, sum(size - _have(staging / rel) for rel, size, _ in todo))
     for rel, size, opener in todo:
@@ -299,7 +299,7 @@ def _fetch_gdrive(folder_id: str, staging: Path, skipped: tuple[str, ...], progr
         targets = {path: keep for _, path in todo}
     else:
         todo = [(fid, path[len(root):]) for fid, path in listing
-                if path.startswith(root) and not _belongs_to(path[len(root):], skipped)]
+                if path.startswith(root) and not belongs_to(path[len(root):], skipped)]
         targets = {rel: staging / rel for _, rel in todo}
     for fid, rel in todo:
         target = targets[rel]

@@ -108,12 +108,12 @@ def parts_wanted(vae_video: bool = True, raft: bool = True) -> tuple[str, ...]:
     return tuple(p for p in LAYOUT if p not in skip)
 
 
-def _weight_files(folder: Path, part: str) -> list[Path]:
+def weight_files(folder: Path, part: str) -> list[Path]:
     """The weight files of ``part`` present in ``folder`` (every candidate that exists)."""
     return [folder / rel for rel in LAYOUT[part].weights if (folder / rel).is_file()]
 
 
-def _belongs_to(rel: str, skipped: Iterable[str]) -> bool:
+def belongs_to(rel: str, skipped: Iterable[str]) -> bool:
     """Whether a relative path is a file of a skipped optional part."""
     for part in skipped:
         comp = LAYOUT[part]
@@ -166,7 +166,7 @@ def verify_folder(folder: PathLike, manifests: Optional[Mapping[str, Manifest]] 
             parse_json(folder / comp.config, parsers[part])
         if not comp.weights:
             continue
-        files = _weight_files(folder, part)
+        files = weight_files(folder, part)
         if not files:
             raise WeightsError(f"{folder / comp.weights[-1]}: file is missing; run `uav download` to fetch it")
         if part not in manifests:
@@ -184,7 +184,7 @@ def write_manifests(folder: PathLike, out: PathLike, parts: Optional[Iterable[st
     folder, out = Path(folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for part in parts or MANIFEST_FILES:
-        files = _weight_files(folder, part)
+        files = weight_files(folder, part)
         if not files:
             continue
         import math

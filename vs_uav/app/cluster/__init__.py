@@ -11,7 +11,8 @@ evaluating that very script in-process with the filter restricted to the segment
 render starts cold too, so the frames are exactly a one-machine render's. Segment files are
 written under a temporary name and renamed once ffprobe counted their frames; the driver
 joins them with ffmpeg's concat demuxer by stream copy (every segment starts with a key
-frame: all of :data:`vs_uav.media.encoder.CODECS` allow it), adds the source's audio, checks the
+frame: all of :data:`vs_uav.media.encoder.CODECS` allow it), adds what the one-machine pipe takes
+from the source (audio, subtitles, global tags: :func:`vs_uav.media.output.source_streams`), checks the
 frame count against the source and removes the work folder.
 
 Fault tolerance is Ray's: a worker that dies is restarted and its segment retried
@@ -22,8 +23,7 @@ renders only the others. Ray is an optional dependency (``pip install 'vs-uav[cl
 imported only in this package.
 
 The modules, each one job: :mod:`.options` (the options, Ray started or joined),
-:mod:`.work` (the work folder), :mod:`.probe` (the two ffprobe questions), :mod:`.worker` (the
-actor), :mod:`.job` (job, progress, result), :mod:`.actors` (the workers made, fitted, placed),
+:mod:`.work` (the work folder), :mod:`.worker` (the actor), :mod:`.job` (job, progress, result), :mod:`.actors` (the workers made, fitted, placed),
 :mod:`.pool` (segments to workers), :mod:`.join` (the concat join), :mod:`.driver`
 (:func:`render_cluster`).
 
@@ -31,17 +31,17 @@ Nothing is printed: progress goes to the caller's callback, the rest to logging.
 """
 
 from vs_uav.app.cluster.actors import MAX_ATTEMPTS, WORKER_START_S
-from vs_uav.app.cluster.driver import _start_delay, find_cuts, plan, render_cluster
+from vs_uav.app.cluster.driver import find_cuts, plan, render_cluster, start_delay
 from vs_uav.app.cluster.job import ClusterJob, ClusterProgress, ClusterResult
 from vs_uav.app.cluster.options import (
     DEFAULT_SEGMENT_SECONDS,
     LOCAL,
     ClusterError,
     ClusterOptions,
-    _local_cpus,
     auth_token,
     default_address,
     driver_settings,
+    local_cpus,
     ray_available,
 )
 from vs_uav.media.probe import count_frames
@@ -51,6 +51,6 @@ from vs_uav.app.cluster.worker import SegmentResult, SegmentTask, SegmentWorker
 __all__ = [
     "DEFAULT_SEGMENT_SECONDS", "LOCAL", "MAX_ATTEMPTS", "WORKER_START_S", "WORK_SUFFIX", "ClusterError", "ClusterJob",
     "ClusterOptions", "ClusterProgress", "ClusterResult", "SegmentResult", "SegmentTask", "SegmentWorker",
-    "auth_token", "count_frames", "default_address", "driver_settings", "find_cuts", "job_folder", "plan",
-    "ray_available", "render_cluster", "segment_path", "work_folder",
+    "auth_token", "count_frames", "default_address", "driver_settings", "find_cuts", "job_folder", "local_cpus",
+    "plan", "ray_available", "render_cluster", "segment_path", "start_delay", "work_folder",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from vs_uav.app.cluster.job import ClusterJob, ClusterResult
-from vs_uav.app.cluster.options import LOCAL, ClusterError, ClusterOptions, _connected
+from vs_uav.app.cluster.options import LOCAL, ClusterError, ClusterOptions, connected
 from vs_uav.app.cluster.worker import SegmentWorker
 from vs_uav.errors import one_line
 
@@ -54,7 +54,7 @@ def _kill(ray, actors: list[Any]) -> None:
             logger.debug("cluster: a worker could not be ended (%s): gone already", one_line(e))
 
 
-def _fit_workers(ray, actors: list[Any], segments: int, todo: int, options: ClusterOptions) -> tuple[list[Any], int]:
+def fit_workers(ray, actors: list[Any], segments: int, todo: int, options: ClusterOptions) -> tuple[list[Any], int]:
     """(the workers to render ``todo`` of the job's ``segments`` segments, their threads; 0: as
     they were made). Workers with no segment to render would only wait, each one's share of the
     cores wasted: they are stopped. On a local instance (all of it ours) a job of fewer segments
@@ -72,17 +72,17 @@ def _fit_workers(ray, actors: list[Any], segments: int, todo: int, options: Clus
     return actors[:todo], threads
 
 
-def _launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: ClusterOptions) -> list[Any]:
+def launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: ClusterOptions) -> list[Any]:
     """Ray started or joined and the actors created (not waited for); both end with ``stack``:
     the actors first, then a Ray instance this call started."""
-    stack.enter_context(_connected(ray, options))
+    stack.enter_context(connected(ray, options))
     actors = _workers(ray, options, job.settings)
     logger.info("cluster: %d workers starting (each loads the model)", len(actors))
     stack.callback(_kill, ray, actors)
     return actors
 
 
-def _place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptions, work: Path,
+def place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptions, work: Path,
                    result: ClusterResult, stopped: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
     """Wait until the actors are placed and started, each having checked that its node sees
     the work folder, the script and the source; ClusterError (nothing rendered) otherwise.

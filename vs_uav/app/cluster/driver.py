@@ -16,13 +16,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from vs_uav.app.cluster.actors import _fit_workers, _launch_workers, _place_workers
+from vs_uav.app.cluster.actors import fit_workers, launch_workers, place_workers
 from vs_uav.app.cluster.job import ClusterJob, ClusterProgress, ClusterResult
-from vs_uav.app.cluster.join import _merge
-from vs_uav.app.cluster.options import ClusterError, ClusterOptions, _import_ray
+from vs_uav.app.cluster.join import join_segments
+from vs_uav.app.cluster.options import ClusterError, ClusterOptions, import_ray
 from vs_uav.app.cluster.pool import SegmentPool
 from vs_uav.media.probe import count_frames
-from vs_uav.app.cluster.work import _discard_unfinished, _finished_files, segment_path, work_folder
+from vs_uav.app.cluster.work import discard_unfinished, finished_files, segment_path, work_folder
 from vs_uav.app.cluster.worker import SegmentTask
 from vs_uav.errors import one_line
 from vs_uav.vsfilter.scenes import Segment, plan_segments
@@ -30,7 +30,7 @@ from vs_uav.vsfilter.scenes import Segment, plan_segments
 logger = logging.getLogger(__name__)
 
 
-def _start_delay(job: ClusterJob) -> Fraction:
+def start_delay(job: ClusterJob) -> Fraction:
     """Seconds from the start of the file to the first frame; ClusterError for a variable frame
     rate, whose timestamps a joining by stream copy cannot give (segments restart at 0)."""
     media = job.spec.media
@@ -48,7 +48,7 @@ def _start_delay(job: ClusterJob) -> Fraction:
 
 def _segment_args(job: ClusterJob) -> tuple[str, ...]:
     """ffmpeg's options for a segment: the output's, without audio (the merge adds it) and with
-    timestamps from 0 (the merge offsets them by :func:`_start_delay`)."""
+    timestamps from 0 (the merge offsets them by :func:`start_delay`)."""
     from vs_uav.media.output import ffmpeg_options
 
     spec = replace(job.spec, media=replace(job.spec.media, times=None))
@@ -117,29 +117,29 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
 
     suffix = job.output.suffix or ".mkv"
     try:
-        delay = _start_delay(job)
+        delay = start_delay(job)
         ffmpeg_args = _segment_args(job)
-        ray = _import_ray(options)
+        ray = import_ray(options)
         segments_dir = work / _job_key(job, ffmpeg_args)
         with contextlib.ExitStack() as stack:
             actors: list[Any] = []
-            if not any(_finished_files(work)):  # surely work to do: the workers warm up during the cut pass
-                actors = _launch_workers(stack, ray, job, options)
+            if not any(finished_files(work)):  # surely work to do: the workers warm up during the cut pass
+                actors = launch_workers(stack, ray, job, options)
             segments, finished, result = _planned(job, options, segments_dir, suffix)
             todo = [s for s in segments if s not in finished]
             if todo:
                 if stopped():
                     raise ClusterError("cancelled")
-                actors = actors or _launch_workers(stack, ray, job, options)
-                actors, threads = _fit_workers(ray, actors, len(segments), len(todo), options)
-                where = _place_workers(ray, actors, job, options, work, result, stopped)
+                actors = actors or launch_workers(stack, ray, job, options)
+                actors, threads = fit_workers(ray, actors, len(segments), len(todo), options)
+                where = place_workers(ray, actors, job, options, work, result, stopped)
                 task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args, threads)
                 SegmentPool(ray, actors, where, task, todo, segments, finished, result, progress, stopped).run()
         if stopped():
             raise ClusterError("cancelled")
-        _merge(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
+        join_segments(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
     except BaseException:
-        _discard_unfinished(work)  # nothing finished: nothing left behind
+        discard_unfinished(work)  # nothing finished: nothing left behind
         raise
     if not options.keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,15 +11,16 @@ from typing import Sequence
 
 from vs_uav.app.cluster.job import ClusterJob
 from vs_uav.app.cluster.options import ClusterError
-from vs_uav.media.probe import count_frames, has_audio
+from vs_uav.media.probe import count_frames
 from vs_uav.errors import last_line
 
 
-def _merge(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0)) -> None:
-    """The segments joined by stream copy with the source's audio into ``job.output``, which
+def join_segments(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0)) -> None:
+    """The segments joined by stream copy into ``job.output``, with what the one-machine pipe
+    takes from the source (audio, subtitles, global tags: :func:`source_streams`); the output
     appears only once its frame count is the source's; ``delay``: the source's first frame time."""
-    from vs_uav.media.output import path_arg
-    from vs_uav.media.render import _ffmpeg_command
+    from vs_uav.media.output import path_arg, source_streams
+    from vs_uav.media.render import ffmpeg_command
 
     ffmpeg = shutil.which("ffmpeg")
     if not ffmpeg:
@@ -28,15 +29,12 @@ def _merge(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction =
     # The concat demuxer's syntax: a quote inside a quoted path is written '\''.
     listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in parts), encoding="utf-8")
     offset = ["-itsoffset", f"{float(delay):.9f}"] if delay else []  # the source's first frame time
-    args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True)]
-    if job.encoder.audio == "copy" and has_audio(job.source):
-        args += ["-i", path_arg(Path(job.source).absolute(), True), "-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"]
-    else:
-        args += ["-map", "0:v:0"]
-    args += ["-c:v", "copy"]
+    inputs, maps = source_streams(Path(job.source), job.encoder, job.spec)
+    args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True), *inputs, "-map", "0:v:0", *maps,
+            "-c:v", "copy"]
     output = Path(job.output)
     partial = output.with_name(f"{output.stem}.partial{output.suffix}")
-    run = subprocess.run(_ffmpeg_command(ffmpeg, args, partial), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    run = subprocess.run(ffmpeg_command(ffmpeg, args, partial), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
     try:
         if run.returncode:

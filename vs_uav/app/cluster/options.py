@@ -89,7 +89,7 @@ def driver_settings(settings: "UpscaleSettings") -> "UpscaleSettings":
     return settings.replace(model=str(model), cache_dir=cache)
 
 
-def _local_cpus() -> int:
+def local_cpus() -> int:
     """The cores this process may run on (``taskset`` and container limits count)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -99,7 +99,7 @@ def _local_cpus() -> int:
 
 # -- Ray: imported, started or joined -----------------------------------------------------------
 
-def _import_ray(options: ClusterOptions):
+def import_ray(options: ClusterOptions):
     if options.loopback:
         # A cluster on this machine stays on the loopback interface (Ray otherwise binds to the
         # machine's network address), and sends no usage statistics. Read when Ray is imported.
@@ -193,7 +193,7 @@ def _refused(address: str) -> bool:
 
 
 @contextlib.contextmanager
-def _connected(ray, options: ClusterOptions) -> Iterator[bool]:
+def connected(ray, options: ClusterOptions) -> Iterator[bool]:
     """Ray started (``local``) or joined; yields whether it was already up in this process."""
     if ray.is_initialized():
         yield True
@@ -202,7 +202,7 @@ def _connected(ray, options: ClusterOptions) -> Iterator[bool]:
                               "logging_level": logging.WARNING, "configure_logging": False}
     try:
         if options.address == LOCAL:
-            cpus = max(_local_cpus(), options.workers or 1)
+            cpus = max(local_cpus(), options.workers or 1)
             # address='local': a new instance, never one a previous `ray start` left running.
             ray.init(address="local", num_cpus=cpus, object_store_memory=256 * 2**20, **kwargs)
         else:

@@ -30,7 +30,7 @@ def job_folder(output: Path) -> Iterator[str]:
     try:
         yield str(folder)
     except BaseException:
-        _discard_unfinished(work)
+        discard_unfinished(work)
         raise
 
 
@@ -39,10 +39,10 @@ def segment_path(folder: Path, segment: Segment, suffix: str) -> Path:
     return Path(folder) / f"{segment.name}{suffix}"
 
 
-def _discard_unfinished(work: Path) -> None:
+def discard_unfinished(work: Path) -> None:
     """Remove ``work`` unless it holds a finished segment (the next run resumes from those); the
     unfinished ones' files (a killed worker leaves its ``.partial`` file and ffmpeg log) go."""
-    if not any(_finished_files(work)):
+    if not any(finished_files(work)):
         shutil.rmtree(work, ignore_errors=True)
         return
     for p in work.glob("*/seg*"):
@@ -50,6 +50,6 @@ def _discard_unfinished(work: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _finished_files(work: Path) -> Iterator[Path]:
+def finished_files(work: Path) -> Iterator[Path]:
     """Segment files under their final name (only a complete, counted segment gets it)."""
     return (p for p in work.glob("*/seg*") if p.is_file() and ".partial" not in p.name and not p.name.endswith(".log"))

@@ -142,7 +142,7 @@ class SegmentWorker:
         import torch
         import vapoursynth as vs
 
-        from vs_uav.media.render import _ffmpeg_command
+        from vs_uav.media.render import ffmpeg_command
 
         seg = task.segment
         torch.set_num_threads(threads)
@@ -152,7 +152,7 @@ class SegmentWorker:
             if not ffmpeg:
                 raise ClusterError(f"ffmpeg not found on {socket.gethostname()}; install it there")
             with open(log, "wb") as errors:
-                proc = subprocess.Popen(_ffmpeg_command(ffmpeg, task.ffmpeg_args, partial), stdin=subprocess.PIPE,
+                proc = subprocess.Popen(ffmpeg_command(ffmpeg, task.ffmpeg_args, partial), stdin=subprocess.PIPE,
                                         stdout=subprocess.DEVNULL, stderr=errors)
                 try:
                     def written(done: int, total: int) -> None:
