@@ -33,6 +33,11 @@ def take(preset: str, source: Path, out: Path, size: tuple[int, int]) -> None:
     window.resize(*size)
     window.select_preset(preset)
     window.set_source(source)
+    deadline = time.monotonic() + 60
+    while window.probing() and time.monotonic() < deadline:  # the probe answers (a background thread)
+        app.processEvents()
+        time.sleep(0.02)
+    app.processEvents()
     window.show()
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:  # let layouts and fonts settle

@@ -497,6 +497,9 @@ def test_the_source_is_probed_off_the_ui_thread_and_the_last_choice_wins(window,
     open_source(window, ANIMATION)
     assert window.video is not None and window.video_label.text() == window.video.describe()
     assert window.preview.frame_spin.maximum() == window.video.frames - 1
+    # The field losing focus unchanged (editingFinished) probes nothing again: the label stays.
+    window.source_edit.editingFinished.emit()
+    assert not window.probing() and window.video_label.text() == window.video.describe()
 
 
 def _small_clip(folder: Path) -> Path:

@@ -77,7 +77,7 @@ class RenderBar(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setObjectName("render_progress")
-        self.progress.setFormat("%v/%m frames")
+        self.progress.setFormat("")  # no render yet
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.status = QLabel("")
@@ -112,6 +112,7 @@ class RenderBar(QWidget):
         self.render_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, 0)  # busy until the probe says how many frames
+        self.progress.setFormat("%v/%m frames")
         self._show(f"Rendering {job.output}\u2026")
         thread.start()
         return thread

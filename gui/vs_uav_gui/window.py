@@ -43,6 +43,7 @@ from PySide6.QtWidgets import (
 from vs_uav.app import presets
 from vs_uav.app.plan import RenderPlan, default_output, default_script, plan_preset_render
 from vs_uav.app.job import UpscaleJob
+from vs_uav.errors import one_line
 from vs_uav.app.presets import Preset, PresetError
 from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.media.probe import not_a_video, probe
@@ -103,19 +104,22 @@ _RUNNING: set["_ProbeThread"] = set()
 
 
 class _ProbeThread(QThread):
-    """:func:`probe_video` off the UI thread; ``probed``: (path, VideoInfo or None, the reason)."""
+    """:func:`probe_video` off the UI thread; ``probed``: (token, VideoInfo or None, the reason)."""
 
-    probed = Signal(str, object, str)
+    probed = Signal(int, object, str)
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: int) -> None:
         super().__init__()
-        self.path = path
+        self.path, self.token = path, token
 
     def run(self) -> None:
         try:
-            self.probed.emit(self.path, probe_video(Path(self.path)), "")
+            self.probed.emit(self.token, probe_video(Path(self.path)), "")
         except ValueError as e:
-            self.probed.emit(self.path, None, str(e))
+            self.probed.emit(self.token, None, str(e))
+        except Exception as e:  # noqa: BLE001 - a bug: the label says it, the log has the traceback
+            logger.warning("probing %s failed", self.path, exc_info=True)
+            self.probed.emit(self.token, None, f"{type(e).__name__}: {one_line(e)}")
 
 
 # -- one field per setting -----------------------------------------------------------------------
@@ -255,7 +259,9 @@ class PresetEditor(QMainWindow):
         self.video: Optional[VideoInfo] = None
         self.errors: dict[str, str] = {}  # field name -> reason, as shown next to the field
         self._auto_paths = True  # script/output follow the source until the user edits them
-        self._probes: list[_ProbeThread] = []  # sources being probed (the last one's answer counts)
+        self._source: Optional[str] = None  # the source shown (probed, or being probed)
+        self._probe_token = 0  # the source chosen last (its probe's answer is the one shown)
+        self._pending: set[int] = set()  # probes that have not answered yet
         self.setWindowTitle("vs-uav preset editor")
         self._build()
         self._build_actions()
@@ -780,34 +786,37 @@ class PresetEditor(QMainWindow):
         path = str(path)
         if self.source_edit.text() != path:
             self.source_edit.setText(path)
-        self.video = None
+        if path == self._source:
+            return  # the field lost focus unchanged (editingFinished): nothing to probe again
+        self._source, self.video = path, None
+        self._probe_token += 1  # what a probe of an earlier choice says is not shown
         said = "no source" if not path else not_a_video(Path(path))
         if said:
             self.video_label.setText(said)
             return
         self.video_label.setText(f"Reading {Path(path).name}\u2026")
-        thread = _ProbeThread(path)  # no parent: it must not be destroyed with a window while it runs
-        thread.probed.connect(self._on_probed)
-        self._probes.append(thread)
+        thread = _ProbeThread(path, self._probe_token)  # no parent: never destroyed with a window while it runs
+        thread.probed.connect(self._on_probed)  # both delivered on the UI thread, in this order
+        thread.finished.connect(self._probe_finished)
+        self._pending.add(self._probe_token)
         _RUNNING.add(thread)
-        thread.finished.connect(lambda: self._probe_done(thread))
         thread.start()
 
-    def _probe_done(self, thread: "_ProbeThread") -> None:
-        self._probes.remove(thread)
-        _RUNNING.discard(thread)
-
     def probing(self) -> bool:
-        """Whether a source is still being probed."""
-        return bool(self._probes)
+        """Whether a source's probe has not answered yet."""
+        return bool(self._pending)
 
-    def _on_probed(self, path: str, video: Optional[VideoInfo], said: str) -> None:
-        if path != self.source_edit.text():
+    def _on_probed(self, token: int, video: Optional[VideoInfo], said: str) -> None:
+        self._pending.discard(token)
+        if token != self._probe_token:
             return  # another source was chosen meanwhile
         self.video = video
         self.video_label.setText(video.describe() if video is not None else said)
         if video is not None:
             self.preview.set_video(video.width, video.height, video.frames)
+
+    def _probe_finished(self) -> None:
+        _RUNNING.discard(self.sender())
 
     def run_preview(self) -> None:
         """Show the preview tab and render the chosen crop with the form's settings."""
@@ -877,7 +886,7 @@ class PresetEditor(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.preview.shutdown()
         self.render_bar.shutdown()
-        for thread in list(self._probes):
+        for thread in list(_RUNNING):
             thread.wait()
         self.save_state()
         super().closeEvent(event)
