@@ -176,13 +176,18 @@ def test_an_audio_only_input_says_it_has_no_video_stream(tmp_path):
 
 
 def test_a_folder_is_not_a_video(tmp_path):
+    """uav script takes one video; uav upscale takes a folder as a queue of its videos, and one
+    of frames only (no video in it) is refused with what to do about it."""
     (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "000001.png").write_bytes(b"")
+    said = {"script": f"input {tmp_path / 'frames'} is a folder, not a video; accepted: a video file (image sequences "
+                      "are not read yet",
+            "upscale": "input frames is a folder without videos; accepted: a video file or a folder of them (.mp4, "
+                       ".mkv, .mov, .m4v, ...) (image sequences are not read yet"}
     for command in ("upscale", "script"):
         run = uav(command, "frames", cwd=tmp_path, check=False)
         assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
-        named = "frames" if command == "upscale" else str(tmp_path / "frames")  # (uav script names it absolute)
-        assert run.stderr.startswith(f"uav {command}: input {named} is a folder, not a video; accepted: a video file "
-                                     "(image sequences are not read yet"), run.stderr
+        assert run.stderr.startswith(f"uav {command}: {said[command]}"), run.stderr
 
 
 @pytest.fixture(scope="module")

@@ -222,10 +222,15 @@ class _StopSignals:
 def cmd_upscale(args: argparse.Namespace) -> int:
     """Build the graph, pipe it through vspipe into ffmpeg, show progress: one
     :class:`vs_uav.app.job.UpscaleJob`."""
+    from vs_uav.app.queue import is_queue, plan_queue
+
     preset = _resolve(args, "uav upscale")
+    options = dict(cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume)
     try:
-        job = UpscaleJob.create(args.input, preset.settings, preset.encoder, args.output,
-                                cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume)
+        if is_queue(args.input, args.output):
+            return _run_queue(plan_queue(args.input, preset.settings, preset.encoder, args.output, **options),
+                              "uav upscale")
+        job = UpscaleJob.create(args.input[0], preset.settings, preset.encoder, args.output, **options)
     except JobError as e:
         raise SystemExit(f"uav upscale: {e}")
     return _run(job, "uav upscale")
@@ -258,6 +263,63 @@ def _cluster_options(args: argparse.Namespace):
         raise SystemExit(f"uav upscale: {e}")
 
 
+class _QueueBar(_ProgressBar):
+    """The queue's lines: each file checked, skipped, started and failed, then its own bar."""
+
+    def checked(self, job: UpscaleJob, index: int, total: int, error: str) -> None:
+        if error:
+            self.end()
+            sys.stderr.write(f"{self.prog}: [{index}/{total}] {job.source}: {error}; the others are rendered\n")
+
+    def skipped(self, job: UpscaleJob) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: {job.output} was finished by an earlier run: skipped\n")
+
+    def file(self, job: UpscaleJob, index: int, total: int) -> None:
+        from vs_uav.media.render import ProgressClock
+
+        self.end()
+        self.clock = ProgressClock()
+        sys.stderr.write(f"{self.prog}: [{index}/{total}] {job.source} -> {job.output}\n")
+
+    def failed(self, job: UpscaleJob, error: str) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: {job.source} failed: {error}; the queue goes on\n")
+
+    def finished(self, job: UpscaleJob, result) -> None:
+        self.end()
+        sys.stderr.write(f"{self.prog}: wrote {result.output} in {result.seconds:.0f} s\n")
+
+
+def _interruptible(bar: _ProgressBar, run, stopped_line) -> tuple:
+    """``run(stop_event)`` with the stop signals caught and log lines kept off the bar: (its
+    result, 0), or, after the line ``stopped_line(signal name, JobStopped)``, (None, 128 + the
+    signal's number)."""
+    with _StopSignals() as stop, _lines_of_their_own(bar):
+        try:
+            return run(stop.event), 0
+        except JobStopped as e:
+            bar.end()
+            sys.stderr.write(stopped_line(signal.Signals(stop.received).name, e) + "\n")
+            return None, 128 + stop.received
+        finally:
+            bar.end()
+
+
+def _run_queue(jobs, prog: str) -> int:
+    """Run a queue (:func:`vs_uav.app.queue.run_queue`) with its lines on stderr; exit status 1
+    when a file failed, 128 + the signal's number when stopped."""
+    from vs_uav.app.queue import run_queue
+
+    bar = _QueueBar(prog)
+    result, code = _interruptible(bar, lambda stop: run_queue(jobs, bar, stop), lambda sig, e: (
+        f"{prog}: stopped by {sig}: {e}; the files finished before are kept, and the same command renders the rest"))
+    if code:
+        return code
+    print(f"{prog}: {result.summary()}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def _run(job: UpscaleJob, prog: str) -> int:
     """Run ``job`` (:func:`vs_uav.app.job.run_job`) with a progress line on stderr.
 
@@ -265,19 +327,13 @@ def _run(job: UpscaleJob, prog: str) -> int:
     output and the script's folder, and say in one line what was kept and how to resume; the
     exit status is then 128 + the signal's number (130, 143, 129)."""
     bar = _ProgressBar(prog)
-    with _StopSignals() as stop, _lines_of_their_own(bar):
-        try:
-            result = run_job(job, bar, stop.event)
-        except JobStopped as e:
-            bar.end()
-            sys.stderr.write(f"{prog}: stopped by {signal.Signals(stop.received).name}: {e.ended}, no partial "
-                             f"{job.output} or temporary files left; {e.kept}\n")
-            return 128 + stop.received
-        except JobError as e:
-            bar.end()
-            raise SystemExit(f"{prog}: {e}")
-        finally:
-            bar.end()
+    try:
+        result, code = _interruptible(bar, lambda stop: run_job(job, bar, stop), lambda sig, e: (
+            f"{prog}: stopped by {sig}: {e.ended}, no partial {job.output} or temporary files left; {e.kept}"))
+    except JobError as e:
+        raise SystemExit(f"{prog}: {e}")
+    if code:
+        return code
     if result.summary:
         print(f"{prog}: wrote {result.output}: {result.summary}", file=sys.stderr)
         return 0
@@ -492,9 +548,11 @@ def _add_upscale(add) -> None:
     from vs_uav.settings import SETTINGS
 
     up = add("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
-    up.add_argument("input", help="source video")
+    up.add_argument("input", nargs="+", help="source video; several files, folders of videos or glob patterns "
+                    "make a queue, every file checked before the first renders")
     up.add_argument("-o", "--output", help="output file (default: next to the source, e.g. clip.uav.mkv; "
-                    ".mov for prores)")
+                    ".mov for prores); for a queue a folder (each output named after its source) or a pattern "
+                    "with {stem}, e.g. out/{stem}.mkv")
     _add_preset_option(up)
     _add_setting_options(up, SETTINGS)
     _add_setting_options(up, ENCODER_SETTINGS)

@@ -127,7 +127,11 @@ class UpscaleJob:
         output = absolute(output) if output is not None else default_output(source, encoder)
         if output.resolve() == source.resolve():
             raise JobError(f"--output {output} is the input; choose another file")
-        job = cls(source, output, settings, encoder, **options)
+        # The script runs in the work folder (and on a cluster's nodes): folders given relative
+        # to here are named absolutely in it, as every other path is.
+        folders = {name: str(absolute(getattr(settings, name))) for name in ("model", "cache_dir")
+                   if getattr(settings, name)}
+        job = cls(source, output, settings.replace(**folders) if folders else settings, encoder, **options)
         if job.cluster is not None and not job.resume:
             raise JobError("--no-resume: accepted: one-machine renders only (a cluster render keeps its "
                            "finished segments; --keep-work keeps them after success too)")
@@ -375,6 +379,39 @@ def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events:
                                              spec=spec, command=command, encoder=job.encoder), encoding="utf-8")  # 4.
     _stopped(stop)
     return _Prepared(render_job, video, spec, filter_file)
+
+
+def check_job(job: UpscaleJob) -> int:
+    """Steps 2-3 without writing anything next to the output, and without deinterlacing: the
+    source probed (an interlaced one refused unless ``deinterlace`` is set), the cut list read,
+    and with ``check`` the cheap checks (a one-frame test encode in a temporary folder).
+    Returns the frames the output will hold; JobError in one line. What a queue runs for every
+    file before its first render."""
+    import tempfile
+
+    from vs_uav.media.output import ffmpeg_options, needs_filter_file, output_spec, video_filter
+    from vs_uav.media.probe import interlaced_message, probe
+    from vs_uav.media.render import RenderJob
+    from vs_uav.media.script import reading_script
+
+    try:
+        media = probe(job.source, reading_script(job.source, job.prepare))
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    if media.interlaced and job.deinterlace == "none":
+        raise JobError(interlaced_message(job.source, media))
+    _check_scene_cuts(job.encoder, media.frames)
+    if job.check:
+        spec = output_spec(media, job.encoder, container=job.output.suffix)
+        with tempfile.TemporaryDirectory(prefix="uav-check-") as tmp:
+            folder, filter_file = Path(tmp), None
+            if needs_filter_file(spec):
+                filter_file = folder / "video.filter"
+                filter_file.write_text(video_filter(spec), encoding="utf-8")
+            render_job = RenderJob(folder / SCRIPT_NAME, job.output,
+                                   ffmpeg_options(job.source, job.encoder, spec, filter_file))
+            _preflight(job, render_job, media, job.settings, folder, threading.Event())
+    return media.frames * (2 if media.interlaced else 1)  # bwdif: one frame per field
 
 
 def _stopped(stop: threading.Event) -> None:

@@ -1,0 +1,272 @@
+"""Many sources, one job: ``uav upscale a.mp4 b.mkv reels/ 'scans/*.mov' -o out/``.
+
+:func:`plan_queue` expands the inputs (files, folders of videos, glob patterns) into one
+:class:`~vs_uav.app.job.UpscaleJob` each, their outputs in one folder (each named after its
+source, ``clip.uav.mkv``) or named by a pattern (``out/{stem}.mkv``). :func:`run_queue` then:
+
+1. checks every job before the first render (:func:`~vs_uav.app.job.check_job`: the probe, the
+   cut list, the cheap checks), so that a bad file is reported in the first seconds, not forty
+   minutes into the queue;
+2. skips the outputs an earlier run of the same queue finished and verified (a record beside
+   each output names its source, its settings and the file it wrote);
+3. renders the others one after the other (:func:`~vs_uav.app.job.run_job`); a file that fails
+   is reported and the next one renders all the same;
+4. returns what happened (:class:`QueueResult`).
+
+A stop ends the queue where it is (:class:`~vs_uav.app.job.JobStopped`); the files finished
+before it keep their records, so the same command goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from vs_uav.app.job import JobError, JobEvents, JobResult, UpscaleJob, check_job, run_job
+
+if TYPE_CHECKING:
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.settings import UpscaleSettings
+
+# What a folder given as an input contributes: its video files (not recursively), without the
+# files vs-uav writes there itself (outputs named *.uav.*, partial files, hidden work folders).
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".mxf", ".m2ts", ".mts", ".ts", ".mpg",
+                  ".mpeg", ".wmv", ".flv", ".y4m")
+
+_GLOB = set("*?[")
+
+
+class QueueEvents(JobEvents):
+    """A queue's events: each file's :class:`JobEvents` plus where the queue is."""
+
+    def checked(self, job: UpscaleJob, index: int, total: int, error: str) -> None:
+        """A job was checked before the renders ("" when it can be rendered)."""
+
+    def skipped(self, job: UpscaleJob) -> None:
+        """A verified output of an earlier run of the same job: not rendered again."""
+
+    def file(self, job: UpscaleJob, index: int, total: int) -> None:
+        """The render of the ``index``-th file (from 1) of ``total`` begins."""
+
+    def failed(self, job: UpscaleJob, error: str) -> None:
+        """A render failed (one line); the queue goes on."""
+
+    def finished(self, job: UpscaleJob, result: JobResult) -> None:
+        """A render finished, its output verified and recorded."""
+
+
+@dataclass
+class QueueResult:
+    jobs: int
+    done: list[JobResult] = field(default_factory=list)
+    failed: list[tuple[UpscaleJob, str]] = field(default_factory=list)
+    skipped: list[UpscaleJob] = field(default_factory=list)
+    frames: int = 0  # frames rendered by this run
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        files = f"{self.jobs} file{'s' if self.jobs != 1 else ''}"
+        return (f"{files}: {len(self.done)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
+                f"(finished before); {self.frames} frames in {self.seconds:.0f} s")
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+def expand_sources(inputs: Sequence[str]) -> list[Path]:
+    """The files ``inputs`` name, in order, each once: a file as it is, a folder's video files
+    (sorted by name), a glob pattern's matches (sorted). JobError for a pattern that matches
+    nothing or a folder without videos; a missing plain file is left for the job to refuse."""
+    found: list[Path] = []
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            videos = sorted(p for p in path.iterdir() if p.is_file() and _is_source(p))
+            if not videos:
+                from vs_uav.media.probe import image_sequence_hint
+
+                raise JobError(f"input {path} is a folder without videos; accepted: a video file or a folder of "
+                               f"them ({', '.join(VIDEO_SUFFIXES[:4])}, ...) {image_sequence_hint(path)}")
+            found += videos
+        elif not path.exists() and _GLOB & set(given):
+            matches = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+            if not matches:
+                raise JobError(f"input {given!r} matches no file")
+            found += matches
+        else:
+            found.append(path)
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def _is_source(path: Path) -> bool:
+    name = path.name.lower()
+    return (path.suffix.lower() in VIDEO_SUFFIXES and not name.startswith(".") and ".uav." not in name
+            and ".partial." not in name)
+
+
+def is_queue(inputs: Sequence[str], output: Optional[str]) -> bool:
+    """Whether ``inputs`` and ``-o`` ask for a queue rather than one file into one output."""
+    if len(inputs) != 1 or Path(inputs[0]).expanduser().is_dir():
+        return True
+    if not Path(inputs[0]).expanduser().exists() and _GLOB & set(inputs[0]):
+        return True
+    return output is not None and _output_folder(output) is not None or "{" in (output or "")
+
+
+def _output_folder(output: str) -> Optional[Path]:
+    """The folder ``-o`` names for a queue, or None when it names one file."""
+    path = Path(output).expanduser()
+    if "{" in output:
+        return None
+    if path.is_dir() or output.endswith(("/", "\\")) or not path.suffix:
+        return path
+    return None
+
+
+def output_of(source: Path, output: Optional[str], encoder: "EncoderSettings") -> Optional[Path]:
+    """Where ``source``'s render goes: next to it (None), in the folder ``output`` names (as
+    ``clip.uav.mkv``), or where the pattern ``output`` says (``{stem}``: the source's name
+    without its extension, ``{name}``: with it)."""
+    from vs_uav.app.plan import default_output
+
+    if output is None:
+        return None
+    if "{" in output:
+        try:
+            return Path(output.format(stem=source.stem, name=source.name)).expanduser()
+        except (KeyError, IndexError, ValueError):
+            raise JobError(f"--output {output!r}: accepted: a folder, or a pattern with {{stem}} (the source's name "
+                           "without its extension) or {name}, e.g. out/{stem}.mkv") from None
+    folder = _output_folder(output)
+    if folder is None:
+        raise JobError(f"--output {output}: several sources need a folder or a pattern with {{stem}}, e.g. "
+                       f"{Path(output).parent / '{stem}'}{Path(output).suffix}")
+    return folder / default_output(source, encoder).name
+
+
+def plan_queue(inputs: Sequence[str], settings: "UpscaleSettings", encoder: "EncoderSettings",
+               output: Optional[str] = None, **options: Any) -> list[UpscaleJob]:
+    """One job per source (:func:`expand_sources`), each output where :func:`output_of` says;
+    JobError in one line for outputs two sources would share or that are another's source."""
+    sources = expand_sources(inputs)
+    jobs = [UpscaleJob.create(src, settings, encoder, output_of(src, output, encoder), **options) for src in sources]
+    written: dict[Path, UpscaleJob] = {}
+    reads = {job.source.resolve(): job for job in jobs}
+    for job in jobs:
+        out = job.output.resolve()
+        if out in written:
+            raise JobError(f"--output: {written[out].source} and {job.source} would both be written to {job.output}; "
+                           "accepted: sources with different names, or a pattern that tells them apart")
+        if out in reads:
+            raise JobError(f"--output: {job.output} is written from {job.source} but is a source of the queue too")
+        written[out] = job
+    return jobs
+
+
+# -- the record of a finished output ---------------------------------------------------------------
+
+def record_path(output: Path) -> Path:
+    """Beside the output: ``.clip.uav.mkv.uav-done.json``."""
+    return output.with_name(f".{output.name}.uav-done.json")
+
+
+def _fingerprint(job: UpscaleJob) -> dict:
+    st = job.source.stat()
+    return {"source": [str(job.source), st.st_size, st.st_mtime_ns],
+            "settings": dataclasses.asdict(job.settings), "encoder": dataclasses.asdict(job.encoder),
+            "deinterlace": job.deinterlace, "prepare": list(job.prepare)}
+
+
+def _write_record(job: UpscaleJob, frames: int) -> None:
+    st = job.output.stat()
+    record = {**_fingerprint(job), "output": [st.st_size, st.st_mtime_ns], "frames": frames}
+    path = record_path(job.output)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def finished_before(job: UpscaleJob) -> bool:
+    """Whether the output is the one an earlier run of this very job wrote and verified: its
+    record names the same source (size and time), settings and encoder, and the file is as it
+    was written (size and time)."""
+    try:
+        record = json.loads(record_path(job.output).read_text(encoding="utf-8"))
+        st = job.output.stat()
+    except (OSError, ValueError):
+        return False
+    expected = json.loads(json.dumps(_fingerprint(job), sort_keys=True, default=str))
+    return all(record.get(k) == v for k, v in expected.items()) and record.get("output") == [st.st_size,
+                                                                                           st.st_mtime_ns]
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def run_queue(jobs: Sequence[UpscaleJob], events: Optional[QueueEvents] = None,
+              stop: Optional[threading.Event] = None) -> QueueResult:
+    """The steps in the module's docstring. JobStopped when ``stop`` is set (what the files
+    finished so far keep is in their records)."""
+    events = events or QueueEvents()
+    stop = stop or threading.Event()
+    started, result = time.monotonic(), QueueResult(len(jobs))
+    frames = _check_all(jobs, events, result)  # 1. (the frames of each job that can be rendered)
+    todo = []
+    for i, job in enumerate(jobs):
+        if i in frames and finished_before(job):  # 2.
+            result.skipped.append(job)
+            events.skipped(job)
+        elif i in frames:
+            todo.append(i)
+    for index, i in enumerate(todo, 1):  # 3.
+        job = jobs[i]
+        events.file(job, index, len(todo))
+        try:
+            done = run_job(dataclasses.replace(job, check=False), events, stop)
+        except JobError as e:
+            result.failed.append((job, str(e)))
+            events.failed(job, str(e))
+            continue
+        _finish(job, done, frames[i], result, events)
+    result.seconds = time.monotonic() - started
+    return result  # 4.
+
+
+def _check_all(jobs: Sequence[UpscaleJob], events: QueueEvents, result: QueueResult) -> dict[int, int]:
+    """Step 1: the frames each job's output will hold, by the job's index; a job that cannot be
+    rendered is failed."""
+    frames = {}
+    for index, job in enumerate(jobs):
+        try:
+            frames[index] = check_job(job)
+        except JobError as e:
+            result.failed.append((job, str(e)))
+            events.checked(job, index + 1, len(jobs), str(e))
+            continue
+        events.checked(job, index + 1, len(jobs), "")
+    return frames
+
+
+def _finish(job: UpscaleJob, done: JobResult, frames: int, result: QueueResult, events: QueueEvents) -> None:
+    """A rendered output: recorded when it holds its frames, else failed."""
+    from vs_uav.media.probe import count_frames
+
+    found = count_frames(job.output)
+    if found != frames:
+        said = f"{job.output} holds {found} frames, the source gives {frames}: not recorded as finished"
+        result.failed.append((job, said))
+        events.failed(job, said)
+        return
+    _write_record(job, frames)
+    result.done.append(done)
+    result.frames += frames
+    events.finished(job, done)
