@@ -51,7 +51,7 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
 # Exact versions tested together (constraints.txt); pyproject.toml keeps the ranges.
 # The cluster extra (Ray) too: its tests are part of the suite.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,cluster]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test,cluster,conform]"
 
 # vspipe finds its Python through this per-user configuration file.
 "$VENV/bin/vapoursynth" config >/dev/null

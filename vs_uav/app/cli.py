@@ -538,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_upscale(add)
     _add_script(add)
+    _add_conform(add)
     _add_model_commands(add)
     return parser
 
@@ -579,6 +580,34 @@ def _add_upscale(add) -> None:
     cl.add_argument("--keep-work", action="store_true", default=False, help="keep the work folder (script, "
                     "segments) next to the output after a successful render")
     up.set_defaults(func=cmd_upscale)
+
+
+def _add_conform(add) -> None:
+    co = add("conform", help="plan the restoration of what an edit uses (OpenTimelineIO: .otio, .edl, ...)")
+    co.add_argument("timeline", help="the edit: any timeline OpenTimelineIO reads")
+    co.add_argument("--plan", action="store_true", required=True,
+                    help="print the source ranges the edit uses, with handles, merged (rendering them and the "
+                         "relinked timeline are not built yet: --plan is required)")
+    co.add_argument("--handles", type=int, default=12, help="frames added before and after each used range, "
+                    "clamped to the media (default: 12)")
+    co.add_argument("--search", action="append", default=[], metavar="DIR", type=Path,
+                    help="look for media not found where the timeline says by file name in DIR (repeatable)")
+    co.add_argument("--rate", type=float, help="an EDL's frame rate (an EDL does not say it; default: 24)")
+    co.set_defaults(func=cmd_conform)
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    """The conform's plan on stdout: one line per piece, then the summary."""
+    from vs_uav.app.conform import ConformError, describe, plan_conform
+
+    try:
+        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate)
+    except ConformError as e:
+        raise SystemExit("\n".join(f"uav conform: {line}" for line in str(e).splitlines()))
+    for line in describe(plan):
+        print(line)
+    print(plan.summary())
+    return 0
 
 
 def _add_script(add) -> None:

@@ -1,0 +1,296 @@
+"""Conform, step one: from an edit (any timeline OpenTimelineIO reads) to the source ranges a
+restoration has to render.
+
+:func:`plan_conform` runs in numbered steps:
+
+1. the timeline is read by OpenTimelineIO (``.otio``; ``.edl`` through its CMX 3600 adapter);
+2. every video clip's media reference is resolved: an absolute path or ``file://`` URL, a
+   path relative to the timeline's folder, or a file of that name under a ``--search`` folder;
+   every clip whose media is missing is listed, one line each, before anything else happens;
+3. each clip gives the frames of its media the edit shows (:func:`clip_use`): its source range
+   at the media's rate, less the media's start timecode, through its time warp (a
+   ``LinearTimeWarp``'s speed, a ``FreezeFrame``), widened by the transitions around it
+   (OpenTimelineIO's handles of the clip in its track);
+4. per media file those frames are widened by ``handles`` on both sides, clamped to the media,
+   and merged where they overlap or lie at most ``merge_gap`` frames apart (rendering the gap
+   costs less than the cold start of one more piece): the :class:`Piece` objects to render.
+
+The plan says what the conform saves: frames the edit uses, frames it renders, frames in the
+sources. Rendering the pieces and writing the relinked timeline are the next steps (issue 21).
+OpenTimelineIO is imported only here (``pip install 'vs-uav[conform]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Optional, Sequence
+from urllib.parse import unquote, urlparse
+
+from vs_uav.errors import UavError
+
+DEFAULT_HANDLES = 12
+
+
+class ConformError(UavError, ValueError):
+    """A timeline that cannot be conformed; one line (several, one per missing media file)."""
+
+
+@dataclass(frozen=True)
+class Media:
+    """A source file as the plan sees it: its frame rate, its frames, its start timecode (frames)."""
+
+    path: Path
+    fps: Fraction
+    frames: int
+    start: int = 0
+
+
+@dataclass(frozen=True)
+class Use:
+    """The frames ``[start, end)`` of a media file that one clip of the edit shows (or
+    dissolves through)."""
+
+    clip: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One range of one media file to render: the uses it serves, widened by the handles."""
+
+    media: Media
+    start: int
+    end: int
+    uses: tuple[Use, ...]
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class ConformPlan:
+    timeline: Path
+    pieces: list[Piece] = field(default_factory=list)
+    handles: int = DEFAULT_HANDLES
+
+    @property
+    def used_frames(self) -> int:
+        """Frames of the sources the edit shows (each counted once)."""
+        return sum(_union(p.uses for p in self.pieces if p.media == m) for m in self.media)
+
+    @property
+    def rendered_frames(self) -> int:
+        return sum(p.frames for p in self.pieces)
+
+    @property
+    def source_frames(self) -> int:
+        return sum(m.frames for m in self.media)
+
+    @property
+    def media(self) -> list[Media]:
+        return list(dict.fromkeys(p.media for p in self.pieces))
+
+    def summary(self) -> str:
+        share = self.rendered_frames / self.source_frames if self.source_frames else 0
+        return (f"{len(self.pieces)} piece{'s' if len(self.pieces) != 1 else ''} from {len(self.media)} source"
+                f"{'s' if len(self.media) != 1 else ''}: the edit uses {self.used_frames} frames, the conform "
+                f"renders {self.rendered_frames} with {self.handles}-frame handles, of {self.source_frames} in the "
+                f"sources ({share:.0%})")
+
+
+def _union(groups) -> int:
+    spans = sorted((u.start, u.end) for uses in groups for u in uses)
+    total, reach = 0, None
+    for a, b in spans:
+        if reach is None or a > reach:
+            total, reach = total + b - a, b
+        elif b > reach:
+            total, reach = total + b - reach, b
+    return total
+
+
+# -- 1. reading ------------------------------------------------------------------------------------
+
+def _otio():
+    try:
+        import opentimelineio as otio
+    except ImportError:
+        raise ConformError("uav conform needs OpenTimelineIO: pip install 'vs-uav[conform]'") from None
+    return otio
+
+
+def read_timeline(path: Path, rate: Optional[float] = None) -> Any:
+    """The timeline OpenTimelineIO reads from ``path``; ConformError in one line. ``rate``: the
+    frame rate of a CMX 3600 EDL's timecodes, which the file does not say (the adapter's 24
+    when None)."""
+    otio = _otio()
+    path = Path(path)
+    if not path.is_file():
+        raise ConformError(f"timeline {path} not found")
+    options = {"rate": rate} if rate and path.suffix.lower() == ".edl" else {}
+    try:
+        timeline = otio.adapters.read_from_file(str(path), **options)
+    except Exception as e:  # noqa: BLE001 - adapters raise their own types: said in one line
+        from vs_uav.errors import one_line
+
+        raise ConformError(f"timeline {path}: OpenTimelineIO cannot read it ({one_line(e)}); accepted: "
+                           f"{', '.join(_readable_suffixes(otio))}") from None
+    if not isinstance(timeline, otio.schema.Timeline):
+        raise ConformError(f"timeline {path} holds a {type(timeline).__name__}, not a timeline")
+    return timeline
+
+
+def _readable_suffixes(otio) -> list[str]:
+    suffixes = []
+    for adapter in otio.adapters.available_adapter_names():
+        for suffix in otio.adapters.from_name(adapter).suffixes:
+            suffixes.append("." + suffix)
+    return sorted(set(suffixes))
+
+
+# -- 2. media ------------------------------------------------------------------------------------------
+
+def video_clips(timeline: Any) -> list[Any]:
+    """Every clip on the timeline's video tracks, in track order."""
+    otio = _otio()
+    clips = [c for track in timeline.video_tracks() for c in track.find_clips() if isinstance(c, otio.schema.Clip)]
+    if not clips:
+        raise ConformError("the timeline has no video clip; accepted: a timeline with at least one clip on a "
+                           "video track")
+    return clips
+
+
+def media_path(clip: Any, folder: Path, search: Sequence[Path] = ()) -> Optional[Path]:
+    """The file ``clip``'s media reference names, or None when it is missing."""
+    url = getattr(clip.media_reference, "target_url", None)
+    if not url:
+        return None
+    parsed = urlparse(url)
+    given = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+    candidates = [given] if given.is_absolute() else [folder / given]
+    candidates += [Path(s) / given.name for s in search]
+    return next((p.absolute() for p in candidates if p.is_file()), None)
+
+
+def probe_media(path: Path) -> Media:
+    """Frame rate and frames of ``path`` as the rendering script reads it (BestSource, through
+    the one probe: its frame numbers are the ones a piece is cut at), and its start timecode
+    (ffprobe's tag); ConformError in one line when it cannot be read."""
+    from vs_uav.media.probe import ffprobe_json, probe
+    from vs_uav.media.script import reading_script
+
+    try:
+        info = probe(path, reading_script(path))
+    except ValueError as e:
+        raise ConformError(f"media {e}" if str(e).startswith("input ") else f"media {path}: {e}") from None
+    data, _ = ffprobe_json(["-select_streams", "v:0", "-show_entries", "stream_tags=timecode:format_tags=timecode"],
+                           path)
+    streams = data.get("streams") or [{}]
+    timecode = (streams[0].get("tags") or {}).get("timecode") or (data.get("format", {}).get("tags") or {}).get(
+        "timecode")
+    return Media(path, info.fps, info.frames, _timecode_frames(timecode, info.fps) if timecode else 0)
+
+
+def _timecode_frames(timecode: str, fps: Fraction) -> int:
+    """HH:MM:SS:FF (or ;FF, drop frame) as a frame count at ``fps``."""
+    otio = _otio()
+    try:
+        return round(otio.opentime.from_timecode(timecode, float(fps)).value)
+    except Exception:  # noqa: BLE001 - a tag that is no timecode: the media starts at 0
+        return 0
+
+
+# -- 3. what each clip uses ------------------------------------------------------------------------
+
+def clip_use(clip: Any, media: Media) -> Use:
+    """The media frames ``clip`` shows, through its time warp and the transitions beside it."""
+    otio = _otio()
+    rate = float(media.fps)
+    source = clip.source_range or clip.available_range()
+    start = round(source.start_time.rescaled_to(rate).value) - media.start
+    length = max(1, round(source.duration.rescaled_to(rate).value))
+    scalar = _speed(clip, otio)
+    if scalar == 0:  # a freeze frame
+        first, last = start, start + 1
+    elif scalar > 0:
+        first, last = start, start + math.ceil(length * scalar)
+    else:  # reversed: from ``start`` backwards
+        first, last = start - math.ceil((length - 1) * -scalar), start + 1
+    track = clip.parent()
+    before, after = track.handles_of_child(clip) if track is not None else (None, None)
+    grow = abs(scalar) or 1
+    first -= math.ceil(round(before.rescaled_to(rate).value) * grow) if before is not None else 0
+    last += math.ceil(round(after.rescaled_to(rate).value) * grow) if after is not None else 0
+    return Use(clip.name or str(media.path.name), first, last)
+
+
+def _speed(clip: Any, otio) -> float:
+    scalar = 1.0
+    for effect in clip.effects:
+        if isinstance(effect, otio.schema.LinearTimeWarp):
+            scalar *= effect.time_scalar
+    return scalar
+
+
+# -- 4. pieces -----------------------------------------------------------------------------------------
+
+def merge_uses(media: Media, uses: Sequence[Use], handles: int, merge_gap: Optional[int] = None) -> list[Piece]:
+    """``uses`` of one media widened by ``handles``, clamped to the media, merged where they
+    overlap or lie at most ``merge_gap`` frames apart (default: twice the handles)."""
+    gap = 2 * handles if merge_gap is None else merge_gap
+    pieces: list[Piece] = []
+    for use in sorted(uses, key=lambda u: (u.start, u.end)):
+        start, end = max(0, use.start - handles), min(media.frames, use.end + handles)
+        if pieces and start - pieces[-1].end <= gap:
+            last = pieces[-1]
+            pieces[-1] = Piece(media, last.start, max(last.end, end), (*last.uses, use))
+        else:
+            pieces.append(Piece(media, start, end, (use,)))
+    return pieces
+
+
+def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Path] = (),
+                 merge_gap: Optional[int] = None, rate: Optional[float] = None) -> ConformPlan:
+    """The steps in the module's docstring; ConformError in one line (one per missing media).
+    ``rate``: an EDL's frame rate (:func:`read_timeline`)."""
+    if handles < 0:
+        raise ConformError(f"--handles {handles}: accepted: an integer >= 0")
+    path = Path(path).absolute()
+    timeline = read_timeline(path, rate)  # 1.
+    clips = video_clips(timeline)
+    found = {id(c): media_path(c, path.parent, search) for c in clips}  # 2.
+    missing = [c for c in clips if found[id(c)] is None]
+    if missing:
+        raise ConformError("\n".join(f"clip {c.name!r}: media {_named(c)} not found (looked beside {path.name} "
+                                     f"and in {', '.join(map(str, search)) or 'no --search folder'})"
+                                     for c in missing))
+    media = {p: probe_media(p) for p in dict.fromkeys(found.values())}
+    uses: dict[Path, list[Use]] = {p: [] for p in media}
+    for clip in clips:  # 3.
+        uses[found[id(clip)]].append(clip_use(clip, media[found[id(clip)]]))
+    plan = ConformPlan(path, handles=handles)
+    for p, m in media.items():  # 4.
+        plan.pieces += merge_uses(m, uses[p], handles, merge_gap)
+    return plan
+
+
+def _named(clip: Any) -> str:
+    return getattr(clip.media_reference, "target_url", None) or f"({type(clip.media_reference).__name__})"
+
+
+def describe(plan: ConformPlan) -> list[str]:
+    """One line per piece: the media, its frames, the clips it serves."""
+    lines = []
+    for piece in plan.pieces:
+        clips = ", ".join(dict.fromkeys(u.clip for u in piece.uses))
+        lines.append(f"{piece.media.path}: frames {piece.start}-{piece.end - 1} ({piece.frames} frames) for {clips}")
+    return lines
+
+
+__all__ = ["ConformError", "ConformPlan", "DEFAULT_HANDLES", "Media", "Piece", "Use", "clip_use", "describe",
+           "media_path", "merge_uses", "plan_conform", "probe_media", "read_timeline", "video_clips"]
