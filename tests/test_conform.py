@@ -132,6 +132,18 @@ def test_what_cannot_be_conformed_is_said_in_one_line_each(footage, tmp_path):
         footage / "footage" / "a.mp4"
     with pytest.raises(ConformError, match=r"^--handles -1: accepted: an integer >= 0$"):
         plan_conform(tmp_path / "moved.otio", handles=-1)
+    # A clip without a source range uses its media's available range; without either it is said.
+    whole = otio.schema.Timeline()
+    whole.tracks.append(otio.schema.Track(kind=otio.schema.TrackKind.Video))
+    ref = otio.schema.ExternalReference(target_url=str(footage / "footage" / "a.mp4"),
+                                        available_range=otio.opentime.TimeRange(rt(0), rt(200)))
+    whole.tracks[0].extend([otio.schema.Clip(name="all", media_reference=ref)])
+    otio.adapters.write_to_file(whole, str(tmp_path / "whole.otio"))
+    assert [(p.start, p.end) for p in plan_conform(tmp_path / "whole.otio").pieces] == [(0, 200)]
+    whole.tracks[0][0].media_reference.available_range = None
+    otio.adapters.write_to_file(whole, str(tmp_path / "whole.otio"))
+    with pytest.raises(ConformError, match=r"^clip 'all': no source range, and its media reference gives no "):
+        plan_conform(tmp_path / "whole.otio")
 
 
 def test_merging_is_pure_arithmetic():

@@ -211,7 +211,10 @@ def clip_use(clip: Any, media: Media) -> Use:
     """The media frames ``clip`` shows, through its time warp and the transitions beside it."""
     otio = _otio()
     rate = float(media.fps)
-    source = clip.source_range or clip.available_range()
+    source = clip.source_range or clip.media_reference.available_range
+    if source is None:
+        raise ConformError(f"clip {clip.name!r}: no source range, and its media reference gives no available "
+                           "range; accepted: a clip with a source range")
     start = round(source.start_time.rescaled_to(rate).value) - media.start
     length = max(1, round(source.duration.rescaled_to(rate).value))
     scalar = _speed(clip, otio)
