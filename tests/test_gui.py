@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -552,3 +553,25 @@ def test_render_runs_the_forms_job_and_cancel_stops_it(previewing, qtbot, tmp_pa
     assert bar.running(), bar.status.text()
     previewing.close()
     assert not running.isRunning() and running.outcome == "cancelled" and not second.exists()
+
+
+@pytest.mark.slow
+def test_render_on_ray_runs_the_same_job_on_a_local_cluster(previewing, qtbot, tmp_path, monkeypatch):
+    """*Render on: Ray (local)* renders through the cluster from the editor's thread."""
+    import tempfile
+
+    from vs_uav.media.probe import count_frames
+
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="uavray", dir="/tmp"))  # short: Ray's sockets
+    source = _small_clip(tmp_path)
+    open_source(previewing, source)
+    previewing.render_on.setCurrentIndex(previewing.render_on.findData("local"))
+    previewing.workers_spin.setValue(1)
+    bar = previewing.render_bar
+    job = bar.start()
+    assert job.job.cluster is not None and job.job.cluster.workers == 1
+    qtbot.waitUntil(lambda: not bar.running() and bar.job is None, timeout=240_000)
+    assert job.outcome == "done", bar.status.text()
+    assert re.fullmatch(rf"Wrote {re.escape(str(job.job.output))} in \d+ s: 12 frames in 1 segment \(0 already done\) "
+                        r"on 1 worker, 1 node, in \d+ s \(\d+\.\d\d fps\)", bar.status.text()), bar.status.text()
+    assert count_frames(job.job.output) == 12
