@@ -77,8 +77,7 @@ def test_outputs_go_to_a_folder_or_a_pattern_and_never_collide(tmp_path):
         plan_queue([str(a), str(b)], UpscaleSettings(), FFV1, str(tmp_path / "out"))
     with pytest.raises(JobError, match=r"would both be written to .*/clip-clip\.mp4\.mkv; "):
         plan_queue([str(a), str(b)], UpscaleSettings(), FFV1, str(tmp_path / "{stem}-{name}.mkv"))
-    jobs = plan_queue([str(a), str(src.parent)] if src.exists() else [str(a)], UpscaleSettings(), FFV1,
-                      str(tmp_path / "{stem}-{name}.mkv"))
+    jobs = plan_queue([str(a)], UpscaleSettings(), FFV1, str(tmp_path / "{stem}-{name}.mkv"))
     assert [j.output for j in jobs] == [tmp_path / "clip-clip.mp4.mkv"]
 
 

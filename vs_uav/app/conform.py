@@ -187,7 +187,7 @@ def probe_media(path: Path) -> Media:
     try:
         info = probe(path, reading_script(path))
     except ValueError as e:
-        raise ConformError(f"media {e}" if str(e).startswith("input ") else f"media {path}: {e}") from None
+        raise ConformError(str(e)) from None  # the probe's line names the file
     data, _ = ffprobe_json(["-select_streams", "v:0", "-show_entries", "stream_tags=timecode:format_tags=timecode"],
                            path)
     streams = data.get("streams") or [{}]

@@ -93,6 +93,7 @@ class JobResult:
     output: Path
     seconds: float
     summary: str = ""  # the cluster's "N segments on M workers ..."; "" on one machine
+    verified: bool = True  # the output holds the frames written (the cluster's join refuses it otherwise)
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ def run_job(job: UpscaleJob, events: Optional[JobEvents] = None,
             run.verify(result.frames)  # 6.
     except _Stop:
         raise JobStopped("vspipe and ffmpeg ended", _kept(run, job)) from None
-    return JobResult(job.output, result.seconds)
+    return JobResult(job.output, result.seconds, verified=run.verified)
 
 
 def _render_here(prepared: _Prepared, events: JobEvents, stop: threading.Event):

@@ -120,7 +120,7 @@ def is_queue(inputs: Sequence[str], output: Optional[str]) -> bool:
         return True
     if not Path(inputs[0]).expanduser().exists() and _GLOB & set(inputs[0]):
         return True
-    return output is not None and _output_folder(output) is not None or "{" in (output or "")
+    return output is not None and ("{" in output or _output_folder(output) is not None)
 
 
 def _output_folder(output: str) -> Optional[Path]:
@@ -257,12 +257,10 @@ def _check_all(jobs: Sequence[UpscaleJob], events: QueueEvents, result: QueueRes
 
 
 def _finish(job: UpscaleJob, done: JobResult, frames: int, result: QueueResult, events: QueueEvents) -> None:
-    """A rendered output: recorded when it holds its frames, else failed."""
-    from vs_uav.media.probe import count_frames
-
-    found = count_frames(job.output)
-    if found != frames:
-        said = f"{job.output} holds {found} frames, the source gives {frames}: not recorded as finished"
+    """A rendered output: recorded when the job verified its frames (RunFolder.verify, the
+    cluster's join), else failed."""
+    if not done.verified:
+        said = f"{job.output} does not hold the frames vspipe wrote: not recorded as finished"
         result.failed.append((job, said))
         events.failed(job, said)
         return
