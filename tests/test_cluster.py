@@ -380,6 +380,24 @@ def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_pat
 
 
 @pytest.mark.slow
+def test_an_excerpt_renders_on_the_cluster_as_on_one_machine(clip, tmp_path, ray_env):
+    """--frames 12-27 (a conform's piece): its cuts (17, 24) found among its frames only and its
+    segments numbered from its first frame; the frames, the audio's codec and the timecode are
+    the one-machine excerpt's."""
+    one, out = tmp_path / "one.mkv", tmp_path / "cluster.mkv"
+    r = upscale(clip, one, "--frames", "12-27", env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = upscale(clip, out, "--frames", "12-27", *CLUSTER, env=ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cluster: 16 frames, 2 scene cuts, 3 segments" in r.stderr
+    assert framemd5(out) == framemd5(one) and len(framemd5(one)) == 16
+    assert streams(out)["audio"]["codec_name"] == streams(one)["audio"]["codec_name"] == "flac"
+    timecode = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format_tags=timecode", "-of", "csv=p=0",
+                               str(out)], capture_output=True, text=True).stdout.strip()
+    assert timecode.endswith(":12") and timecode.startswith("00:00:0"), timecode
+
+
+@pytest.mark.slow
 def test_a_worker_killed_mid_render_is_replaced(clip, reference, tmp_path, ray_env):
     out = tmp_path / "cluster.mkv"
     run = Follow([UAV, "-v", "upscale", str(clip), "-o", str(out), *RENDER, *CLUSTER], ray_env)

@@ -70,20 +70,22 @@ def pieces(plan) -> list:
 def test_an_edit_plans_only_the_ranges_it_uses_with_handles(footage):
     path = footage / "cut.otio"
     otio.adapters.write_to_file(edit(footage), str(path))
-    plan = plan_conform(path, handles=4, merge_gap=0)
+    plan = plan_conform(path, handles=4, merge_gap=0, scene_cuts="none")
+    # Each piece's start then moves back onto its scene's window grid (no cuts: multiples of 6).
     assert pieces(plan) == [
-        ("a.mp4", 1, 10, ["a-freeze"]),  # the freeze shows frame 5 only: 5 +- 4
-        ("a.mp4", 16, 54, ["a-1", "a-2"]),  # 20-39 and 30-49 overlap: one piece
+        ("a.mp4", 0, 10, ["a-freeze"]),  # the freeze shows frame 5 only: 5 +- 4, from 0
+        ("a.mp4", 12, 54, ["a-1", "a-2"]),  # 20-39 and 30-49 overlap: one piece, 16-53, from 12
         ("a.mp4", 96, 114, ["a-slow"]),  # 20 frames at half speed show 10 source frames, 100-109
-        ("a.mp4", 146, 164, ["a-far"]),
-        ("b.mov", 16, 49, ["b-1"]),  # timecode 01:00:00:20 is frame 20; the dissolve needs 5 frames after it
-        ("b.mov", 91, 124, ["b-2"]),  # and 5 before b-2
+        ("a.mp4", 144, 164, ["a-far"]),  # 146-163, from 144
+        ("b.mov", 12, 49, ["b-1"]),  # timecode 01:00:00:20 is frame 20; the dissolve needs 5 frames after it
+        ("b.mov", 90, 124, ["b-2"]),  # and 5 before b-2: 91-123, from 90
     ]
-    assert (plan.used_frames, plan.rendered_frames, plan.source_frames) == (101, 149, 350)
-    assert plan.summary() == ("6 pieces from 2 sources: the edit uses 101 frames, the conform renders 149 with "
-                              "4-frame handles, of 350 in the sources (43%)")
-    # By default pieces closer than twice the handles are merged: one cold start less.
-    assert [p[:3] for p in pieces(plan_conform(path, handles=4))][:2] == [("a.mp4", 1, 54), ("a.mp4", 96, 114)]
+    assert (plan.used_frames, plan.rendered_frames, plan.source_frames) == (101, 161, 350)
+    assert plan.summary() == ("6 pieces from 2 sources: the edit uses 101 frames, the conform renders 161 with "
+                              "4-frame handles, of 350 in the sources (46%)")
+    # By default pieces closer than twice the handles are merged: one cold start less; testsrc has
+    # no cut that the default detection finds.
+    assert [p[:3] for p in pieces(plan_conform(path, handles=4))][:2] == [("a.mp4", 0, 54), ("a.mp4", 96, 114)]
     # Handles are clamped to the media: 12 before frame 5 is frame 0, 12 after b-2 stays in b.
     wide = pieces(plan_conform(path, handles=40))
     assert wide[0][1] == 0 and all(end <= {"a.mp4": 200, "b.mov": 150}[name] for name, _, end, _ in wide)
@@ -161,8 +163,8 @@ def test_uav_conform_plan_prints_the_pieces_and_the_summary(footage):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == f"{footage / 'footage' / 'a.mp4'}: frames 1-53 (53 frames) for a-freeze, a-1, a-2"
-    assert lines[-1] == "5 pieces from 2 sources: the edit uses 101 frames, the conform renders 155 with 4-frame " \
-        "handles, of 350 in the sources (44%)"
+    assert lines[0] == f"{footage / 'footage' / 'a.mp4'}: frames 0-53 (54 frames) for a-freeze, a-1, a-2"
+    assert lines[-1] == "5 pieces from 2 sources: the edit uses 101 frames, the conform renders 163 with 4-frame " \
+        "handles, of 350 in the sources (47%)"
     bad = subprocess.run([UAV, "conform", str(path), "--plan", "--handles", "-2"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr == "uav conform: --handles -2: accepted: an integer >= 0\n"

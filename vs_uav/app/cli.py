@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from vs_uav.app.job import JobError, JobEvents, JobStopped, UpscaleJob, run_job
 
@@ -225,7 +225,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from vs_uav.app.queue import is_queue, plan_queue
 
     preset = _resolve(args, "uav upscale")
-    options = dict(cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume)
+    options = dict(cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume,
+                   frame_range=_frame_range(args.frames, "uav upscale"))
     try:
         if is_queue(args.input, args.output):
             return _run_queue(plan_queue(args.input, preset.settings, preset.encoder, args.output, **options),
@@ -236,7 +237,18 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return _run(job, "uav upscale")
 
 
-def _cluster_options(args: argparse.Namespace):
+def _frame_range(text: Optional[str], prog: str) -> Optional[tuple[int, int]]:
+    """--frames FIRST-LAST (LAST included) as the half-open (FIRST, LAST + 1), or None."""
+    if text is None:
+        return None
+    first, sep, last = text.partition("-")
+    if not (sep and first.strip().isdigit() and last.strip().isdigit()) or int(last) < int(first):
+        raise SystemExit(f"{prog}: --frames {text!r}: accepted: FIRST-LAST, frame numbers from 0 with LAST included "
+                         "and not before FIRST, e.g. 100-199")
+    return int(first), int(last) + 1
+
+
+def _cluster_options(args: argparse.Namespace, prog: str = "uav upscale"):
     """--cluster and its options (vs_uav.app.cluster.ClusterOptions), or None without --cluster."""
     from vs_uav.app.cluster import ClusterOptions, default_address
 
@@ -245,7 +257,7 @@ def _cluster_options(args: argparse.Namespace):
              if value is not None]
     if args.cluster is None:
         if given:
-            raise SystemExit(f"uav upscale: {given[0]} needs --cluster; accepted: --cluster local or HOST:PORT")
+            raise SystemExit(f"{prog}: {given[0]} needs --cluster; accepted: --cluster local or HOST:PORT")
         return None
     values = {}
     for name, flag, kind in (("workers", "--workers", int), ("segment_seconds", "--segment-seconds", float),
@@ -255,12 +267,12 @@ def _cluster_options(args: argparse.Namespace):
             try:
                 values[name] = kind(text)
             except ValueError:
-                raise SystemExit(f"uav upscale: {flag} {text!r}: accepted: "
+                raise SystemExit(f"{prog}: {flag} {text!r}: accepted: "
                                  f"{'an integer >= 1' if kind is int else 'a number of seconds'}") from None
     try:  # a bare --cluster: $RAY_ADDRESS, Ray's own convention, else a local instance
         return ClusterOptions(args.cluster or default_address(), keep_work=args.keep_work, **values)
     except ValueError as e:
-        raise SystemExit(f"uav upscale: {e}")
+        raise SystemExit(f"{prog}: {e}")
 
 
 class _QueueBar(_ProgressBar):
@@ -562,10 +574,18 @@ def _add_upscale(add) -> None:
                          "that after Ctrl+C or a crash the same command resumes where it stopped; the folder goes "
                          "once the output is verified (default); --no-resume keeps nothing; an explicit "
                          "--cache-dir is used instead")
+    up.add_argument("--frames", metavar="FIRST-LAST", help="render only the source's frames FIRST to LAST "
+                    "(from 0, LAST included), e.g. 100-199: the output starts cold there, with that part of the "
+                    "audio and the timecode of frame FIRST")
     up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
                     help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
                          "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
-    cl = up.add_argument_group("cluster", "render scene-cut segments on a Ray cluster (pip install "
+    _add_cluster_arguments(up)
+    up.set_defaults(func=cmd_upscale)
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    cl = parser.add_argument_group("cluster", "render scene-cut segments on a Ray cluster (pip install "
                                "'vs-uav[cluster]'); the frames are a one-machine render's")
     cl.add_argument("--cluster", metavar="local|HOST:PORT", nargs="?", const="", help="'local': a Ray instance on "
                     "this machine; HOST:PORT: a running Ray cluster this machine is a node of (ray start "
@@ -579,35 +599,74 @@ def _add_upscale(add) -> None:
                     "one-machine render's (default: never split)")
     cl.add_argument("--keep-work", action="store_true", default=False, help="keep the work folder (script, "
                     "segments) next to the output after a successful render")
-    up.set_defaults(func=cmd_upscale)
 
 
 def _add_conform(add) -> None:
-    co = add("conform", help="plan the restoration of what an edit uses (OpenTimelineIO: .otio, .edl, ...)")
+    from vs_uav.media.encoder import ENCODER_SETTINGS
+    from vs_uav.settings import SETTINGS
+
+    co = add("conform", help="restore what an edit uses (OpenTimelineIO: .otio, .edl, .xml, .fcpxml, .aaf, "
+             ".kdenlive): its source ranges with handles, and the edit relinked to them")
     co.add_argument("timeline", help="the edit: any timeline OpenTimelineIO reads")
-    co.add_argument("--plan", action="store_true", required=True,
-                    help="print the source ranges the edit uses, with handles, merged (rendering them and the "
-                         "relinked timeline are not built yet: --plan is required)")
+    co.add_argument("-o", "--output", metavar="FOLDER", help="the folder for the restored pieces and the relinked "
+                    "timeline (EDIT.uav.otio, and EDIT.uav.EXT in the edit's format where its adapter writes it)")
+    co.add_argument("--plan", action="store_true", help="only print the pieces the edit needs and the summary")
     co.add_argument("--handles", type=int, default=12, help="frames added before and after each used range, "
                     "clamped to the media (default: 12)")
     co.add_argument("--search", action="append", default=[], metavar="DIR", type=Path,
                     help="look for media not found where the timeline says by file name in DIR (repeatable)")
     co.add_argument("--rate", type=float, help="an EDL's frame rate (an EDL does not say it; default: 24)")
+    _add_preset_option(co)
+    _add_setting_options(co, SETTINGS)
+    _add_setting_options(co, ENCODER_SETTINGS)
+    co.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep each piece's finished chunks while it renders (as uav upscale); pieces finished by "
+                         "an earlier run are skipped either way")
+    _add_cluster_arguments(co)
     co.set_defaults(func=cmd_conform)
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
-    """The conform's plan on stdout: one line per piece, then the summary."""
+    """The conform's plan (one line per piece, then the summary) on stdout; without --plan the
+    pieces rendered as one queue and the relinked timeline written (vs_uav.app.relink)."""
     from vs_uav.app.conform import ConformError, describe, plan_conform
+    from vs_uav.app.relink import run_conform
 
+    prog = "uav conform"
+    if not args.plan and not args.output:
+        raise SystemExit(f"{prog}: -o FOLDER is needed: the folder for the restored pieces and the relinked "
+                         "timeline (or --plan to see the pieces only)")
+    preset = _resolve(args, prog)
+    options = {} if args.plan else dict(cluster=_cluster_options(args, prog), resume=args.resume)
     try:
-        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate)
+        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate,
+                            scene_cuts=preset.encoder.scene_cuts, scene_threshold=preset.encoder.scene_threshold)
     except ConformError as e:
-        raise SystemExit("\n".join(f"uav conform: {line}" for line in str(e).splitlines()))
+        raise SystemExit("\n".join(f"{prog}: {line}" for line in str(e).splitlines()))
     for line in describe(plan):
         print(line)
     print(plan.summary())
-    return 0
+    if args.plan:
+        return 0
+    bar = _QueueBar(prog)
+    try:
+        result, code = _interruptible(bar, lambda stop: run_conform(plan, Path(args.output), preset.settings,
+                                                                    preset.encoder, bar, stop, **options),
+                                      lambda sig, e: f"{prog}: stopped by {sig}: {e}; the pieces finished before "
+                                                     "are kept, and the same command renders the rest")
+    except (JobError, ConformError) as e:
+        raise SystemExit(f"{prog}: {e}")
+    if code:
+        return code
+    print(f"{prog}: {result.queue.summary()}", file=sys.stderr)
+    for path in result.timelines:
+        print(f"{prog}: wrote the relinked timeline {path}", file=sys.stderr)
+    if result.note:
+        print(f"{prog}: warning: {result.note}", file=sys.stderr)
+    if not result.timelines:
+        print(f"{prog}: no relinked timeline: a piece failed (above); the same command renders what is left",
+              file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def _add_script(add) -> None:

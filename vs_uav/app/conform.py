@@ -3,7 +3,8 @@ restoration has to render.
 
 :func:`plan_conform` runs in numbered steps:
 
-1. the timeline is read by OpenTimelineIO (``.otio``; ``.edl`` through its CMX 3600 adapter);
+1. the timeline is read by OpenTimelineIO (``.otio``; through its adapters CMX 3600 ``.edl``,
+   Final Cut Pro 7 / Premiere ``.xml``, FCPXML ``.fcpxml``, AAF ``.aaf``, Kdenlive ``.kdenlive``);
 2. every video clip's media reference is resolved: an absolute path or ``file://`` URL, a
    path relative to the timeline's folder, or a file of that name under a ``--search`` folder;
    every clip whose media is missing is listed, one line each, before anything else happens;
@@ -13,17 +14,20 @@ restoration has to render.
    (OpenTimelineIO's handles of the clip in its track);
 4. per media file those frames are widened by ``handles`` on both sides, clamped to the media,
    and merged where they overlap or lie at most ``merge_gap`` frames apart (rendering the gap
-   costs less than the cold start of one more piece): the :class:`Piece` objects to render.
+   costs less than the cold start of one more piece): the :class:`Piece` objects to render;
+5. each piece's start moved back (at most 5 frames) onto its scene's U-Net window grid
+   (:func:`align_pieces`), so that its cold start lays its windows where a render of the whole
+   source does.
 
 The plan says what the conform saves: frames the edit uses, frames it renders, frames in the
-sources. Rendering the pieces and writing the relinked timeline are the next steps (issue 21).
-OpenTimelineIO is imported only here (``pip install 'vs-uav[conform]'``).
+sources. Rendering the pieces and writing the relinked timeline: :mod:`vs_uav.app.relink`.
+OpenTimelineIO is imported only here and there (``pip install 'vs-uav[conform]'``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -56,6 +60,7 @@ class Use:
     clip: str
     start: int
     end: int
+    index: int = -1  # the clip's place among the timeline's video clips (video_clips), -1: none
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class ConformPlan:
     timeline: Path
     pieces: list[Piece] = field(default_factory=list)
     handles: int = DEFAULT_HANDLES
+    rate: Optional[float] = None  # an EDL's frame rate, as read (read_timeline)
 
     @property
     def used_frames(self) -> int:
@@ -171,7 +177,11 @@ def media_path(clip: Any, folder: Path, search: Sequence[Path] = ()) -> Optional
     if not url:
         return None
     parsed = urlparse(url)
-    given = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(url)
+    if parsed.scheme == "file":  # file:///abs, file://localhost/abs; file://footage/a.mp4 (relative, as AAF writes)
+        host = "" if parsed.netloc in ("", "localhost") else parsed.netloc
+        given = Path(unquote(host + parsed.path))
+    else:
+        given = Path(url)
     candidates = [given] if given.is_absolute() else [folder / given]
     candidates += [Path(s) / given.name for s in search]
     return next((p.absolute() for p in candidates if p.is_file()), None)
@@ -181,28 +191,19 @@ def probe_media(path: Path) -> Media:
     """Frame rate and frames of ``path`` as the rendering script reads it (BestSource, through
     the one probe: its frame numbers are the ones a piece is cut at), and its start timecode
     (ffprobe's tag); ConformError in one line when it cannot be read."""
-    from vs_uav.media.probe import ffprobe_json, probe
+    from vs_uav.media.probe import probe
     from vs_uav.media.script import reading_script
+    from vs_uav.media.timecode import timecode_frames
 
     try:
         info = probe(path, reading_script(path))
     except ValueError as e:
         raise ConformError(str(e)) from None  # the probe's line names the file
-    data, _ = ffprobe_json(["-select_streams", "v:0", "-show_entries", "stream_tags=timecode:format_tags=timecode"],
-                           path)
-    streams = data.get("streams") or [{}]
-    timecode = (streams[0].get("tags") or {}).get("timecode") or (data.get("format", {}).get("tags") or {}).get(
-        "timecode")
-    return Media(path, info.fps, info.frames, _timecode_frames(timecode, info.fps) if timecode else 0)
-
-
-def _timecode_frames(timecode: str, fps: Fraction) -> int:
-    """HH:MM:SS:FF (or ;FF, drop frame) as a frame count at ``fps``."""
-    otio = _otio()
     try:
-        return round(otio.opentime.from_timecode(timecode, float(fps)).value)
-    except Exception:  # noqa: BLE001 - a tag that is no timecode: the media starts at 0
-        return 0
+        start = timecode_frames(info.timecode, info.fps) if info.timecode else 0
+    except ValueError:
+        start = 0  # a tag that is no timecode: the media starts at 0
+    return Media(path, info.fps, info.frames, start)
 
 
 # -- 3. what each clip uses ------------------------------------------------------------------------
@@ -258,9 +259,11 @@ def merge_uses(media: Media, uses: Sequence[Use], handles: int, merge_gap: Optio
 
 
 def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Path] = (),
-                 merge_gap: Optional[int] = None, rate: Optional[float] = None) -> ConformPlan:
+                 merge_gap: Optional[int] = None, rate: Optional[float] = None, scene_cuts: str = "auto",
+                 scene_threshold: float = 0.1) -> ConformPlan:
     """The steps in the module's docstring; ConformError in one line (one per missing media).
-    ``rate``: an EDL's frame rate (:func:`read_timeline`)."""
+    ``rate``: an EDL's frame rate (:func:`read_timeline`); ``scene_cuts``, ``scene_threshold``:
+    the render's (``EncoderSettings``), which step 5 finds the pieces' scenes with."""
     if handles < 0:
         raise ConformError(f"--handles {handles}: accepted: an integer >= 0")
     path = Path(path).absolute()
@@ -274,12 +277,48 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
                                      for c in missing))
     media = {p: probe_media(p) for p in dict.fromkeys(found.values())}
     uses: dict[Path, list[Use]] = {p: [] for p in media}
-    for clip in clips:  # 3.
-        uses[found[id(clip)]].append(clip_use(clip, media[found[id(clip)]]))
-    plan = ConformPlan(path, handles=handles)
+    for index, clip in enumerate(clips):  # 3.
+        use = clip_use(clip, media[found[id(clip)]])
+        uses[found[id(clip)]].append(Use(use.clip, use.start, use.end, index))
+    plan = ConformPlan(path, handles=handles, rate=rate)
     for p, m in media.items():  # 4.
         plan.pieces += merge_uses(m, uses[p], handles, merge_gap)
+    plan.pieces = align_pieces(plan.pieces, scene_cuts, scene_threshold)  # 5.
     return plan
+
+
+# How far back the first frame of a piece's scene is looked for (seconds of the source).
+SCENE_SEARCH_SECONDS = 10
+
+
+def align_pieces(pieces: Sequence[Piece], scene_cuts: str, threshold: float) -> list[Piece]:
+    """Step 5: each piece's start moved back (by at most 5 frames) onto its scene's U-Net window
+    grid (:func:`vs_uav.core.tiling.on_window_grid`), its scene's first frame found as the render
+    marks it (``scene_cuts`` and ``threshold`` as the encoder's;
+    :func:`vs_uav.vsfilter.scenes.scene_start`, looking back up to :data:`SCENE_SEARCH_SECONDS`):
+    its cold start then lays windows where a render of the whole source lays them, and from its
+    (6 x steps - 3)-th frame on it gives that render's frames exactly (README, "Conform"). A
+    piece whose scene start is not found stays as it is."""
+    import vapoursynth as vs
+
+    from vs_uav.core.tiling import on_window_grid
+    from vs_uav.media.script import reading_script
+    from vs_uav.vsfilter.scenes import SceneError, scene_start
+
+    aligned = []
+    for piece in pieces:
+        namespace: dict[str, Any] = {"__name__": "__vapoursynth__"}
+        try:
+            exec(compile(reading_script(piece.media.path), "<reading>", "exec"), namespace)
+            anchor = scene_start(namespace["clip"], piece.start, scene_cuts, threshold,
+                                 round(SCENE_SEARCH_SECONDS * float(piece.media.fps)))
+        except (vs.Error, SceneError) as e:
+            from vs_uav.errors import one_line
+
+            raise ConformError(f"{piece.media.path}: its scene cuts could not be read ({one_line(e)})") from None
+        start = piece.start if anchor is None else on_window_grid(piece.start, anchor)
+        aligned.append(replace(piece, start=start))
+    return aligned
 
 
 def _named(clip: Any) -> str:
@@ -295,5 +334,6 @@ def describe(plan: ConformPlan) -> list[str]:
     return lines
 
 
-__all__ = ["ConformError", "ConformPlan", "DEFAULT_HANDLES", "Media", "Piece", "Use", "clip_use", "describe",
+__all__ = ["ConformError", "ConformPlan", "DEFAULT_HANDLES", "Media", "Piece", "SCENE_SEARCH_SECONDS", "Use",
+           "align_pieces", "clip_use", "describe",
            "media_path", "merge_uses", "plan_conform", "probe_media", "read_timeline", "video_clips"]

@@ -110,6 +110,9 @@ class UpscaleJob:
     resume: bool = True  # one machine: the chunk cache in the work folder (the cluster always resumes)
     check: bool = True  # the cheap checks (preflight) before the model loads
     prepare: tuple[str, ...] = ()  # script lines between reading the source and uav.Upscale
+    # An excerpt: the source's frames first .. end - 1 only (a conform's piece, --frames), with
+    # their own frame numbers; it starts cold at ``first``, as at a scene cut. None: all frames.
+    frame_range: Optional[tuple[int, int]] = None
 
     @classmethod
     def create(cls, source: os.PathLike | str, settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -133,6 +136,9 @@ class UpscaleJob:
         folders = {name: str(absolute(getattr(settings, name))) for name in ("model", "cache_dir")
                    if getattr(settings, name)}
         job = cls(source, output, settings.replace(**folders) if folders else settings, encoder, **options)
+        if job.frame_range is not None and not (0 <= job.frame_range[0] < job.frame_range[1]):
+            first, end = job.frame_range
+            raise JobError(f"--frames {first}-{end - 1}: accepted: FIRST-LAST with 0 <= FIRST <= LAST")
         if job.cluster is not None and not job.resume:
             raise JobError("--no-resume: accepted: one-machine renders only (a cluster render keeps its "
                            "finished segments; --keep-work keeps them after success too)")
@@ -334,7 +340,7 @@ def _run_on_cluster(job: UpscaleJob, events: JobEvents, stop: threading.Event) -
         with job_folder(job.output) as folder:
             p = _prepare(job, settings, Path(folder), events, stop)
             cluster_job = ClusterJob(p.render.script, job.source, p.video, job.output, settings, job.encoder, p.spec,
-                                     p.filter_file, job.prepare)
+                                     p.filter_file, job.prepare, job.frame_range)
             try:
                 result = render_cluster(cluster_job, job.cluster, progress=events.cluster, cancel=stop)
             except ClusterError as e:
@@ -369,7 +375,7 @@ def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events:
     from vs_uav.media.script import make_script
 
     video, spec, filter_file = _probe(job, folder, events)  # 2.
-    _check_scene_cuts(job.encoder, spec.media.frames)
+    _check_scene_cuts(job.encoder, spec.media.whole_frames or spec.media.frames)
     _stopped(stop)
     render_job = RenderJob(folder / SCRIPT_NAME, job.output, ffmpeg_options(job.source, job.encoder, spec,
                                                                             filter_file))
@@ -377,7 +383,8 @@ def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events:
         _preflight(job, render_job, spec.media, settings, folder, stop)
     command = shell_command(render_job.script, job.source, job.output, job.encoder, spec, filter_file)
     render_job.script.write_text(make_script(video, settings, namespace=has_namespace(), prepare=job.prepare,
-                                             spec=spec, command=command, encoder=job.encoder), encoding="utf-8")  # 4.
+                                             spec=spec, command=command, encoder=job.encoder,
+                                             frame_range=job.frame_range), encoding="utf-8")  # 4.
     _stopped(stop)
     return _Prepared(render_job, video, spec, filter_file)
 
@@ -391,17 +398,21 @@ def check_job(job: UpscaleJob) -> int:
     import tempfile
 
     from vs_uav.media.output import ffmpeg_options, needs_filter_file, output_spec, video_filter
-    from vs_uav.media.probe import interlaced_message, probe
+    from vs_uav.media.probe import excerpt, interlaced_message, probe
     from vs_uav.media.render import RenderJob
     from vs_uav.media.script import reading_script
 
     try:
         media = probe(job.source, reading_script(job.source, job.prepare))
+        if job.frame_range is not None:
+            if media.interlaced:
+                raise ValueError(f"--frames with the interlaced {job.source}: accepted: a progressive source")
+            media = excerpt(media, *job.frame_range)
     except ValueError as e:
         raise JobError(str(e)) from None
     if media.interlaced and job.deinterlace == "none":
         raise JobError(interlaced_message(job.source, media))
-    _check_scene_cuts(job.encoder, media.frames)
+    _check_scene_cuts(job.encoder, media.whole_frames or media.frames)
     if job.check:
         spec = output_spec(media, job.encoder, container=job.output.suffix)
         with tempfile.TemporaryDirectory(prefix="uav-check-") as tmp:
@@ -439,7 +450,7 @@ def _probe(job: UpscaleJob, folder: Path, events: JobEvents) -> tuple[Path, "Out
     from vs_uav.media.script import prepare_source
 
     try:
-        video, media = prepare_source(job.source, job.prepare, folder, job.deinterlace)
+        video, media = prepare_source(job.source, job.prepare, folder, job.deinterlace, job.frame_range)
     except ValueError as e:
         raise JobError(str(e)) from None
     spec = output_spec(media, job.encoder, container=job.output.suffix)

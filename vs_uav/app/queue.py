@@ -184,7 +184,8 @@ def _fingerprint(job: UpscaleJob) -> dict:
     st = job.source.stat()
     return {"source": [str(job.source), st.st_size, st.st_mtime_ns],
             "settings": dataclasses.asdict(job.settings), "encoder": dataclasses.asdict(job.encoder),
-            "deinterlace": job.deinterlace, "prepare": list(job.prepare)}
+            "deinterlace": job.deinterlace, "prepare": list(job.prepare),
+            "frame_range": list(job.frame_range) if job.frame_range else None}
 
 
 def _write_record(job: UpscaleJob, frames: int) -> None:

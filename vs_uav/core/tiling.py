@@ -41,6 +41,15 @@ def scene_windows(anchor: int, first: int, stop: int, size: int = WINDOW,
     return [(anchor + s, anchor + e) for s, e in temporal_windows(stop - anchor, size, stride) if anchor + e > first]
 
 
+def on_window_grid(start: int, anchor: int, stride: int = WINDOW_STRIDE) -> int:
+    """The last frame at or before ``start`` where the U-Net windows of a scene starting at
+    ``anchor`` begin (``anchor`` + a multiple of the stride): a cold start there lays its
+    windows (and decode groups) where the whole scene's render lays them."""
+    if not 0 <= anchor <= start:
+        raise ValueError(f"anchor={anchor}, start={start}; accepted: 0 <= anchor <= start")
+    return start - (start - anchor) % stride
+
+
 def decode_groups(num_frames: int, size: int = DECODE_GROUP) -> list[tuple[int, int]]:
     """Consecutive frame groups of ``size`` for the VAE decode (the last may be shorter)."""
     if num_frames <= size:

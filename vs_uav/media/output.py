@@ -275,15 +275,21 @@ def source_streams(source: Optional[Path], encoder: EncoderSettings,
                    spec: Optional[OutputSpec] = None) -> tuple[list[str], list[str]]:
     """What the output takes from the source besides the video, as ffmpeg's second input (input
     1; input 0 is the video): the input options, and the output options after ``-map 0:v:0``:
-    the audio when asked for, the subtitles and global tags of ``spec``, and the cut of the audio
-    a player drops. The one-machine pipe and the cluster's join both use it."""
+    the audio when asked for, the subtitles and global tags of ``spec``, the cut of the audio
+    a player drops, the start timecode; for an excerpt of the source (``spec.media.excerpt``) its
+    part of the audio and subtitles. The one-machine pipe and the cluster's join both use it."""
     media = spec.media if spec is not None else None
     copy_audio = encoder.audio == "copy" and source is not None
+    timecode = ["-timecode", media.timecode] if media is not None and media.timecode else []
     if source is None or not (copy_audio or (media is not None and (media.tagged or spec.subtitles))):
-        return [], []
+        return [], timecode
     inputs, maps = ["-i", path_arg(absolute(source), True)], []
+    if media is not None and media.excerpt is not None:
+        # An excerpt (--frames, a conform's piece): its audio and subtitles, from where its first frame is.
+        start, duration = media.excerpt
+        inputs = ["-ss", _seconds(start), "-t", _seconds(duration), *inputs]
     if copy_audio:
-        maps += ["-map", "1:a?", "-c:a", "copy"]  # '1:a?': a source without audio is fine
+        maps += ["-map", "1:a?", "-c:a", _excerpt_audio(spec) if media is not None and media.excerpt else "copy"]
     if media is None:
         return inputs, maps
     for n, (i, codec) in enumerate(spec.subtitles):
@@ -293,7 +299,20 @@ def source_streams(source: Optional[Path], encoder: EncoderSettings,
     if copy_audio and media.preroll:
         # The output starts where a player starts the source: the audio packets before it go.
         maps += ["-ss", "0"]
-    return inputs, maps
+    return inputs, maps + timecode
+
+
+def _excerpt_audio(spec: OutputSpec) -> str:
+    """The codec of an excerpt's audio. A stream copy can only cut where the container's index
+    lets it seek (in a Matroska output the audio then starts up to a GOP early and shifts the
+    video), so an excerpt's audio is decoded, cut to the sample and stored losslessly: FLAC, in
+    a QuickTime file 24-bit PCM, in an MP4 ALAC."""
+    return {".mov": "pcm_s24le", ".mp4": "alac", ".m4v": "alac"}.get(spec.container, "flac")
+
+
+def _seconds(value) -> str:
+    """Seconds as ffmpeg reads them, to the microsecond (its time base)."""
+    return f"{float(value):.6f}"
 
 
 def ffmpeg_options(source: Optional[Path], encoder: EncoderSettings, spec: Optional[OutputSpec] = None,

@@ -18,7 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -160,6 +160,11 @@ class MediaInfo:
     # subsampling does not divide, which BestSource would crop): the output is encoded as it.
     source_format: Optional[VideoFormat] = None
     note: str = ""  # one line: what the probe found that the output cannot keep ("" when nothing)
+    timecode: str = ""  # the start timecode of the first frame (the source's tag, shifted for an excerpt)
+    # An excerpt of the source (:func:`excerpt`): where its first frame is, in seconds from the
+    # start of the file the audio is copied from, and how long it lasts. None: the whole file.
+    excerpt: Optional[tuple[Fraction, Fraction]] = None
+    whole_frames: int = 0  # an excerpt's: the frames of the clip it is taken from (its frame numbers' range)
 
     @property
     def hdr_transfer(self) -> str:
@@ -316,11 +321,51 @@ def _streams_of(header: dict, source: Path, hdr: bool) -> dict:
     out: dict = {"subtitles": tuple(s.get("codec_name", "unknown") for s in streams
                                     if s.get("codec_type") == "subtitle"),
                  "tagged": bool(tags - {"encoder", "major_brand", "minor_version", "compatible_brands"}),
-                 "preroll": _audio_preroll(source), **_audio_of(header)}
+                 "preroll": _audio_preroll(source), "timecode": _timecode_of(header), **_audio_of(header)}
     if hdr:
         video = next((s for s in streams if s.get("codec_type") == "video"), {})
         out["hdr"] = _hdr_metadata(source, video)
     return out
+
+
+def _timecode_of(header: dict) -> str:
+    """The start timecode a container says: a stream's ``timecode`` tag (QuickTime's tmcd track,
+    MXF) or the file's (Matroska's ``TIMECODE``); "" when none."""
+    tagged = [s.get("tags", {}) for s in header.get("streams", [])] + [header.get("format", {}).get("tags", {})]
+    for tags in tagged:
+        for key, value in tags.items():
+            if key.lower() == "timecode" and isinstance(value, str) and value.strip():
+                return value.strip()
+    return ""
+
+
+def excerpt(media: MediaInfo, first: int, end: int) -> MediaInfo:
+    """What a script trimming ``media``'s clip to frames ``first .. end - 1`` hands the filter:
+    its frames, its times from 0, its start timecode, and where its audio lies in the source
+    (``excerpt``). ValueError (one line) for a range that is not inside the clip."""
+    if not 0 <= first < end <= media.frames:
+        raise ValueError(f"--frames {first}-{end - 1}: the source has frames 0-{media.frames - 1}; accepted: "
+                         "FIRST-LAST within them, FIRST <= LAST")
+    if media.times is not None:
+        times, tb = media.times, media.time_base
+        step = times[-1] - times[-2] if len(times) > 1 else 0
+        stop = times[end] if end < len(times) else times[-1] + step
+        start, duration = times[first] * tb, (stop - times[first]) * tb
+        kept = tuple(t - times[first] for t in times[first:end])
+    else:
+        if not media.fps:
+            raise ValueError(f"--frames {first}-{end - 1}: the source's frame rate is unknown")
+        start, duration, kept = first / media.fps, (end - first) / media.fps, None
+    timecode = ""
+    if media.fps:  # the timecode of its first frame (a file without one counts from 00:00:00:00, as editors do)
+        from vs_uav.media.timecode import shift_timecode
+
+        try:
+            timecode = shift_timecode(media.timecode or "00:00:00:00", first, media.fps)
+        except ValueError:
+            timecode = ""  # a tag that is no timecode is not carried
+    return replace(media, frames=end - first, times=kept, timecode=timecode, excerpt=(start, duration),
+                   preroll=False, whole_frames=media.frames)
 
 
 def _audio_of(header: dict) -> dict:

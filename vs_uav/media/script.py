@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.output import OutputSpec, absolute
-from vs_uav.media.probe import BWDIF, MediaInfo, convert, full_chroma_filter, interlaced_message
+from vs_uav.media.probe import BWDIF, MediaInfo, convert, excerpt, full_chroma_filter, interlaced_message
 from vs_uav.media.probe import probe as probe_media
 from vs_uav.settings import SETTINGS, UpscaleSettings
 
@@ -69,7 +69,8 @@ def reading_script(source: Optional[Path], prepare: Sequence[str] = ()) -> str:
 
 def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace: bool = True,
                 command: Optional[str] = None, title: Sequence[str] = (), prepare: Sequence[str] = (),
-                spec: Optional["OutputSpec"] = None, encoder: Optional[EncoderSettings] = None) -> str:
+                spec: Optional["OutputSpec"] = None, encoder: Optional[EncoderSettings] = None,
+                frame_range: Optional[tuple[int, int]] = None) -> str:
     """A ``.vpy`` that reads ``source`` and upscales it with only the non-default settings.
 
     ``namespace=False`` calls ``vs_uav.upscale`` (the same function) for hosts where the
@@ -79,6 +80,8 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     ``spec``: the encoded format (:func:`output_spec`); the script ends converting to it.
     ``encoder``: its scene-cut options; the script marks cuts before upscaling
     (:func:`vs_uav.vsfilter.scenes.script_lines`: by default it detects them).
+    ``frame_range``: (first, end) renders only those frames of the clip, with their own frame
+    numbers, then keeps them (:func:`vs_uav.excerpt`).
     """
     if source is None and not prepare:
         raise ValueError("make_script: no source; give a source file or prepare lines that make clip")
@@ -93,31 +96,47 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
         from vs_uav.vsfilter.scenes import script_lines
 
         lines.extend(script_lines(encoder.scene_cuts, encoder.scene_threshold))
-    call = "core.uav.Upscale(" if namespace else "vs_uav.upscale("
-    changed = settings.non_defaults()
-    if not changed:
-        lines.append(f"clip = {call}clip)  # all settings at their defaults")
+    call = _upscale_lines("core.uav.Upscale(" if namespace else "vs_uav.upscale(", settings)
+    if frame_range is None:
+        lines.extend(call)
     else:
-        lines.append(f"clip = {call}")
-        lines.append("    clip,")
-        for setting in SETTINGS:
-            if setting.name in changed:
-                lines.extend(_comment(setting.help, "    "))
-                lines.append(f"    {setting.name}={changed[setting.name]!r},")
-        lines.append(")")
+        first, end = frame_range
+        lines.extend(_comment(f"Frames {first}-{end - 1} only: uav.Upscale renders them with their own frame numbers "
+                              f"(seeds, chunks, cuts) and starts cold at frame {first}, as at a scene cut.", ""))
+        lines.extend(["" if namespace is False else "import vs_uav", f"with vs_uav.excerpt({first}, {end}):",
+                      *("    " + line if line else line for line in call), f"clip = clip[{first}:{end}]"])
     if spec is not None:
         lines.extend(_encoding_lines(spec))
     lines.append("clip.set_output()\n")
     return "\n".join(lines)
 
 
-def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterlace: str = "none"
-                   ) -> tuple[Path, MediaInfo]:
+def _upscale_lines(call: str, settings: UpscaleSettings) -> list[str]:
+    changed = settings.non_defaults()
+    if not changed:
+        return [f"clip = {call}clip)  # all settings at their defaults"]
+    lines = [f"clip = {call}", "    clip,"]
+    for setting in SETTINGS:
+        if setting.name in changed:
+            lines.extend(_comment(setting.help, "    "))
+            lines.append(f"    {setting.name}={changed[setting.name]!r},")
+    return [*lines, ")"]
+
+
+def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterlace: str = "none",
+                   frame_range: Optional[tuple[int, int]] = None) -> tuple[Path, MediaInfo]:
     """(the file the script reads, what it hands the filter): ``source`` probed; an interlaced
     one refused (ValueError, one line) or deinterlaced (``deinterlace='bwdif'``), and an odd
     size that BestSource would crop (97x55 4:2:0 read as 96x54) made 4:4:4 at its size, both
-    into a lossless file in ``folder`` first; the output is encoded in the source's format."""
+    into a lossless file in ``folder`` first; the output is encoded in the source's format.
+    ``frame_range``: the excerpt the script renders (:func:`make_script`), checked against the
+    clip and described by :func:`vs_uav.media.probe.excerpt`."""
     media = probe_media(source, reading_script(source, prepare))
+    if frame_range is not None:
+        if media.interlaced:
+            raise ValueError(f"--frames with the interlaced {source}: accepted: a progressive source (deinterlace "
+                             "it first, e.g. ffmpeg -vf bwdif=mode=send_field)")
+        excerpt(media, *frame_range)  # its one line before anything is converted
     filters, name = [], "progressive.mkv"
     if media.interlaced:
         if deinterlace == "none":
@@ -128,14 +147,14 @@ def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterla
         filters.append(full_chroma_filter(media))
         name = name if media.interlaced else "full-chroma.mkv"
     if not filters:
-        return source, media
+        return source, excerpt(media, *frame_range) if frame_range is not None else media
     video = Path(folder) / name
     convert(source, video, ",".join(filters), "ffmpeg could not " + (
         "deinterlace it with bwdif" if media.interlaced else "make it 4:4:4 at its odd size"))
     converted = probe_media(video, reading_script(video, prepare), start_of=source)
     if odd:  # what the filter is given, encoded as the source was (and sited as it was)
         converted = replace(converted, source_format=media.format, chroma_location=media.chroma_location)
-    return video, converted
+    return video, excerpt(converted, *frame_range) if frame_range is not None else converted
 
 
 # -- what the output keeps of the source -----------------------------------------------------------

@@ -159,15 +159,19 @@ def mark_cuts(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD, cuts_f
     return core.std.ModifyFrame(clip, [clip, *shifted], detected)
 
 
-def detect(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD) -> list[int]:
-    """The frames :func:`mark_cuts` marks with ``threshold``, sorted: one pass over the clip's
-    grey copies (decoding, not upscaling)."""
+def detect(clip: "vs.VideoNode", threshold: float = DEFAULT_THRESHOLD, first: int = 0,
+           end: Optional[int] = None) -> list[int]:
+    """The frames among ``first .. end - 1`` (default: all) that :func:`mark_cuts` marks with
+    ``threshold``, sorted: one pass over those frames' grey copies and their neighbours'
+    (decoding, not upscaling)."""
     threshold = check_threshold(threshold)
-    props = [(f.props[f"{_PROP}Diff"], f.props[f"{_PROP}CoverAverage"])
-             for f in _differences(clip, threshold).frames(close=True)]
-    diffs = [d for d, _ in props]
-    return [n for n, (d, cover) in enumerate(props)
-            if is_cut(n, d, [diffs[j] for j in _window(n, len(diffs))], threshold, cover)]
+    num = clip.num_frames
+    end = num if end is None else end
+    lo, hi = max(0, first - WINDOW), min(num, end + WINDOW)
+    props = {lo + i: (f.props[f"{_PROP}Diff"], f.props[f"{_PROP}CoverAverage"])
+             for i, f in enumerate(_differences(clip, threshold)[lo:hi].frames(close=True))}
+    return [n for n in range(first, end)
+            if is_cut(n, props[n][0], [props[j][0] for j in _window(n, num)], threshold, props[n][1])]
 
 
 def check_threshold(threshold: float) -> float:
@@ -212,14 +216,39 @@ def read_cuts(path: os.PathLike | str, num_frames: int) -> list[int]:
     return sorted(set(cuts))
 
 
-def cuts_of(clip: "vs.VideoNode", scene_cuts: str, threshold: float) -> list[int]:
+def cuts_of(clip: "vs.VideoNode", scene_cuts: str, threshold: float, first: int = 0,
+            end: Optional[int] = None) -> list[int]:
     """The cuts the script :func:`script_lines` writes for ``scene_cuts`` ('auto', 'none' or a
-    cut list's path, as ``EncoderSettings.scene_cuts``) marks in ``clip``."""
+    cut list's path, as ``EncoderSettings.scene_cuts``) marks in ``clip``, among its frames
+    ``first .. end - 1`` (default: all)."""
     if scene_cuts == NONE:
         return []
+    end = clip.num_frames if end is None else end
     if scene_cuts == AUTO:
-        return detect(clip, threshold)
-    return [c for c in read_cuts(scene_cuts, clip.num_frames) if c > 0]
+        return detect(clip, threshold, first, end)
+    return [c for c in read_cuts(scene_cuts, clip.num_frames) if c > 0 and first <= c < end]
+
+
+def scene_start(clip: "vs.VideoNode", n: int, scene_cuts: str, threshold: float, limit: int) -> Optional[int]:
+    """The first frame of the scene frame ``n`` of ``clip`` belongs to, as the script that
+    :func:`script_lines` writes for ``scene_cuts`` marks it: the last cut at or before ``n``, or
+    0; None when detection finds no cut within ``limit`` frames before ``n`` (the scene may
+    start anywhere before). Detection reads back in blocks from ``n``, not the whole clip."""
+    if scene_cuts == NONE:
+        return 0
+    if scene_cuts != AUTO:
+        return max([0, *(c for c in read_cuts(scene_cuts, clip.num_frames) if c <= n)])
+    end = n + 1
+    while end > 0 and n - end < limit:
+        first = max(0, end - _SCAN_BLOCK, n - limit)
+        cuts = detect(clip, threshold, first, end)
+        if cuts:
+            return cuts[-1]
+        end = first
+    return 0 if end == 0 else None
+
+
+_SCAN_BLOCK = 96  # frames read at a time when scene_start looks back
 
 
 def script_lines(scene_cuts: str, threshold: float) -> list[str]:

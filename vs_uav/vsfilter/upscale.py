@@ -178,6 +178,20 @@ def segment(start: int, stop: int) -> Iterator[None]:
         _SEGMENT.reset(token)
 
 
+@contextlib.contextmanager
+def excerpt(first: int, end: int) -> Iterator[None]:
+    """An excerpt's script (``uav upscale --frames``, a conform's piece): the filter made in this
+    block renders only frames ``first .. end - 1`` of its clip, with their own frame numbers
+    (seeds, chunk grid, cut list) and a cold start at ``first``; the script then keeps those
+    frames (``clip[first:end]``). Inside a :func:`segment` block, numbered in the excerpt's
+    frames (a cluster worker rendering a segment of it), the segment's part of it."""
+    if not 0 <= first < end:
+        raise _fail(f"excerpt({first}, {end}); accepted: 0 <= first < end")
+    outer = _SEGMENT.get()
+    with segment(*((first + outer[0], first + outer[1]) if outer is not None else (first, end))):
+        yield
+
+
 def _check_range(start: int, stop: int, num_frames: int) -> None:
     if not 0 <= start < stop <= num_frames:  # as ChunkDriver says it
         raise _fail(f"frames {start}..{stop}; accepted: 0 <= start < stop <= {num_frames}")

@@ -72,16 +72,20 @@ def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], t
 
 
 def find_cuts(job: ClusterJob) -> list[int]:
-    """The cuts the job's script marks (:func:`vs_uav.vsfilter.scenes.cuts_of` on the clip it reads)."""
+    """The cuts the job's script marks (:func:`vs_uav.vsfilter.scenes.cuts_of` on the clip it
+    reads), numbered in the frames it outputs: an excerpt's from its first frame, found among
+    its frames only."""
     import vapoursynth as vs
 
     from vs_uav.media.script import reading_script
     from vs_uav.vsfilter.scenes import SceneError, cuts_of
 
     namespace: dict[str, Any] = {"__name__": "__vapoursynth__"}
+    first, end = job.frame_range or (0, None)
     try:
         exec(compile(reading_script(job.video, job.prepare), "<reading>", "exec"), namespace)
-        return cuts_of(namespace["clip"], job.encoder.scene_cuts, job.encoder.scene_threshold)
+        cuts = cuts_of(namespace["clip"], job.encoder.scene_cuts, job.encoder.scene_threshold, first, end)
+        return [c - first for c in cuts if c > first]
     except SceneError as e:
         raise ClusterError(str(e)) from None
     except vs.Error as e:

@@ -28,6 +28,7 @@ class ClusterJob:
     spec: "OutputSpec"
     filter_file: Optional[Path] = None
     prepare: Sequence[str] = ()
+    frame_range: Optional[tuple[int, int]] = None  # an excerpt of the clip (its segments numbered from its first)
 
 
 @dataclass
