@@ -83,9 +83,11 @@ def test_an_edit_plans_only_the_ranges_it_uses_with_handles(footage):
     assert (plan.used_frames, plan.rendered_frames, plan.source_frames) == (101, 161, 350)
     assert plan.summary() == ("6 pieces from 2 sources: the edit uses 101 frames, the conform renders 161 with "
                               "4-frame handles, of 350 in the sources (46%)")
-    # By default pieces closer than twice the handles are merged: one cold start less; testsrc has
-    # no cut that the default detection finds.
-    assert [p[:3] for p in pieces(plan_conform(path, handles=4))][:2] == [("a.mp4", 0, 54), ("a.mp4", 96, 114)]
+    # By default pieces closer than twice the handles are merged: one cold start less; without
+    # scene_cuts the starts are the planned ones (the render puts them on the grid: align_plan).
+    assert [p[:3] for p in pieces(plan_conform(path, handles=4))][:2] == [("a.mp4", 1, 54), ("a.mp4", 96, 114)]
+    # testsrc has no cut that the default detection finds: the grid is multiples of 6 from 0.
+    assert [p[1] for p in pieces(plan_conform(path, handles=4, scene_cuts="auto"))] == [0, 96, 144, 12, 90]
     # Handles are clamped to the media: 12 before frame 5 is frame 0, 12 after b-2 stays in b.
     wide = pieces(plan_conform(path, handles=40))
     assert wide[0][1] == 0 and all(end <= {"a.mp4": 200, "b.mov": 150}[name] for name, _, end, _ in wide)
@@ -163,8 +165,9 @@ def test_uav_conform_plan_prints_the_pieces_and_the_summary(footage):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0] == f"{footage / 'footage' / 'a.mp4'}: frames 0-53 (54 frames) for a-freeze, a-1, a-2"
-    assert lines[-1] == "5 pieces from 2 sources: the edit uses 101 frames, the conform renders 163 with 4-frame " \
-        "handles, of 350 in the sources (47%)"
+    assert lines[0] == f"{footage / 'footage' / 'a.mp4'}: frames 1-53 (53 frames) for a-freeze, a-1, a-2"
+    assert lines[-2:] == ["5 pieces from 2 sources: the edit uses 101 frames, the conform renders 155 with 4-frame "
+                          "handles, of 350 in the sources (44%)", "(a render moves each piece's start back by up to 5 "
+                          "frames, onto its scene's window grid)"]
     bad = subprocess.run([UAV, "conform", str(path), "--plan", "--handles", "-2"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr == "uav conform: --handles -2: accepted: an integer >= 0\n"

@@ -7,6 +7,7 @@ tiny reference model."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -98,7 +99,7 @@ def test_a_piece_inside_a_later_scene_aligns_to_that_scenes_first_frame(tmp_path
     timeline.tracks.append(otio.schema.Track(kind=otio.schema.TrackKind.Video))
     timeline.tracks[0].append(clip("late", str(shot), 80, 10))
     otio.adapters.write_to_file(timeline, str(tmp_path / "late.otio"))
-    piece = plan_conform(tmp_path / "late.otio", handles=4).pieces[0]
+    piece = plan_conform(tmp_path / "late.otio", handles=4, scene_cuts="auto").pieces[0]
     assert (piece.start, piece.end) == (on_window_grid(76, 60), 94) == (72, 94)
 
 
@@ -233,3 +234,54 @@ def test_the_relinked_timeline_in_the_edits_format_reads_back_as_the_same_cut(tm
     assert cut(after) == cut(before)
     urls = {c.media_reference.target_url for c in video_clips(after)}
     assert urls == {o.absolute().as_uri() for o in outputs}, urls
+
+
+@pytest.mark.slow
+def test_an_image_sequence_is_read_from_its_first_number_at_the_rate_given(tmp_path):
+    """16-bit PNG frames numbered from 86400 (a scanner's timecode-numbered files): read from
+    that number at --fps, kept 16-bit RGB through FFV1; a gap in the numbers or a folder of
+    several sequences is said in one line before anything renders."""
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=25:duration=0.4",
+                    "-pix_fmt", "rgb48be", "-start_number", "86400", str(scan / "reel1_%07d.png")], check=True)
+    assert sorted(p.name for p in scan.iterdir())[0] == "reel1_0086400.png"
+    for given in (scan, scan / "reel1_%07d.png"):
+        out = tmp_path / "out.mkv"
+        run = subprocess.run([UAV, "upscale", str(given), "-o", str(out), "--fps", "23.976", *RENDER],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        probe = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_entries",
+                                "stream=nb_read_packets,pix_fmt,r_frame_rate,width", "-of", "default=nw=1", str(out)],
+                               capture_output=True, text=True).stdout.split()
+        assert probe == ["width=128", "pix_fmt=gbrp16le", "r_frame_rate=24000/1001", "nb_read_packets=10"], probe
+        out.unlink()
+    # Its default output is named after it, next to it.
+    from vs_uav.app.plan import default_output
+
+    assert default_output(scan / "reel1_%07d.png", EncoderSettings()) == scan / "reel1.uav.mkv"
+    assert default_output(scan / "%07d.png", EncoderSettings()) == tmp_path / "scan.uav.mkv"
+    # A queue's resume record and the cluster's job key know a sequence by its files.
+    from vs_uav.app.job import UpscaleJob
+    from vs_uav.app.queue import finished_before
+    from vs_uav.media.sequence import signature
+    from vs_uav.settings import UpscaleSettings
+
+    job = UpscaleJob.create(scan, UpscaleSettings(), EncoderSettings(codec="ffv1"), fps=24)
+    assert job.source == scan / "reel1_%07d.png" and not finished_before(job)
+    before = signature(job.source)
+    os.utime(scan / "reel1_0086405.png", ns=(1, 1 << 62))
+    assert signature(job.source) != before and signature(job.source)[:2] == [86400, 10]
+    (scan / "reel1_0086403.png").unlink()
+    (scan / "take2_001.png").write_bytes((scan / "reel1_0086400.png").read_bytes())
+    for given, said in ((scan / "reel1_%07d.png", f"input {scan / 'reel1_%07d.png'}: frame 86403 is missing (frames "
+                                                  "86400-86402, then 86404-...); accepted: consecutive frame numbers"),
+                        (scan, f"input {scan}: holds several image sequences (reel1_#######.png, take2_###.png); "
+                               "accepted: one, or a pattern naming it")):
+        bad = subprocess.run([UAV, "upscale", str(given), "-o", str(tmp_path / "bad.mkv"), *RENDER],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 1 and bad.stderr.startswith(f"uav upscale: {said}"), bad.stderr
+        assert bad.stderr.count("\n") == 1
+    video = source(tmp_path / "v.mp4", 5)
+    bad = subprocess.run([UAV, "upscale", str(video), "--fps", "25", *RENDER], capture_output=True, text=True)
+    assert bad.stderr == "uav upscale: --fps 25: accepted for an image sequence only (a video has its own rate)\n"

@@ -180,14 +180,18 @@ def test_a_folder_is_not_a_video(tmp_path):
     of frames only (no video in it) is refused with what to do about it."""
     (tmp_path / "frames").mkdir()
     (tmp_path / "frames" / "000001.png").write_bytes(b"")
-    said = {"script": f"input {tmp_path / 'frames'} is a folder, not a video; accepted: a video file (image sequences "
-                      "are not read yet",
-            "upscale": "input frames is a folder without videos; accepted: a video file or a folder of them (.mp4, "
-                       ".mkv, .mov, .m4v, ...) (image sequences are not read yet"}
-    for command in ("upscale", "script"):
-        run = uav(command, "frames", cwd=tmp_path, check=False)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    said = {("script", "frames"): f"input {tmp_path / 'frames'} is an image sequence; accepted: a video file (uav "
+                                  "upscale reads image sequences, with --fps)",
+            ("script", "notes"): f"input {tmp_path / 'notes'} is a folder without videos or images; accepted: a video "
+                                 "file (or a folder of numbered images, or their pattern",
+            ("upscale", "notes"): "input notes is a folder without videos; accepted: a video file or a folder of them "
+                                  "(.mp4, .mkv, .mov, .m4v, ...) (or a folder of numbered images, or their pattern"}
+    for (command, folder), line in said.items():
+        run = uav(command, folder, cwd=tmp_path, check=False)
         assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
-        assert run.stderr.startswith(f"uav {command}: {said[command]}"), run.stderr
+        assert run.stderr.startswith(f"uav {command}: {line}"), run.stderr
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_a_job_is_made_with_absolute_paths_and_refused_in_one_line(clip, tmp_pat
     assert job.output.is_absolute() and job.resume and job.check and job.cluster is None
     with pytest.raises(JobError, match=r"^--output .*in.mp4 is the input; choose another file$"):
         UpscaleJob.create(clip, SETTINGS, FFV1, clip)
-    with pytest.raises(JobError, match=r"^input .* is a folder, not a video; accepted: a video file"):
+    with pytest.raises(JobError, match=r"^input .* is a folder without videos or images; accepted: a video file"):
         UpscaleJob.create(tmp_path, SETTINGS, FFV1)
     with pytest.raises(JobError, match=r"^--no-resume: accepted: one-machine renders only"):
         UpscaleJob.create(clip, SETTINGS, FFV1, cluster=ClusterOptions("local"), resume=False)

@@ -227,6 +227,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     preset = _resolve(args, "uav upscale")
     options = dict(cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume,
                    frame_range=_frame_range(args.frames, "uav upscale"))
+    if args.fps is not None:
+        options["fps"] = args.fps
     try:
         if is_queue(args.input, args.output):
             return _run_queue(plan_queue(args.input, preset.settings, preset.encoder, args.output, **options),
@@ -385,6 +387,11 @@ def cmd_script(args: argparse.Namespace) -> int:
     script = absolute(args.script) if args.script else default_script(source)
     output = absolute(args.output) if args.output else default_output(source, preset.encoder)
     media = None
+    from vs_uav.media.sequence import is_sequence
+
+    if is_sequence(source):
+        raise SystemExit(f"uav script: input {source} is an image sequence; accepted: a video file (uav upscale "
+                         "reads image sequences, with --fps)")
     if source.is_dir():
         from vs_uav.media.probe import not_a_video
 
@@ -561,7 +568,8 @@ def _add_upscale(add) -> None:
     from vs_uav.settings import SETTINGS
 
     up = add("upscale", help="upscale a video file: vspipe into ffmpeg, audio copied")
-    up.add_argument("input", nargs="+", help="source video; several files, folders of videos or glob patterns "
+    up.add_argument("input", nargs="+", help="source video, or an image sequence (a folder of numbered images, or "
+                    "their pattern, e.g. scan/reel1_%%07d.dpx); several files, folders of videos or glob patterns "
                     "make a queue, every file checked before the first renders")
     up.add_argument("-o", "--output", help="output file (default: next to the source, e.g. clip.uav.mkv; "
                     ".mov for prores); for a queue a folder (each output named after its source) or a pattern "
@@ -574,6 +582,8 @@ def _add_upscale(add) -> None:
                          "that after Ctrl+C or a crash the same command resumes where it stopped; the folder goes "
                          "once the output is verified (default); --no-resume keeps nothing; an explicit "
                          "--cache-dir is used instead")
+    up.add_argument("--fps", type=float, metavar="RATE", help="an image sequence's frame rate (default: 24; "
+                    "23.976 and its kind are read as 24000/1001)")
     up.add_argument("--frames", metavar="FIRST-LAST", help="render only the source's frames FIRST to LAST "
                     "(from 0, LAST included), e.g. 100-199: the output starts cold there, with that part of the "
                     "audio and the timecode of frame FIRST")
@@ -629,7 +639,7 @@ def _add_conform(add) -> None:
 def cmd_conform(args: argparse.Namespace) -> int:
     """The conform's plan (one line per piece, then the summary) on stdout; without --plan the
     pieces rendered as one queue and the relinked timeline written (vs_uav.app.relink)."""
-    from vs_uav.app.conform import ConformError, describe, plan_conform
+    from vs_uav.app.conform import ConformError, align_plan, describe, plan_conform
     from vs_uav.app.relink import run_conform
 
     prog = "uav conform"
@@ -639,14 +649,16 @@ def cmd_conform(args: argparse.Namespace) -> int:
     preset = _resolve(args, prog)
     options = {} if args.plan else dict(cluster=_cluster_options(args, prog), resume=args.resume)
     try:
-        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate,
-                            scene_cuts=preset.encoder.scene_cuts, scene_threshold=preset.encoder.scene_threshold)
+        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate)
+        if not args.plan:  # the render's starts, on each scene's window grid (a little decoding)
+            plan = align_plan(plan, preset.encoder.scene_cuts, preset.encoder.scene_threshold)
     except ConformError as e:
         raise SystemExit("\n".join(f"{prog}: {line}" for line in str(e).splitlines()))
     for line in describe(plan):
         print(line)
     print(plan.summary())
     if args.plan:
+        print("(a render moves each piece's start back by up to 5 frames, onto its scene's window grid)")
         return 0
     bar = _QueueBar(prog)
     try:

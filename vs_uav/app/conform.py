@@ -17,7 +17,8 @@ restoration has to render.
    costs less than the cold start of one more piece): the :class:`Piece` objects to render;
 5. each piece's start moved back (at most 5 frames) onto its scene's U-Net window grid
    (:func:`align_pieces`), so that its cold start lays its windows where a render of the whole
-   source does.
+   source does; this one decodes a little of each source (the scene's start is looked for), so
+   ``uav conform --plan`` leaves it to the render (:func:`align_plan`).
 
 The plan says what the conform saves: frames the edit uses, frames it renders, frames in the
 sources. Rendering the pieces and writing the relinked timeline: :mod:`vs_uav.app.relink`.
@@ -83,6 +84,7 @@ class ConformPlan:
     pieces: list[Piece] = field(default_factory=list)
     handles: int = DEFAULT_HANDLES
     rate: Optional[float] = None  # an EDL's frame rate, as read (read_timeline)
+    aligned: bool = False  # step 5 done: each piece starts on its scene's window grid
 
     @property
     def used_frames(self) -> int:
@@ -259,11 +261,12 @@ def merge_uses(media: Media, uses: Sequence[Use], handles: int, merge_gap: Optio
 
 
 def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Path] = (),
-                 merge_gap: Optional[int] = None, rate: Optional[float] = None, scene_cuts: str = "auto",
-                 scene_threshold: float = 0.1) -> ConformPlan:
+                 merge_gap: Optional[int] = None, rate: Optional[float] = None,
+                 scene_cuts: Optional[str] = None, scene_threshold: float = 0.1) -> ConformPlan:
     """The steps in the module's docstring; ConformError in one line (one per missing media).
-    ``rate``: an EDL's frame rate (:func:`read_timeline`); ``scene_cuts``, ``scene_threshold``:
-    the render's (``EncoderSettings``), which step 5 finds the pieces' scenes with."""
+    ``rate``: an EDL's frame rate (:func:`read_timeline`). ``scene_cuts``, ``scene_threshold``:
+    the render's (``EncoderSettings``), which step 5 finds the pieces' scenes with; None leaves
+    step 5 to :func:`align_plan` (it decodes a little of each source: seconds per piece)."""
     if handles < 0:
         raise ConformError(f"--handles {handles}: accepted: an integer >= 0")
     path = Path(path).absolute()
@@ -283,8 +286,14 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
     plan = ConformPlan(path, handles=handles, rate=rate)
     for p, m in media.items():  # 4.
         plan.pieces += merge_uses(m, uses[p], handles, merge_gap)
-    plan.pieces = align_pieces(plan.pieces, scene_cuts, scene_threshold)  # 5.
-    return plan
+    return plan if scene_cuts is None else align_plan(plan, scene_cuts, scene_threshold)  # 5.
+
+
+def align_plan(plan: ConformPlan, scene_cuts: str, scene_threshold: float) -> ConformPlan:
+    """Step 5 of :func:`plan_conform`, on a plan made without it (:func:`align_pieces`)."""
+    if plan.aligned:
+        return plan
+    return replace(plan, pieces=align_pieces(plan.pieces, scene_cuts, scene_threshold), aligned=True)
 
 
 # How far back the first frame of a piece's scene is looked for (seconds of the source).
@@ -305,12 +314,14 @@ def align_pieces(pieces: Sequence[Piece], scene_cuts: str, threshold: float) -> 
     from vs_uav.media.script import reading_script
     from vs_uav.vsfilter.scenes import SceneError, scene_start
 
-    aligned = []
+    aligned, clips = [], {}
     for piece in pieces:
         namespace: dict[str, Any] = {"__name__": "__vapoursynth__"}
         try:
-            exec(compile(reading_script(piece.media.path), "<reading>", "exec"), namespace)
-            anchor = scene_start(namespace["clip"], piece.start, scene_cuts, threshold,
+            if piece.media.path not in clips:
+                exec(compile(reading_script(piece.media.path), "<reading>", "exec"), namespace)
+                clips[piece.media.path] = namespace["clip"]
+            anchor = scene_start(clips[piece.media.path], piece.start, scene_cuts, threshold,
                                  round(SCENE_SEARCH_SECONDS * float(piece.media.fps)))
         except (vs.Error, SceneError) as e:
             from vs_uav.errors import one_line
@@ -335,5 +346,5 @@ def describe(plan: ConformPlan) -> list[str]:
 
 
 __all__ = ["ConformError", "ConformPlan", "DEFAULT_HANDLES", "Media", "Piece", "SCENE_SEARCH_SECONDS", "Use",
-           "align_pieces", "clip_use", "describe",
+           "align_pieces", "align_plan", "clip_use", "describe",
            "media_path", "merge_uses", "plan_conform", "probe_media", "read_timeline", "video_clips"]

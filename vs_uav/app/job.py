@@ -119,13 +119,24 @@ class UpscaleJob:
                output: Optional[os.PathLike | str] = None, **options: Any) -> "UpscaleJob":
         """A job with its paths made absolute and the default output (``in.uav.mkv`` next to
         ``in.mp4``) when ``output`` is None; JobError for an input that is not a file, an
-        output that is the input, or options that do not go together."""
+        output that is the input, or options that do not go together. ``source`` may be an
+        image sequence (a pattern such as ``scan/reel1_%07d.dpx``, or its folder), read at
+        ``fps`` (an option; :data:`vs_uav.media.sequence.DEFAULT_FPS` by default)."""
         from vs_uav.app.plan import default_output
         from vs_uav.media.output import absolute
         from vs_uav.media.probe import not_a_video
+        from vs_uav.media.sequence import check_fps, find_sequence, fps_line, is_sequence
 
-        given = Path(source)
-        if not given.is_file():
+        given, fps = Path(source), options.pop("fps", None)
+        if is_sequence(given):  # frames, one file each: read at --fps, from the first file's number
+            try:
+                given, rate = find_sequence(given).pattern, check_fps(fps)
+            except ValueError as e:
+                raise JobError(str(e)) from None
+            options["prepare"] = (fps_line(rate), *options.get("prepare", ()))
+        elif fps is not None:
+            raise JobError(f"--fps {fps:g}: accepted for an image sequence only (a video has its own rate)")
+        elif not given.is_file():
             raise JobError(not_a_video(given))
         source = absolute(given)
         output = absolute(output) if output is not None else default_output(source, encoder)

@@ -23,8 +23,17 @@ logger = logging.getLogger(__name__)
 
 
 def default_output(source: Path, encoder: EncoderSettings) -> Path:
-    """Next to the source, in the codec's usual container: 'clip.mp4' -> 'clip.uav.mkv'."""
-    return Path(source).with_name(f"{Path(source).stem}.uav{encoder.container}")
+    """Next to the source, in the codec's usual container: 'clip.mp4' -> 'clip.uav.mkv'; an image
+    sequence's next to its frames, named as they are: 'scan/reel1_%07d.dpx' -> 'scan/reel1.uav.mkv',
+    'scan/reel1/%07d.dpx' -> 'scan/reel1.uav.mkv'."""
+    from vs_uav.media.sequence import is_pattern
+
+    source = Path(source)
+    if is_pattern(source):
+        name = source.name.split("%", 1)[0].rstrip("_.- ")
+        return (source.parent if name else source.parent.parent) / \
+            f"{name or source.parent.name}.uav{encoder.container}"
+    return source.with_name(f"{source.stem}.uav{encoder.container}")
 
 
 def default_script(source: Path) -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from vs_uav.app.job import JobError, JobEvents, JobResult, UpscaleJob, check_job, run_job
+from vs_uav.media.sequence import is_sequence, signature
 
 if TYPE_CHECKING:
     from vs_uav.media.encoder import EncoderSettings
@@ -90,7 +91,8 @@ def expand_sources(inputs: Sequence[str]) -> list[Path]:
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_dir():
-            videos = sorted(p for p in path.iterdir() if p.is_file() and _is_source(p))
+            videos = [path] if _frames_only(path) else sorted(p for p in path.iterdir() if p.is_file()
+                                                              and _is_source(p))
             if not videos:
                 from vs_uav.media.probe import image_sequence_hint
 
@@ -116,11 +118,17 @@ def _is_source(path: Path) -> bool:
 
 def is_queue(inputs: Sequence[str], output: Optional[str]) -> bool:
     """Whether ``inputs`` and ``-o`` ask for a queue rather than one file into one output."""
-    if len(inputs) != 1 or Path(inputs[0]).expanduser().is_dir():
+    path = Path(inputs[0]).expanduser()
+    if len(inputs) != 1 or (path.is_dir() and not _frames_only(path)):
         return True
     if not Path(inputs[0]).expanduser().exists() and _GLOB & set(inputs[0]):
         return True
     return output is not None and ("{" in output or _output_folder(output) is not None)
+
+
+def _frames_only(folder: Path) -> bool:
+    """A folder of an image sequence's frames, without videos: one source, not a queue."""
+    return is_sequence(folder) and not any(p.is_file() and _is_source(p) for p in folder.iterdir())
 
 
 def _output_folder(output: str) -> Optional[Path]:
@@ -181,8 +189,7 @@ def record_path(output: Path) -> Path:
 
 
 def _fingerprint(job: UpscaleJob) -> dict:
-    st = job.source.stat()
-    return {"source": [str(job.source), st.st_size, st.st_mtime_ns],
+    return {"source": [str(job.source), *signature(job.source)],
             "settings": dataclasses.asdict(job.settings), "encoder": dataclasses.asdict(job.encoder),
             "deinterlace": job.deinterlace, "prepare": list(job.prepare),
             "frame_range": list(job.frame_range) if job.frame_range else None}

@@ -3,7 +3,8 @@ to them.
 
 :func:`run_conform` runs in numbered steps:
 
-1. the plan (:func:`vs_uav.app.conform.plan_conform`);
+1. the plan (:func:`vs_uav.app.conform.plan_conform`), each piece's start on its scene's window
+   grid (:func:`vs_uav.app.conform.align_plan`);
 2. one :class:`~vs_uav.app.job.UpscaleJob` per piece (:func:`conform_jobs`): the source's
    frames of the piece only (``frame_range``), into ``FOLDER/<source>.<first>-<last>.uav.mkv``,
    which carries the timecode of the piece's first frame and its part of the audio; the jobs
@@ -147,8 +148,11 @@ def run_conform(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", en
     ``stop`` is set (the pieces finished so far are kept; the same command renders the rest)."""
     from vs_uav.app.queue import run_queue
 
+    from vs_uav.app.conform import align_plan
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    plan = align_plan(plan, encoder.scene_cuts, encoder.scene_threshold)
     jobs = conform_jobs(plan, folder, settings, encoder, **options)
     result = run_queue(jobs, events, stop)
     if not result.ok:

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.probe import MediaInfo, VideoFormat
+from vs_uav.media.sequence import is_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,8 @@ def source_streams(source: Optional[Path], encoder: EncoderSettings,
     a player drops, the start timecode; for an excerpt of the source (``spec.media.excerpt``) its
     part of the audio and subtitles. The one-machine pipe and the cluster's join both use it."""
     media = spec.media if spec is not None else None
+    if source is not None and is_pattern(source):
+        source = None  # an image sequence: no audio, subtitles or tags to take
     copy_audio = encoder.audio == "copy" and source is not None
     timecode = ["-timecode", media.timecode] if media is not None and media.timecode else []
     if source is None or not (copy_audio or (media is not None and (media.tagged or spec.subtitles))):

@@ -240,14 +240,15 @@ def not_a_video(source: Path) -> str:
     """Why ``source`` cannot be an input, in one line ("" when it is a file): missing, or a folder."""
     source = Path(source)
     if source.is_dir():
-        return f"input {source} is a folder, not a video; accepted: a video file {image_sequence_hint(source)}"
+        return (f"input {source} is a folder without videos or images; accepted: a video file "
+                f"{image_sequence_hint(source)}")
     return "" if source.is_file() else f"input {source} not found"
 
 
 def image_sequence_hint(folder: Path) -> str:
     """What to do with a folder of frames, in parentheses."""
-    return (f"(image sequences are not read yet: make a video of them first, e.g. ffmpeg -framerate 24 -i "
-            f"{_quote(Path(folder) / '%06d.png')} -c:v ffv1 frames.mkv)")
+    return (f"(or a folder of numbered images, or their pattern, e.g. {_quote(Path(folder) / '%07d.dpx')}, with "
+            "--fps)")
 
 
 def _quote(path: Path) -> str:

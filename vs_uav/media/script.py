@@ -25,6 +25,7 @@ from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.output import OutputSpec, absolute
 from vs_uav.media.probe import BWDIF, MediaInfo, convert, excerpt, full_chroma_filter, interlaced_message
 from vs_uav.media.probe import probe as probe_media
+from vs_uav.media.sequence import find_sequence, is_pattern, reading_lines
 from vs_uav.settings import SETTINGS, UpscaleSettings
 
 if TYPE_CHECKING:
@@ -53,7 +54,9 @@ def _commented(text: str) -> str:
 
 def _reading_lines(source: Optional[Path], prepare: Sequence[str]) -> list[str]:
     lines = []
-    if source is not None:
+    if source is not None and is_pattern(source):
+        lines.extend(reading_lines(find_sequence(source)))
+    elif source is not None:
         lines.append("# The source video, decoded frame-accurately by BestSource.")
         lines.append(f"clip = core.bs.VideoSource({str(absolute(source))!r})\n")
     if prepare:

@@ -60,9 +60,10 @@ def _segment_args(job: ClusterJob) -> tuple[str, ...]:
 
 def _job_key(job: ClusterJob, ffmpeg_args: Sequence[str]) -> str:
     """What the segments depend on: the script, the encoder's options, the source file."""
-    st = Path(job.source).stat()
+    from vs_uav.media.sequence import signature
+
     blob = json.dumps({"script": Path(job.script).read_text(encoding="utf-8"), "ffmpeg": list(ffmpeg_args),
-                       "source": [str(job.source), st.st_size, st.st_mtime_ns], "suffix": job.output.suffix})
+                       "source": [str(job.source), *signature(job.source)], "suffix": job.output.suffix})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
