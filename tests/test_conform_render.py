@@ -8,6 +8,7 @@ tiny reference model."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -256,6 +257,22 @@ def test_an_image_sequence_is_read_from_its_first_number_at_the_rate_given(tmp_p
                                capture_output=True, text=True).stdout.split()
         assert probe == ["width=128", "pix_fmt=gbrp16le", "r_frame_rate=24000/1001", "nb_read_packets=10"], probe
         out.unlink()
+    # A 16-bit TIFF sequence out, its frames numbered as the source's.
+    tiffs = tmp_path / "restored" / "r1_%07d.tif"
+    run = subprocess.run([UAV, "upscale", str(scan / "reel1_%07d.png"), "-o", str(tiffs), *RENDER[:4]],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in tiffs.parent.iterdir()) == [f"r1_{n:07d}.tif" for n in range(86400, 86410)]
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,pix_fmt,width", "-of",
+                            "csv=p=0", str(tiffs.parent / "r1_0086409.tif")], capture_output=True, text=True)
+    assert probe.stdout.strip() == "tiff,128,rgb48le"
+    for args, said in (([str(tmp_path / "x" / "%07d.exr")], "--output .*/x/%07d.exr: an image sequence of .exr; "
+                                                              "accepted: .tif, .tiff, .png, .dpx"),
+                       ([str(tmp_path / "x.mkv"), "--codec", "png"], "--codec png writes an image sequence; "
+                                                                      "accepted: an --output pattern"),
+                       ([str(tiffs), "--cluster", "local"], "--cluster with an image sequence output: not built")):
+        bad = subprocess.run([UAV, "upscale", str(scan), "-o", *args, *RENDER[:4]], capture_output=True, text=True)
+        assert bad.returncode == 1 and re.match(f"uav upscale: {said}", bad.stderr), bad.stderr
     # Its default output is named after it, next to it.
     from vs_uav.app.plan import default_output
 

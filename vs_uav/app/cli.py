@@ -65,7 +65,7 @@ def _add_setting_options(parser: argparse.ArgumentParser, specs) -> None:
     one-line message (argparse's would be a usage dump naming a conversion function)."""
     for spec in specs:
         flag = "--" + spec.name.replace("_", "-")
-        help_text = f"{spec.help} (default: {spec.default!r})"
+        help_text = f"{spec.help} (default: {spec.default!r})".replace("%", "%%")  # argparse formats help
         if spec.type is bool:
             parser.add_argument(flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)

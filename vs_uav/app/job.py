@@ -140,6 +140,7 @@ class UpscaleJob:
             raise JobError(not_a_video(given))
         source = absolute(given)
         output = absolute(output) if output is not None else default_output(source, encoder)
+        encoder = _sequence_encoder(output, encoder, options.get("cluster"))
         if output.resolve() == source.resolve():
             raise JobError(f"--output {output} is the input; choose another file")
         # The script runs in the work folder (and on a cluster's nodes): folders given relative
@@ -159,6 +160,33 @@ class UpscaleJob:
         """The ``uav upscale`` line that runs this job with ``preset``'s values (see
         :func:`upscale_command`)."""
         return upscale_command(preset, self.source, self.output, self.cluster, base)
+
+
+def _sequence_encoder(output: Path, encoder: "EncoderSettings", cluster: Any) -> "EncoderSettings":
+    """The encoder of ``output``: an image sequence (``out/%07d.tif``) is written by the codec its
+    extension names (16-bit RGB TIFF, PNG or DPX); JobError for one that names none, a sequence
+    codec with a video output, or a sequence on a cluster."""
+    from dataclasses import replace
+
+    from vs_uav.media.encoder import IMAGE_CODECS, IMAGE_SUFFIXES
+    from vs_uav.media.sequence import is_pattern
+
+    if not is_pattern(output):
+        if encoder.codec in IMAGE_CODECS:
+            raise JobError(f"--codec {encoder.codec} writes an image sequence; accepted: an --output pattern, e.g. "
+                           f"{output.parent / ('%07d' + encoder.container)}")
+        return encoder
+    codec = IMAGE_SUFFIXES.get(output.suffix.lower())
+    if codec is None:
+        raise JobError(f"--output {output}: an image sequence of {output.suffix or 'no extension'}; accepted: "
+                       f"{', '.join(IMAGE_SUFFIXES)} (16-bit RGB), or a video file")
+    if encoder.codec in IMAGE_CODECS and encoder.codec != codec:
+        raise JobError(f"--codec {encoder.codec} with --output {output}: the extension names {codec}; accepted: "
+                       "the two agreeing, or no --codec")
+    if cluster is not None:
+        raise JobError("--cluster with an image sequence output: not built yet; accepted: a video output (ffv1 "
+                       "is lossless), then ffmpeg -i out.mkv out/%07d.tif")
+    return replace(encoder, codec=codec)
 
 
 # -- the command line of a job ------------------------------------------------------------------
@@ -261,7 +289,9 @@ class RunFolder:
 
     def _clean_leftovers(self) -> None:
         """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
-        left = [p for p in (self.partial, self.job) if p.exists()]
+        from vs_uav.media.render import leftover
+
+        left = [p for p in (leftover(self.partial), self.job) if p.exists()]
         left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
         for p in left:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

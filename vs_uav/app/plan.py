@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -26,9 +26,13 @@ def default_output(source: Path, encoder: EncoderSettings) -> Path:
     """Next to the source, in the codec's usual container: 'clip.mp4' -> 'clip.uav.mkv'; an image
     sequence's next to its frames, named as they are: 'scan/reel1_%07d.dpx' -> 'scan/reel1.uav.mkv',
     'scan/reel1/%07d.dpx' -> 'scan/reel1.uav.mkv'."""
+    from vs_uav.media.encoder import IMAGE_CODECS
     from vs_uav.media.sequence import is_pattern
 
     source = Path(source)
+    if encoder.codec in IMAGE_CODECS:  # an image sequence: its frames in a folder named after the source
+        video = default_output(source, replace(encoder, codec="ffv1"))
+        return video.with_suffix("") / f"%07d{encoder.container}"
     if is_pattern(source):
         name = source.name.split("%", 1)[0].rstrip("_.- ")
         return (source.parent if name else source.parent.parent) / \

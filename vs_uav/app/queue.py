@@ -196,8 +196,7 @@ def _fingerprint(job: UpscaleJob) -> dict:
 
 
 def _write_record(job: UpscaleJob, frames: int) -> None:
-    st = job.output.stat()
-    record = {**_fingerprint(job), "output": [st.st_size, st.st_mtime_ns], "frames": frames}
+    record = {**_fingerprint(job), "output": signature(job.output), "frames": frames}
     path = record_path(job.output)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, sort_keys=True, default=str), encoding="utf-8")
@@ -210,12 +209,11 @@ def finished_before(job: UpscaleJob) -> bool:
     was written (size and time)."""
     try:
         record = json.loads(record_path(job.output).read_text(encoding="utf-8"))
-        st = job.output.stat()
+        written = signature(job.output)
     except (OSError, ValueError):
         return False
     expected = json.loads(json.dumps(_fingerprint(job), sort_keys=True, default=str))
-    return all(record.get(k) == v for k, v in expected.items()) and record.get("output") == [st.st_size,
-                                                                                           st.st_mtime_ns]
+    return all(record.get(k) == v for k, v in expected.items()) and record.get("output") == written
 
 
 # -- running -------------------------------------------------------------------------------------

@@ -26,10 +26,18 @@ CODECS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "x264": (("-c:v", "libx264", "-pix_fmt", "yuv420p"), ".mp4", True),
     "ffv1": (("-c:v", "ffv1", "-level", "3", "-g", "1", "-slicecrc", "1"), ".mkv", False),
     "prores": (("-c:v", "prores_ks", "-profile:v", "3", "-pix_fmt", "yuv422p10le"), ".mov", False),
+    # Image sequences (-o out/%07d.tif): one 16-bit RGB file per frame, numbered as the source's frames.
+    "tiff": (("-c:v", "tiff", "-pix_fmt", "rgb48le"), ".tif", False),
+    "png": (("-c:v", "png", "-pix_fmt", "rgb48be"), ".png", False),
+    "dpx": (("-c:v", "dpx", "-pix_fmt", "rgb48le"), ".dpx", False),
 }
+# The codecs that write an image sequence, and the extensions that name them.
+IMAGE_CODECS = ("tiff", "png", "dpx")
+IMAGE_SUFFIXES = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".dpx": "dpx"}
 # Rough bits per output pixel, on the generous side, for `uav upscale`'s free-disk check: x265
 # and x264 at CRF 18 (each 6 CRF lower doubles it), FFV1 lossless, ProRes 422 HQ (~220 Mb/s at 1080p30).
-BITS_PER_PIXEL: dict[str, float] = {"x265": 0.2, "x264": 0.3, "ffv1": 6.0, "prores": 4.0}
+BITS_PER_PIXEL: dict[str, float] = {"x265": 0.2, "x264": 0.3, "ffv1": 6.0, "prores": 4.0, "tiff": 48.0, "png": 40.0,
+                                    "dpx": 48.0}
 
 
 @dataclass
@@ -38,7 +46,8 @@ class EncoderSettings:
     the generated script marks scene cuts."""
 
     codec: str = setting_field("x265", "Video codec: 'x265' (HEVC, 10-bit or more), 'x264', 'ffv1' (lossless) or 'prores' "
-                              "(422 HQ; 4444 for 4:4:4). Each keeps the source's format where it can.",
+                              "(422 HQ; 4444 for 4:4:4). Each keeps the source's format where it can. An image "
+                              "sequence output (-o out/%07d.tif, .png, .dpx) is 16-bit RGB 'tiff', 'png' or 'dpx'.",
                       choices=tuple(CODECS), group="encoder", label="Video codec")
     crf: int = setting_field(18, "Constant rate factor for x265/x264: lower is better and larger.", min=0, max=51,
                     group="encoder", label="Quality (CRF, lower is better)")
@@ -91,6 +100,11 @@ class EncoderSettings:
         10-bit)``), "" when nothing but a higher bit depth changed.
         """
         encoder = encoder_name(self.codec)
+        if self.codec in IMAGE_CODECS:  # one format: 16-bit RGB, what scans and compositors exchange
+            pix_fmt = CODECS[self.codec][0][3]
+            fmt = VideoFormat("RGB", 16)
+            return fmt, pix_fmt, "" if source.family == "RGB" and source.bits <= 16 and not source.float else \
+                f"{self.codec}: {source.describe()} source written as {fmt.describe()} (an image sequence is RGB)"
         candidates, listed = [], listed_pixel_formats(encoder, ffmpeg)
         for name in listed:
             fmt = VideoFormat.from_pix_fmt(name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from vs_uav.media.encoder import EncoderSettings
+from vs_uav.media.encoder import IMAGE_CODECS, EncoderSettings
 from vs_uav.media.probe import MediaInfo, VideoFormat
 from vs_uav.media.sequence import is_pattern
 
@@ -329,8 +329,11 @@ def ffmpeg_options(source: Optional[Path], encoder: EncoderSettings, spec: Optio
     format and no tags. ``filter_file``: where the video filter graph was written when
     :func:`needs_filter_file` says it must be.
     """
-    inputs, maps = source_streams(source, encoder, spec)
+    sequence = encoder.codec in IMAGE_CODECS  # one image file a frame: nothing but the video
+    inputs, maps = source_streams(source, encoder, spec) if not sequence else ([], [])
     args = ["-i", "-", *inputs, "-map", "0:v:0", *maps]
+    if sequence:  # numbered as the source's frames
+        args += ["-f", "image2", "-start_number", str(spec.media.first_number if spec is not None else 0)]
     if spec is None:
         return [*args, *encoder.ffmpeg_video_args()]
     media = spec.media

@@ -165,6 +165,7 @@ class MediaInfo:
     # start of the file the audio is copied from, and how long it lasts. None: the whole file.
     excerpt: Optional[tuple[Fraction, Fraction]] = None
     whole_frames: int = 0  # an excerpt's: the frames of the clip it is taken from (its frame numbers' range)
+    first_number: int = 0  # the number of the first frame (an image sequence's first file; an excerpt's first)
 
     @property
     def hdr_transfer(self) -> str:
@@ -366,7 +367,7 @@ def excerpt(media: MediaInfo, first: int, end: int) -> MediaInfo:
         except ValueError:
             timecode = ""  # a tag that is no timecode is not carried
     return replace(media, frames=end - first, times=kept, timecode=timecode, excerpt=(start, duration),
-                   preroll=False, whole_frames=media.frames)
+                   preroll=False, whole_frames=media.frames, first_number=media.first_number + first)
 
 
 def _audio_of(header: dict) -> dict:
@@ -496,6 +497,13 @@ def count_frames(path: Path) -> int:
     """The video frames of ``path`` (packets of its first video stream: one per frame for every
     codec vs-uav writes), or -1 when ffprobe cannot read it. How a finished output (and a
     cluster's segment) is verified before it gets its name."""
+    from vs_uav.media.sequence import find_sequence, is_pattern
+
+    if is_pattern(path):  # an image sequence: its files
+        try:
+            return find_sequence(path).frames
+        except ValueError:
+            return -1
     if not Path(path).is_file():
         return -1
     data, said = ffprobe_json(["-select_streams", "v:0", "-count_packets", "-show_entries", "stream=nb_read_packets"],

@@ -44,6 +44,7 @@ from typing import IO, Callable, Mapping, Optional, Sequence
 
 from vs_uav.errors import UavError
 from vs_uav.media.output import find_vspipe, path_arg, vspipe_args
+from vs_uav.media.sequence import is_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,40 @@ class RenderError(UavError, RuntimeError):
 
 def partial_path(output: Path) -> Path:
     """Where ffmpeg writes ``output`` until the render succeeded, ``out.partial.mkv``: the
-    extension stays (it picks the muxer)."""
+    extension stays (it picks the muxer). An image sequence's (``out/%07d.tif``) frames go into
+    a hidden folder beside them, ``out/.uav-partial/%07d.tif``."""
     output = Path(output)
+    if is_pattern(output):
+        return output.parent / ".uav-partial" / output.name
     return output.with_name(f"{output.stem}.partial{output.suffix}")
+
+
+def leftover(partial: Path) -> Path:
+    """What a partial output occupies: the file, or an image sequence's hidden folder."""
+    return partial.parent if is_pattern(partial) else partial
+
+
+def _publish(partial: Path, output: Path) -> None:
+    """The complete partial output gets the output's name (an image sequence's frames theirs)."""
+    if not is_pattern(partial):
+        partial.replace(output)
+        return
+    for frame in sorted(partial.parent.iterdir()):
+        frame.replace(output.parent / frame.name)
+    partial.parent.rmdir()
+
+
+def _discard(partial: Path) -> None:
+    if is_pattern(partial):
+        shutil.rmtree(partial.parent, ignore_errors=True)
+    else:
+        partial.unlink(missing_ok=True)
+
+
+def _has_data(partial: Path) -> bool:
+    if is_pattern(partial):
+        return partial.parent.is_dir() and any(f.stat().st_size for f in partial.parent.iterdir())
+    return partial.is_file() and partial.stat().st_size > 0
 
 
 @dataclass
@@ -231,7 +263,7 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     """
     vspipe, ffmpeg = _programs(job)
     output, partial = Path(job.output), job.partial
-    output.parent.mkdir(parents=True, exist_ok=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)  # the output's folder (and an image sequence's hidden one)
     vspipe_cmd = vspipe_args(Path(job.script), vspipe, progress=True, options=job.vspipe_args)
     ffmpeg_cmd = ffmpeg_command(ffmpeg, job.ffmpeg_args, partial)
     env = dict(job.env) if job.env is not None else None
@@ -256,7 +288,7 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
             _pump(reader, {"frames": progress, "step": step_progress, "warning": warning, "cached": cached},
                   check_limits, pipe, enc)
             ffmpeg_text = _finish(reader, pipe, enc, deadline, check_limits, ffmpeg_log, partial)
-            partial.replace(output)  # only a complete file carries the output's name
+            _publish(partial, output)  # only a complete file carries the output's name
             done = True
         finally:
             if not done:
@@ -305,7 +337,7 @@ def _finish(reader: "_VspipeReader", pipe: subprocess.Popen, enc: subprocess.Pop
     ffmpeg_text = ffmpeg_log.read().decode(errors="replace")
     if rc_pipe or rc_enc:
         raise _failure(rc_pipe, rc_enc, reader.lines, ffmpeg_text)
-    if not partial.is_file() or partial.stat().st_size == 0:
+    if not _has_data(partial):
         raise RenderError(f"ffmpeg wrote no output ({_ffmpeg_error(ffmpeg_text) or 'no message'})", "ffmpeg")
     return ffmpeg_text
 
@@ -317,7 +349,7 @@ def _abort(procs: list[subprocess.Popen], reader: Optional["_VspipeReader"], par
         proc.wait()
     if reader is not None:
         reader.join(timeout=5)  # EOF once the killed processes are gone
-    partial.unlink(missing_ok=True)
+    _discard(partial)
 
 
 def _programs(job: RenderJob) -> tuple[str, str]:

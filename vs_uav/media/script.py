@@ -135,6 +135,8 @@ def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterla
     ``frame_range``: the excerpt the script renders (:func:`make_script`), checked against the
     clip and described by :func:`vs_uav.media.probe.excerpt`."""
     media = probe_media(source, reading_script(source, prepare))
+    if is_pattern(source):
+        media = replace(media, first_number=find_sequence(source).first)
     if frame_range is not None:
         if media.interlaced:
             raise ValueError(f"--frames with the interlaced {source}: accepted: a progressive source (deinterlace "

@@ -4,6 +4,7 @@ only once complete, what a failed or killed run leaves for the next one to resum
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -15,9 +16,10 @@ WORK_SUFFIX = ".uav-work"
 
 def work_folder(output: Path) -> Path:
     """Where a cluster render of ``output`` keeps its script and segments: next to it, on the
-    storage every node must see (``.out.mkv.uav-work``)."""
+    storage every node must see (``.out.mkv.uav-work``; an image sequence's ``out/%07d.tif``:
+    ``out/.#.tif.uav-work``, as ffmpeg would read a ``%`` in a path it writes as a pattern)."""
     output = Path(output)
-    return output.with_name(f".{output.name}{WORK_SUFFIX}")
+    return output.with_name(f".{re.sub(r'%0?[0-9]*d', '#', output.name)}{WORK_SUFFIX}")
 
 
 @contextlib.contextmanager
