@@ -210,3 +210,15 @@ def test_cuda_out_of_memory_is_retried_with_smaller_tiles(caplog):
     assert warnings and all("out of memory" in w and "retrying the chunk" in w for w in warnings)
     assert 0 < pipe.memory_plan(256, 256, settings).tile < 256
     assert out.frames.shape == (1, 3, 8, 1024, 1024) and torch.isfinite(out.frames).all()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/meminfo")
+def test_the_cpu_budget_counts_the_page_cache_as_available():
+    """max_memory=0 on the CPU plans with MemAvailable, not free pages: on a machine whose page
+    cache holds the files it read (a long render's inputs), free pages alone are a few hundred
+    MiB, and a render that fits was refused (seen in CI: "0.28 GiB free" on a 24 GiB machine)."""
+    from vs_uav.engine.pipeline import available_ram
+
+    info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in open("/proc/meminfo")}
+    got = available_ram()
+    assert abs(got - info["MemAvailable"]) < 256 << 20 and got >= info["MemFree"] - (256 << 20)

@@ -173,6 +173,21 @@ def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_ram()
+
+
+def available_ram() -> int:
+    """The RAM a process can still take: Linux's MemAvailable (free pages plus the page cache
+    and other memory the kernel gives back on demand). Free pages alone (sysconf's
+    SC_AVPHYS_PAGES, the fallback elsewhere) can be a few hundred MiB on a machine of 24 GiB
+    whose files fill the page cache, which would refuse a render that fits easily."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
