@@ -21,7 +21,7 @@ demo: setup
 # most tests wait on vspipe, ffmpeg or Ray, so two share the two cores of a small machine well;
 # a test file stays on one worker (--dist loadfile), so its module fixtures are made once.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test: setup
 	$(PYTEST)

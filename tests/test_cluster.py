@@ -380,6 +380,26 @@ def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_queue_on_the_cluster_renders_every_files_segments_in_one_pool(clip, reference, tmp_path, ray_env):
+    """Two files, one set of workers (started once) and one pool for their 8 segments; each
+    output the one-machine render's, recorded as finished, so that the same command skips both."""
+    other = tmp_path / "in" / "copy.mkv"
+    other.parent.mkdir()
+    shutil.copy(clip, other)
+    out = tmp_path / "out"
+    command = [UAV, "-v", "upscale", str(clip), str(other), "-o", str(out), *RENDER, *CLUSTER]
+    r = subprocess.run(command, capture_output=True, text=True, env=ray_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("cluster: 2 workers starting") == 1, r.stderr[-3000:]
+    assert r.stderr.count("cluster: 30 frames, 3 scene cuts, 4 segments") == 2
+    assert len(re.findall(r"frames \d+-\d+ done by worker", r.stderr)) == 8
+    assert framemd5(out / "clip.uav.mkv") == reference and framemd5(out / "copy.uav.mkv") == reference
+    assert r.stderr.strip().splitlines()[-1].startswith("uav upscale: 2 files: 2 done, 0 failed, 0 skipped")
+    again = subprocess.run(command, capture_output=True, text=True, env=ray_env, timeout=300)
+    assert again.returncode == 0 and "0 done, 0 failed, 2 skipped" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_an_excerpt_renders_on_the_cluster_as_on_one_machine(clip, tmp_path, ray_env):
     """--frames 12-27 (a conform's piece): its cuts (17, 24) found among its frames only and its
     segments numbered from its first frame; the frames, the audio's codec and the timecode are

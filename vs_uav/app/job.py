@@ -20,13 +20,14 @@ is a :class:`JobError` (one line, no program prefix: the front end adds its own)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from vs_uav.errors import UavError
 
@@ -393,6 +394,45 @@ def _run_on_cluster(job: UpscaleJob, events: JobEvents, stop: threading.Event) -
                 if work_folder(job.output).is_dir() else "nothing was kept: run the same command to start again")
         raise JobStopped("the workers and Ray ended", kept) from None
     return JobResult(result.output, result.seconds, result.summary())
+
+
+def run_jobs_on_cluster(jobs: Sequence[UpscaleJob], events: Optional[JobEvents] = None,
+                        stop: Optional[threading.Event] = None) -> list[JobResult | JobError]:
+    """Several jobs on one cluster (the files of a queue; ``jobs[0].cluster`` for all): each
+    prepared in its work folder (steps 1-4), then the segments of all of them in one pool,
+    longest first (:func:`vs_uav.app.cluster.render_clusters`), so that a farm stays busy across
+    files. Returns each job's result or its error; JobStopped when ``stop`` is set (the
+    finished segments stay: the same command resumes)."""
+    from vs_uav.app.cluster import ClusterError, ClusterJob, driver_settings, job_folder, render_clusters
+
+    events, stop = events or JobEvents(), stop or threading.Event()
+    outcomes: dict[int, JobResult | JobError] = {}
+    ready: list[tuple[int, "ClusterJob"]] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            for i, job in enumerate(jobs):
+                settings = driver_settings(job.settings)  # the workers' environment is not this one
+                try:
+                    p = _prepare(job, settings, Path(stack.enter_context(job_folder(job.output))), events, stop)
+                except JobError as e:
+                    outcomes[i] = e
+                    continue
+                ready.append((i, ClusterJob(p.render.script, job.source, p.video, job.output, settings, job.encoder,
+                                            p.spec, p.filter_file, job.prepare, job.frame_range)))
+            try:
+                results = render_clusters([c for _, c in ready], jobs[0].cluster, events.cluster, stop) if ready \
+                    else []
+            except ClusterError as e:
+                if stop.is_set():
+                    raise _Stop from None
+                results = [e] * len(ready)
+    except _Stop:
+        raise JobStopped("the workers and Ray ended", "the finished segments stay in the work folders next to the "
+                         "outputs: run the same command to resume") from None
+    for (i, _), r in zip(ready, results):
+        outcomes[i] = JobError(str(r)) if isinstance(r, ClusterError) else \
+            JobResult(r.output, r.seconds, r.summary())
+    return [outcomes[i] for i in range(len(jobs))]
 
 
 def _kept(run: RunFolder, job: UpscaleJob) -> str:

@@ -10,7 +10,9 @@ source, ``clip.uav.mkv``) or named by a pattern (``out/{stem}.mkv``). :func:`run
 2. skips the outputs an earlier run of the same queue finished and verified (a record beside
    each output names its source, its settings and the file it wrote);
 3. renders the others one after the other (:func:`~vs_uav.app.job.run_job`); a file that fails
-   is reported and the next one renders all the same;
+   is reported and the next one renders all the same; on a cluster the segments of all of them
+   go into one pool, longest first (:func:`~vs_uav.app.job.run_jobs_on_cluster`), and a render
+   error there fails the files not yet joined (their finished segments stay);
 4. returns what happened (:class:`QueueResult`).
 
 A stop ends the queue where it is (:class:`~vs_uav.app.job.JobStopped`); the files finished
@@ -233,6 +235,9 @@ def run_queue(jobs: Sequence[UpscaleJob], events: Optional[QueueEvents] = None,
             events.skipped(job)
         elif i in frames:
             todo.append(i)
+    if len(todo) > 1 and all(jobs[i].cluster is not None for i in todo):  # 3. one pool for every file
+        _render_pooled(jobs, todo, frames, events, stop, result)
+        todo = []
     for index, i in enumerate(todo, 1):  # 3.
         job = jobs[i]
         events.file(job, index, len(todo))
@@ -245,6 +250,23 @@ def run_queue(jobs: Sequence[UpscaleJob], events: Optional[QueueEvents] = None,
         _finish(job, done, frames[i], result, events)
     result.seconds = time.monotonic() - started
     return result  # 4.
+
+
+def _render_pooled(jobs: Sequence[UpscaleJob], todo: Sequence[int], frames: dict[int, int], events: QueueEvents,
+                   stop: threading.Event, result: QueueResult) -> None:
+    """Step 3 on a cluster: the files' segments in one pool (run_jobs_on_cluster), each file
+    then recorded or failed as one rendered alone is."""
+    from vs_uav.app.job import run_jobs_on_cluster
+
+    for index, i in enumerate(todo, 1):
+        events.file(jobs[i], index, len(todo))
+    outcomes = run_jobs_on_cluster([dataclasses.replace(jobs[i], check=False) for i in todo], events, stop)
+    for i, outcome in zip(todo, outcomes):
+        if isinstance(outcome, JobError):
+            result.failed.append((jobs[i], str(outcome)))
+            events.failed(jobs[i], str(outcome))
+        else:
+            _finish(jobs[i], outcome, frames[i], result, events)
 
 
 def _check_all(jobs: Sequence[UpscaleJob], events: QueueEvents, result: QueueResult) -> dict[int, int]:

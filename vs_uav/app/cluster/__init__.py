@@ -31,7 +31,7 @@ Nothing is printed: progress goes to the caller's callback, the rest to logging.
 """
 
 from vs_uav.app.cluster.actors import MAX_ATTEMPTS, WORKER_START_S
-from vs_uav.app.cluster.driver import find_cuts, plan, render_cluster, start_delay
+from vs_uav.app.cluster.driver import find_cuts, plan, render_cluster, render_clusters, start_delay
 from vs_uav.app.cluster.job import ClusterJob, ClusterProgress, ClusterResult
 from vs_uav.app.cluster.options import (
     DEFAULT_SEGMENT_SECONDS,
@@ -52,5 +52,5 @@ __all__ = [
     "DEFAULT_SEGMENT_SECONDS", "LOCAL", "MAX_ATTEMPTS", "WORKER_START_S", "WORK_SUFFIX", "ClusterError", "ClusterJob",
     "ClusterOptions", "ClusterProgress", "ClusterResult", "SegmentResult", "SegmentTask", "SegmentWorker",
     "auth_token", "count_frames", "default_address", "driver_settings", "find_cuts", "job_folder", "local_cpus",
-    "plan", "ray_available", "render_cluster", "segment_path", "start_delay", "work_folder",
+    "plan", "ray_available", "render_cluster", "render_clusters", "segment_path", "start_delay", "work_folder",
 ]

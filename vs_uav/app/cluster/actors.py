@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from vs_uav.app.cluster.job import ClusterJob, ClusterResult
 from vs_uav.app.cluster.options import LOCAL, ClusterError, ClusterOptions, connected
@@ -82,11 +82,12 @@ def launch_workers(stack: contextlib.ExitStack, ray, job: ClusterJob, options: C
     return actors
 
 
-def place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptions, work: Path,
-                   result: ClusterResult, stopped: Callable[[], bool] = lambda: False) -> list[dict[str, Any]]:
+def place_workers(ray, actors: list[Any], jobs: Sequence[ClusterJob], options: ClusterOptions, works: Sequence[Path],
+                  results: Sequence[ClusterResult], stopped: Callable[[], bool] = lambda: False
+                  ) -> list[dict[str, Any]]:
     """Wait until the actors are placed and started, each having checked that its node sees
-    the work folder, the script and the source; ClusterError (nothing rendered) otherwise.
-    Returns each worker's :meth:`SegmentWorker.describe`."""
+    every job's work folder (``works``), script and source; ClusterError (nothing rendered)
+    otherwise. Returns each worker's :meth:`SegmentWorker.describe`."""
     # Placed and started within a limit: a cluster without room for them is refused, not waited on.
     refs = [a.describe.remote() for a in actors]
     deadline = time.monotonic() + WORKER_START_S
@@ -101,9 +102,17 @@ def place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptio
                                f"{WORKER_START_S:.0f} s (cluster resources: {ray.cluster_resources()}); accepted: "
                                "fewer --workers, or a cluster with room for them")
     where = ray.get(refs)
-    result.workers, result.nodes = len(actors), len({w["node_id"] for w in where})
+    for result in results:
+        result.workers, result.nodes = len(actors), len({w["node_id"] for w in where})
     for i, w in enumerate(where):
         logger.info("cluster: worker %d: pid %d on %s (%s)", i + 1, w["pid"], w["node"], w["host"])
+    for job, work in zip(jobs, works):
+        _check_visible(ray, actors, where, job, work)
+    return where
+
+
+def _check_visible(ray, actors: list[Any], where: Sequence[dict[str, Any]], job: ClusterJob, work: Path) -> None:
+    """Every worker sees ``work`` (a marker the driver writes there) and the job's files."""
     token = uuid.uuid4().hex
     marker = work / f".visible-{token[:8]}"
     marker.write_text(token, encoding="utf-8")
@@ -117,4 +126,3 @@ def place_workers(ray, actors: list[Any], job: ClusterJob, options: ClusterOptio
             raise ClusterError(f"--cluster: node {w['node']} ({w['host']}, Ray node {w['node_id'][:8]}) {problem}; "
                                "accepted: a work folder and source every node sees at the same path (put -o and the "
                                "input on shared storage); nothing was rendered")
-    return where

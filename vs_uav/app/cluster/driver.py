@@ -4,14 +4,13 @@ already finished rendered (:class:`vs_uav.app.cluster.pool.SegmentPool`), then t
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import shutil
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -20,7 +19,7 @@ from vs_uav.app.cluster.actors import fit_workers, launch_workers, place_workers
 from vs_uav.app.cluster.job import ClusterJob, ClusterProgress, ClusterResult
 from vs_uav.app.cluster.join import join_segments
 from vs_uav.app.cluster.options import ClusterError, ClusterOptions, import_ray
-from vs_uav.app.cluster.pool import SegmentPool
+from vs_uav.app.cluster.pool import SegmentPool, Work
 from vs_uav.media.probe import count_frames
 from vs_uav.app.cluster.work import discard_unfinished, finished_files, segment_path, work_folder
 from vs_uav.app.cluster.worker import SegmentTask
@@ -67,11 +66,6 @@ def _job_key(job: ClusterJob, ffmpeg_args: Sequence[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _task(script: str, folder: str, suffix: str, ffmpeg_args: tuple[str, ...], threads: int,
-          segment: Segment) -> SegmentTask:
-    return SegmentTask(script, segment, folder, suffix, ffmpeg_args, threads)
-
-
 def find_cuts(job: ClusterJob) -> list[int]:
     """The cuts the job's script marks (:func:`vs_uav.vsfilter.scenes.cuts_of` on the clip it
     reads), numbered in the frames it outputs: an excerpt's from its first frame, found among
@@ -114,42 +108,104 @@ def render_cluster(job: ClusterJob, options: ClusterOptions, progress: Optional[
     segments stay for the next run. The work folder is removed after the output is verified,
     unless ``options.keep_work``.
     """
+    result = render_clusters([job], options, progress, cancel)[0]
+    if isinstance(result, ClusterError):
+        raise result
+    return result
+
+
+@dataclass
+class _Planned:
+    """One job of a pool, planned: its segments (of that job), those finished before, the
+    result so far, and what its tasks need."""
+
+    job: ClusterJob
+    work: Path
+    segments_dir: Path
+    suffix: str
+    delay: Fraction
+    ffmpeg_args: tuple[str, ...]
+    segments: list[Segment] = field(default_factory=list)
+    finished: list[Segment] = field(default_factory=list)
+    result: Optional[ClusterResult] = None
+
+
+def render_clusters(jobs: Sequence[ClusterJob], options: ClusterOptions,
+                    progress: Optional[Callable[[ClusterProgress], None]] = None,
+                    cancel: Optional[threading.Event] = None) -> list[ClusterResult | ClusterError]:
+    """Render ``jobs`` (the files of a queue) as :func:`render_cluster` renders one, with one set
+    of workers and one pool for all their segments, longest first, so that a farm stays busy
+    across files. Returns each job's result, or the ClusterError of a job whose join failed; a
+    failure of the pool (a render's error, every worker lost) or ``cancel`` raises ClusterError:
+    the finished segments of every job stay for the next run."""
     started = time.monotonic()
-    work = work_folder(job.output)
 
     def stopped() -> bool:
         return cancel is not None and cancel.is_set()
 
-    suffix = job.output.suffix or ".mkv"
+    planned = [_checked(job) for job in jobs]
+    ray = import_ray(options)
     try:
-        delay = start_delay(job)
-        ffmpeg_args = _segment_args(job)
-        ray = import_ray(options)
-        segments_dir = work / _job_key(job, ffmpeg_args)
         with contextlib.ExitStack() as stack:
             actors: list[Any] = []
-            if not any(finished_files(work)):  # surely work to do: the workers warm up during the cut pass
-                actors = launch_workers(stack, ray, job, options)
-            segments, finished, result = _planned(job, options, segments_dir, suffix)
-            todo = [s for s in segments if s not in finished]
-            if todo:
-                if stopped():
-                    raise ClusterError("cancelled")
-                actors = actors or launch_workers(stack, ray, job, options)
-                actors, threads = fit_workers(ray, actors, len(segments), len(todo), options)
-                where = place_workers(ray, actors, job, options, work, result, stopped)
-                task = functools.partial(_task, str(job.script), str(segments_dir), suffix, ffmpeg_args, threads)
-                SegmentPool(ray, actors, where, task, todo, segments, finished, result, progress, stopped).run()
+            if not all(any(finished_files(p.work)) for p in planned):  # work to do: warm up during the cut pass
+                actors = launch_workers(stack, ray, jobs[0], options)
+            for p in planned:
+                p.segments, p.finished, p.result = _planned(p.job, options, p.segments_dir, p.suffix)
+            _render_pool(ray, stack, actors, planned, options, progress, stopped)
         if stopped():
             raise ClusterError("cancelled")
-        join_segments(job, [segment_path(segments_dir, s, suffix) for s in sorted(segments)], work, delay)
     except BaseException:
-        discard_unfinished(work)  # nothing finished: nothing left behind
+        for p in planned:
+            discard_unfinished(p.work)  # nothing finished: nothing left behind
         raise
+    return [_joined(p, options, time.monotonic() - started) for p in planned]
+
+
+def _checked(job: ClusterJob) -> _Planned:
+    """A job's cheap checks (constant frame rate, the segments' ffmpeg options) and folders."""
+    work = work_folder(job.output)
+    ffmpeg_args = _segment_args(job)
+    return _Planned(job, work, work / _job_key(job, ffmpeg_args), job.output.suffix or ".mkv", start_delay(job),
+                    ffmpeg_args)
+
+
+def _render_pool(ray, stack: contextlib.ExitStack, actors: list[Any], planned: Sequence[_Planned],
+                 options: ClusterOptions, progress: Optional[Callable[[ClusterProgress], None]],
+                 stopped: Callable[[], bool]) -> None:
+    """The segments of every job not finished before, on the workers, longest first."""
+    every = [Work(i, s) for i, p in enumerate(planned) for s in p.segments]
+    finished = [Work(i, s) for i, p in enumerate(planned) for s in p.finished]
+    todo = sorted((w for w in every if w not in finished), key=lambda w: (-w.frames, w.job, w.start))
+    if not todo:
+        return
+    if stopped():
+        raise ClusterError("cancelled")
+    actors = actors or launch_workers(stack, ray, planned[0].job, options)
+    actors, threads = fit_workers(ray, actors, len(every), len(todo), options)
+    results = [p.result for p in planned]
+    where = place_workers(ray, actors, [p.job for p in planned], options, [p.work for p in planned], results,
+                          stopped)
+
+    def task(w: Work) -> SegmentTask:
+        p = planned[w.job]
+        return SegmentTask(str(p.job.script), w.segment, str(p.segments_dir), p.suffix, p.ffmpeg_args, threads, w.job)
+
+    SegmentPool(ray, actors, where, task, todo, every, finished, results, progress, stopped).run()
+
+
+def _joined(p: _Planned, options: ClusterOptions, seconds: float) -> ClusterResult | ClusterError:
+    """A job whose segments are all there, joined into its output; its work folder removed."""
+    try:
+        join_segments(p.job, [segment_path(p.segments_dir, s, p.suffix) for s in sorted(p.segments)], p.work,
+                      p.delay)
+    except ClusterError as e:
+        return e
     if not options.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    result.seconds = time.monotonic() - started
-    return result
+        shutil.rmtree(p.work, ignore_errors=True)
+    assert p.result is not None
+    p.result.seconds = seconds
+    return p.result
 
 
 def _planned(job: ClusterJob, options: ClusterOptions, segments_dir: Path,

@@ -1,5 +1,6 @@
 """Segments to workers through :class:`ray.util.ActorPool`, longest first, with the results,
-the retries and the progress. Ray restarts a worker that dies and retries the segment it had
+the retries and the progress. The segments may belong to several jobs (the files of a queue:
+one pool keeps a farm busy across them): each is a :class:`Work`, a segment of a job. Ray restarts a worker that dies and retries the segment it had
 (``max_restarts``, ``max_task_retries``: see :func:`vs_uav.app.cluster.actors._workers`); only a
 worker whose restarts are used up reaches the driver (``RayActorError``): it leaves the pool and
 its segment goes to another."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from vs_uav.app.cluster.actors import MAX_ATTEMPTS, POLL_S
@@ -19,6 +21,26 @@ from vs_uav.vsfilter.scenes import Segment
 
 logger = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class Work:
+    """Segment ``segment`` of job ``job`` (the index of its file in the pool's jobs)."""
+
+    job: int
+    segment: Segment
+
+    @property
+    def frames(self) -> int:
+        return self.segment.frames
+
+    @property
+    def start(self) -> int:
+        return self.segment.start
+
+    @property
+    def stop(self) -> int:
+        return self.segment.stop
+
+
 _RAY_LOGS = "see the Ray logs (/tmp/ray/session_latest/logs)"
 PROGRESS_S = 2.0  # how long a report waits for the busy workers to say how far they are
 
@@ -27,26 +49,26 @@ class SegmentPool:
     """Render ``todo`` on ``actors`` (placed, described by ``where``): :meth:`run` returns when
     every segment is done, or raises ClusterError (one line)."""
 
-    def __init__(self, ray, actors: list[Any], where: Sequence[dict[str, Any]], task: Callable[[Segment], SegmentTask],
-                 todo: list[Segment], segments: list[Segment], finished: list[Segment], result: ClusterResult,
+    def __init__(self, ray, actors: list[Any], where: Sequence[dict[str, Any]], task: Callable[[Work], SegmentTask],
+                 todo: list[Work], segments: list[Work], finished: list[Work], results: Sequence[ClusterResult],
                  progress: Optional[Callable[[ClusterProgress], None]] = None,
                  stopped: Callable[[], bool] = lambda: False):
         from ray.util import ActorPool
 
-        self.ray, self.actors, self.task, self.result = ray, actors, task, result
+        self.ray, self.actors, self.task, self.results = ray, actors, task, results
         self.pool = ActorPool(actors)
         self.where = [dict(w) for w in where]  # each worker's node and process (describe): a new pid is a restart
         self.progress, self.stopped = progress, stopped
         self.pending = list(todo)  # longest first; a lost worker's segment goes first again
-        self.attempts: dict[Segment, int] = {}
-        self.running: dict[int, tuple[Any, Segment]] = {}  # worker -> (its render's object ref, segment)
+        self.attempts: dict[Work, int] = {}
+        self.running: dict[int, tuple[Any, Work]] = {}  # worker -> (its render's object ref, segment)
         self.total, self.segments = sum(s.frames for s in segments), len(segments)
         self.done = sum(s.frames for s in finished)  # frames in finished segments, resumed ones included
         self.resumed = len(finished)
         self.rendered = 0  # frames rendered by this run
         self.first: Optional[float] = None
         self.reported = 0.0
-        self.said: set[tuple[int, Segment]] = set()  # (worker pid, segment) already logged
+        self.said: set[tuple[int, Work]] = set()  # (worker pid, segment) already logged
 
     def run(self) -> None:
         from ray.exceptions import RayActorError, RayTaskError
@@ -71,7 +93,7 @@ class SegmentPool:
             if time.monotonic() - self.reported >= 1.0:
                 self._report()
 
-    def _render(self, actor, seg: Segment):
+    def _render(self, actor, seg: Work):
         """The pool's call: ``seg`` to ``actor``, its object ref."""
         i = self.actors.index(actor)
         self.attempts[seg] = self.attempts.get(seg, 0) + 1
@@ -82,11 +104,11 @@ class SegmentPool:
         return ref
 
     def _finished(self, res: SegmentResult) -> None:
-        seg = res.segment
+        seg = Work(res.job, res.segment)
         i = next(i for i, (_, s) in self.running.items() if s == seg)
         del self.running[i]
         self._restarted(i, res.pid, seg)
-        self.result.rendered.append(res)
+        self.results[res.job].rendered.append(res)
         self.done += seg.frames
         self.rendered += seg.frames
         logger.info("cluster: frames %d-%d done by worker %d (pid %d on %s, %d thread%s) in %.1f s, peak memory "
@@ -136,7 +158,7 @@ class SegmentPool:
             if a != actor:
                 self.pool.push(a)
 
-    def _restarted(self, i: int, pid: int, seg: Segment) -> None:
+    def _restarted(self, i: int, pid: int, seg: Any) -> None:
         """Say once (a warning) that worker ``i`` answers from another process than before: it
         died, Ray restarted it, and the segment it had is rendered again."""
         w = self.where[i]
@@ -158,8 +180,8 @@ class SegmentPool:
             self._restarted(i, pid, seg or running)
             if seg is not None:
                 partial += written
-                if (pid, seg) not in self.said:
-                    self.said.add((pid, seg))
+                if (pid, running) not in self.said:
+                    self.said.add((pid, running))
                     logger.info("cluster: worker %d (pid %d) rendering frames %d-%d", i + 1, pid, seg.start,
                                 seg.stop - 1)
         if self.progress is None:
@@ -167,8 +189,9 @@ class SegmentPool:
         elapsed = now - (self.first or now)
         fps = (self.rendered + partial) / elapsed if elapsed > 1 and self.rendered + partial else None
         left = self.total - self.done - partial
+        done = self.resumed + sum(len(r.rendered) for r in self.results)
         self.progress(ClusterProgress(self.done + partial, self.total, fps, left / fps if fps else None, len(busy),
-                                      len(self.actors), self.resumed + len(self.result.rendered), self.segments))
+                                      len(self.actors), done, self.segments))
 
     def _states(self, workers: list[int]) -> list[Optional[tuple[Optional[Segment], int, int]]]:
         """Each worker's :meth:`SegmentWorker.progress`, None for one that does not answer within

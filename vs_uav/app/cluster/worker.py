@@ -38,6 +38,7 @@ class SegmentTask:
     suffix: str  # its extension: the output's (the muxer, and what concat reads back)
     ffmpeg_args: tuple[str, ...]  # ffmpeg's inputs and options (y4m on stdin), without program and output
     threads: int = 0  # torch and VapourSynth threads for it; 0: the worker's own
+    job: int = 0  # which of the pool's jobs (the files of a queue) it belongs to
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class SegmentResult:
     pid: int
     peak_rss: int  # bytes: the worker process's peak resident memory so far
     threads: int = 0
+    job: int = 0  # the task's
 
 
 class SegmentWorker:
@@ -134,7 +136,7 @@ class SegmentWorker:
             self._current = None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         return SegmentResult(seg, str(target), time.monotonic() - started, socket.gethostname(), os.getpid(), peak,
-                             threads)
+                             threads, task.job)
 
     def _encode(self, task: SegmentTask, threads: int, partial: Path, log: Path) -> None:
         """Frames ``start .. stop - 1`` of the script, as vspipe would give them, into ffmpeg
