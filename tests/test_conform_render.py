@@ -7,8 +7,6 @@ tiny reference model."""
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -236,69 +234,3 @@ def test_the_relinked_timeline_in_the_edits_format_reads_back_as_the_same_cut(tm
     urls = {c.media_reference.target_url for c in video_clips(after)}
     assert urls == {o.absolute().as_uri() for o in outputs}, urls
 
-
-@pytest.mark.slow
-def test_an_image_sequence_is_read_from_its_first_number_at_the_rate_given(tmp_path):
-    """16-bit PNG frames numbered from 86400 (a scanner's timecode-numbered files): read from
-    that number at --fps, kept 16-bit RGB through FFV1; a gap in the numbers or a folder of
-    several sequences is said in one line before anything renders."""
-    scan = tmp_path / "scan"
-    scan.mkdir()
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=25:duration=0.4",
-                    "-pix_fmt", "rgb48be", "-start_number", "86400", str(scan / "reel1_%07d.png")], check=True)
-    assert sorted(p.name for p in scan.iterdir())[0] == "reel1_0086400.png"
-    for given in (scan, scan / "reel1_%07d.png"):
-        out = tmp_path / "out.mkv"
-        run = subprocess.run([UAV, "upscale", str(given), "-o", str(out), "--fps", "23.976", *RENDER],
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
-        probe = subprocess.run(["ffprobe", "-v", "error", "-count_packets", "-show_entries",
-                                "stream=nb_read_packets,pix_fmt,r_frame_rate,width", "-of", "default=nw=1", str(out)],
-                               capture_output=True, text=True).stdout.split()
-        assert probe == ["width=128", "pix_fmt=gbrp16le", "r_frame_rate=24000/1001", "nb_read_packets=10"], probe
-        out.unlink()
-    # A 16-bit TIFF sequence out, its frames numbered as the source's.
-    tiffs = tmp_path / "restored" / "r1_%07d.tif"
-    run = subprocess.run([UAV, "upscale", str(scan / "reel1_%07d.png"), "-o", str(tiffs), *RENDER[:4]],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert sorted(p.name for p in tiffs.parent.iterdir()) == [f"r1_{n:07d}.tif" for n in range(86400, 86410)]
-    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,pix_fmt,width", "-of",
-                            "csv=p=0", str(tiffs.parent / "r1_0086409.tif")], capture_output=True, text=True)
-    assert probe.stdout.strip() == "tiff,128,rgb48le"
-    for args, said in (([str(tmp_path / "x" / "%07d.exr")], "--output .*/x/%07d.exr: an image sequence of .exr; "
-                                                              "accepted: .tif, .tiff, .png, .dpx"),
-                       ([str(tmp_path / "x.mkv"), "--codec", "png"], "--codec png writes an image sequence; "
-                                                                      "accepted: an --output pattern"),
-                       ([str(tiffs), "--cluster", "local"], "--cluster with an image sequence output: not built")):
-        bad = subprocess.run([UAV, "upscale", str(scan), "-o", *args, *RENDER[:4]], capture_output=True, text=True)
-        assert bad.returncode == 1 and re.match(f"uav upscale: {said}", bad.stderr), bad.stderr
-    # Its default output is named after it, next to it.
-    from vs_uav.app.plan import default_output
-
-    assert default_output(scan / "reel1_%07d.png", EncoderSettings()) == scan / "reel1.uav.mkv"
-    assert default_output(scan / "%07d.png", EncoderSettings()) == tmp_path / "scan.uav.mkv"
-    # A queue's resume record and the cluster's job key know a sequence by its files.
-    from vs_uav.app.job import UpscaleJob
-    from vs_uav.app.queue import finished_before
-    from vs_uav.media.sequence import signature
-    from vs_uav.settings import UpscaleSettings
-
-    job = UpscaleJob.create(scan, UpscaleSettings(), EncoderSettings(codec="ffv1"), fps=24)
-    assert job.source == scan / "reel1_%07d.png" and not finished_before(job)
-    before = signature(job.source)
-    os.utime(scan / "reel1_0086405.png", ns=(1, 1 << 62))
-    assert signature(job.source) != before and signature(job.source)[:2] == [86400, 10]
-    (scan / "reel1_0086403.png").unlink()
-    (scan / "take2_001.png").write_bytes((scan / "reel1_0086400.png").read_bytes())
-    for given, said in ((scan / "reel1_%07d.png", f"input {scan / 'reel1_%07d.png'}: frame 86403 is missing (frames "
-                                                  "86400-86402, then 86404-...); accepted: consecutive frame numbers"),
-                        (scan, f"input {scan}: holds several image sequences (reel1_#######.png, take2_###.png); "
-                               "accepted: one, or a pattern naming it")):
-        bad = subprocess.run([UAV, "upscale", str(given), "-o", str(tmp_path / "bad.mkv"), *RENDER],
-                             capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 1 and bad.stderr.startswith(f"uav upscale: {said}"), bad.stderr
-        assert bad.stderr.count("\n") == 1
-    video = source(tmp_path / "v.mp4", 5)
-    bad = subprocess.run([UAV, "upscale", str(video), "--fps", "25", *RENDER], capture_output=True, text=True)
-    assert bad.stderr == "uav upscale: --fps 25: accepted for an image sequence only (a video has its own rate)\n"
