@@ -118,7 +118,7 @@ def read_crop(request: PreviewRequest):
     box = crop_box(clip.width, clip.height, request.x, request.y, request.size)
     rgb, _ = to_rgb(clip)
     left, top, w, h = box
-    video, _ = chunk_source(vs.core.std.CropAbs(rgb, w, h, left, top))(first, last + 1)
+    video = chunk_source(vs.core.std.CropAbs(rgb, w, h, left, top))(first, last + 1)[0]
     return video.float(), box, (first, last)
 
 

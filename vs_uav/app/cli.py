@@ -185,6 +185,11 @@ class _ProgressBar(JobEvents):
         self.end()
         sys.stderr.write(f"{self.prog}: {text}\n")
 
+    def captioning(self, done: int, total: int) -> None:
+        self.drawn = True
+        sys.stderr.write(f"\r{self.prog}: captioning scene {done}/{total}\033[K")
+        sys.stderr.flush()
+
     def _draw(self) -> None:
         self.drawn = True
         sys.stderr.write(_progress_line(self.clock))
@@ -229,6 +234,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                    frame_range=_frame_range(args.frames, "uav upscale"))
     if args.fps is not None:
         options["fps"] = args.fps
+    if args.captioner:
+        options["captioner"] = args.captioner
     try:
         if is_queue(args.input, args.output):
             return _run_queue(plan_queue(args.input, preset.settings, preset.encoder, args.output, **options),
@@ -382,6 +389,9 @@ def cmd_script(args: argparse.Namespace) -> int:
     from vs_uav.media.script import reading_script
 
     preset = _resolve(args, "uav script")
+    if preset.settings.prompt.strip().lower() == "auto":
+        raise SystemExit("uav script: --prompt auto: accepted by uav upscale; for a script, run `uav caption` "
+                         "first and pass --captions FILE")
     # The .vpy may be run from anywhere: every path in it and its command is absolute.
     source = absolute(args.input)
     script = absolute(args.script) if args.script else default_script(source)
@@ -463,6 +473,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     from vs_uav.weights.download import LICENCE_NOTE, download
     from vs_uav.weights.verify import WeightsError
 
+    if args.captioner:
+        return _download_captioner(args)
     dest = _model_dir_arg(args.dir)
     _say(f"uav download: {LICENCE_NOTE}")
     _say(f"uav download: {args.source} -> {dest}")
@@ -473,6 +485,19 @@ def cmd_download(args: argparse.Namespace) -> int:
         raise SystemExit(f"uav download: {e}")
     if args.dir and not os.environ.get("UAV_MODEL_DIR") and dest != _model_dir_arg(None):
         _say(f"uav download: to use this folder, set UAV_MODEL_DIR={dest} or pass model='{dest}'")
+    return 0
+
+
+def _download_captioner(args: argparse.Namespace) -> int:
+    from vs_uav.weights.captioners import download_captioner
+    from vs_uav.weights.folder import WeightsError
+
+    source = "" if args.source == "gdrive" else args.source
+    try:
+        download_captioner(args.captioner, Path(args.dir).expanduser() if args.dir else None, source,
+                           progress=_ByteProgress(), log=lambda text: _say(f"uav download: {text}"))
+    except (ValueError, WeightsError) as e:
+        raise SystemExit(f"uav download: {e}")
     return 0
 
 
@@ -558,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale(add)
     _add_script(add)
     _add_conform(add)
+    _add_caption(add)
     _add_model_commands(add)
     return parser
 
@@ -590,8 +616,74 @@ def _add_upscale(add) -> None:
     up.add_argument("--deinterlace", choices=DEINTERLACERS, default="none",
                     help="an interlaced source: 'none' refuses it (default); 'bwdif' first deinterlaces it with "
                          "ffmpeg's bwdif filter, one frame per field (twice the frame rate)")
+    up.add_argument("--captioner", metavar="NAME", help="with --prompt auto: the captioner that captions each "
+                    "scene into the captions file (--captions, default OUTPUT.captions.tsv; an existing one is "
+                    "used as it is): " + _captioner_names() + "; default florence-2")
     _add_cluster_arguments(up)
     up.set_defaults(func=cmd_upscale)
+
+
+def _captioner_names() -> str:
+    from vs_uav.weights.captioners import CAPTIONERS
+
+    return ", ".join(CAPTIONERS)
+
+
+def _add_caption(add) -> None:
+    from vs_uav.weights.captioners import DEFAULT_CAPTIONER
+
+    ca = add("caption", help="caption each scene of a video into a captions file to review and edit, then "
+             "render with --captions FILE")
+    ca.add_argument("input", help="source video, or an image sequence")
+    ca.add_argument("-o", "--output", help="the captions file (default: next to the source, clip.captions.tsv)")
+    ca.add_argument("--captioner", default=DEFAULT_CAPTIONER, metavar="NAME",
+                    help=f"{_captioner_names()} (default: {DEFAULT_CAPTIONER}); fetched by `uav download --captioner NAME`")
+    ca.add_argument("--captioner-dir", metavar="DIR", help="the captioner's folder (default: where `uav download "
+                    "--captioner` puts it)")
+    ca.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "
+                    "detects them), 'none' or a cut list file")
+    ca.add_argument("--scene-threshold", type=float, default=0.1, help="the detector's threshold (as uav upscale)")
+    ca.add_argument("--device", default="auto", help="auto (a second GPU when there is one, else the first, else "
+                    "the CPU), cpu, cuda or cuda:N")
+    ca.add_argument("--bits", choices=("none", "8bit", "4bit"), default="none", help="load the captioner's weights "
+                    "in 8 or 4 bits (bitsandbytes, CUDA only), as the official --load_8bit_llava")
+    ca.add_argument("--fps", type=float, metavar="RATE", help="an image sequence's frame rate (default: 24)")
+    ca.add_argument("--no-cache", action="store_true", help="caption every scene again, ignoring the cache")
+    ca.set_defaults(func=cmd_caption)
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    """Caption each scene (progress on stderr), write the captions file, print a summary."""
+    from vs_uav.app.captions import CaptionJob, CaptionJobError, run_captions
+    from vs_uav.media.output import absolute
+    from vs_uav.media.sequence import check_fps, find_sequence, fps_line, is_sequence
+
+    prog = "uav caption"
+    source, prepare = Path(args.input), ()
+    try:
+        if is_sequence(source):
+            source, prepare = find_sequence(source).pattern, (fps_line(check_fps(args.fps)),)
+        elif not source.is_file():
+            from vs_uav.media.probe import not_a_video
+
+            raise ValueError(not_a_video(source))
+        output = absolute(args.output) if args.output else source.with_name(f"{source.stem}.captions.tsv")
+        job = CaptionJob(absolute(source), output, args.captioner,
+                         Path(args.captioner_dir).expanduser() if args.captioner_dir else None, args.scene_cuts,
+                         args.scene_threshold, prepare, args.device, args.bits, cache=not args.no_cache)
+        result = run_captions(job, lambda done, total: sys.stderr.write(f"\r{prog}: scene {done}/{total}\033[K"))
+    except (ValueError, CaptionJobError) as e:
+        raise SystemExit(f"{prog}: {e}")
+    sys.stderr.write("\n")
+    print(f"{prog}: {result.summary}")
+    print(f"{prog}: edit it, then: uav upscale {shlex_quote(args.input)} --captions {shlex_quote(str(result.path))}")
+    return 0
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -710,6 +802,9 @@ def _add_model_commands(add) -> None:
     dl.add_argument("--no-raft", action="store_true", help="skip the RAFT weights (flow='dis' is used)")
     dl.add_argument("--force", action="store_true", help="fetch again even if the folder verifies")
     dl.add_argument("--manifests", help=manifests_help)
+    dl.add_argument("--captioner", metavar="NAME", help="fetch a captioner instead (" + _captioner_names() +
+                    ") from the Hugging Face hub, or --from FOLDER; into --dir or the captioners' folder "
+                    "($UAV_CAPTIONER_DIR, else beside the model)")
     dl.set_defaults(func=cmd_download)
 
     cv = add("convert", help="rewrite a verified model folder to safetensors (faster, no pickle)")

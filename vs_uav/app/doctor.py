@@ -66,6 +66,8 @@ FIXES: dict[str, str] = {
              "verify it against its own manifests, `uav doctor --manifests DIR`",
     "disk": f"less than {MIN_FREE_GIB:.0f} GiB free for the weights and the chunk cache: free some space or "
             "point --dir / cache_dir elsewhere",
+    "captioners": "optional, for --prompt auto and `uav caption`: `uav download --captioner florence-2` (the "
+                  "default, small) or `--captioner llava-1.5` (the official, 13 B); a damaged one: download it again",
     "qt": "the preset editor (uav-gui) cannot open a window on X11: install the system libraries that Qt's xcb "
           f"platform plugin needs, e.g. on Debian/Ubuntu `{QT_APT_GET}` (rendering does not need them)",
     "cluster": "to render on a Ray cluster (`uav upscale --cluster`), install Ray: `pip install 'vs-uav[cluster]'` "
@@ -302,6 +304,30 @@ def _weight_shapes(folder: Path, parts: Sequence[str]) -> dict[str, dict[str, tu
     return found
 
 
+def check_captioners(root: Optional[Path] = None) -> Check:
+    """Which captioners are present and complete (files and the config checked; the weights'
+    shapes verified by `uav download --captioner`): a warning when none is, as they are optional."""
+    from vs_uav.weights.captioners import CAPTIONERS, captioner_dir, check_captioner_folder
+    from vs_uav.weights.folder import WeightsError
+
+    present, damaged = [], []
+    for name, spec in CAPTIONERS.items():
+        folder = captioner_dir(name, root)
+        if not folder.exists():
+            continue
+        try:
+            check_captioner_folder(folder, spec)
+            present.append(name)
+        except WeightsError as e:
+            damaged.append(f"{name} ({e})")
+    where = captioner_dir(next(iter(CAPTIONERS)), root).parent
+    if damaged:
+        return Check("captioners", "warn", f"damaged: {'; '.join(damaged)}")
+    if not present:
+        return Check("captioners", "warn", f"none in {where}")
+    return Check("captioners", "ok", f"{', '.join(present)} in {where}")
+
+
 def check_disk(model_dir: Optional[Path]) -> Check:
     where = default_model_dir() if model_dir is None else model_dir
     while not where.exists() and where != where.parent:
@@ -434,6 +460,7 @@ def run_checks(model_dir: Optional[Path] = None, manifests: Optional[Mapping] = 
     checks += _guarded(["ffmpeg", "encoders"], check_ffmpeg) + _guarded(["torch", "devices"], check_torch)
     checks += _guarded(["model"], lambda: check_model(model_dir, manifests, log))
     checks += _guarded(["disk"], lambda: check_disk(model_dir))
+    checks += _guarded(["captioners"], check_captioners)
     checks += _guarded(["qt"], check_qt)
     checks += _guarded(["cluster"], check_cluster)
     return checks

@@ -88,6 +88,9 @@ class JobEvents:
     def note(self, text: str) -> None:
         """A plain line worth saying (e.g. what an earlier killed run left and was removed)."""
 
+    def captioning(self, done: int, total: int) -> None:
+        """Scenes captioned so far (``--prompt auto``), before the render."""
+
 
 @dataclass(frozen=True)
 class JobResult:
@@ -114,6 +117,9 @@ class UpscaleJob:
     # An excerpt: the source's frames first .. end - 1 only (a conform's piece, --frames), with
     # their own frame numbers; it starts cold at ``first``, as at a scene cut. None: all frames.
     frame_range: Optional[tuple[int, int]] = None
+    # --prompt auto: the captioner that writes encoder.captions (when that file is absent) before
+    # the render; "" for none.
+    captioner: str = ""
 
     @classmethod
     def create(cls, source: os.PathLike | str, settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -142,6 +148,7 @@ class UpscaleJob:
         source = absolute(given)
         output = absolute(output) if output is not None else default_output(source, encoder)
         encoder = _sequence_encoder(output, encoder, options.get("cluster"))
+        settings, encoder = _auto_prompt(settings, encoder, output, options)
         if output.resolve() == source.resolve():
             raise JobError(f"--output {output} is the input; choose another file")
         # The script runs in the work folder (and on a cluster's nodes): folders given relative
@@ -161,6 +168,32 @@ class UpscaleJob:
         """The ``uav upscale`` line that runs this job with ``preset``'s values (see
         :func:`upscale_command`)."""
         return upscale_command(preset, self.source, self.output, self.cluster, base)
+
+
+def _auto_prompt(settings: "UpscaleSettings", encoder: "EncoderSettings", output: Path,
+                 options: dict[str, Any]) -> tuple["UpscaleSettings", "EncoderSettings"]:
+    """``--prompt auto``: the scenes are captioned into the captions file (``--captions``, or
+    ``out.captions.tsv`` next to the output) unless it exists, and rendered with it; the
+    prompt for blank captions is then empty. ``--captioner`` alone is refused."""
+    from dataclasses import replace
+
+    from vs_uav.app.captions import AUTO_PROMPT, default_captions_path
+    from vs_uav.media.output import absolute
+
+    if settings.prompt.strip().lower() != AUTO_PROMPT:
+        if options.get("captioner"):
+            raise JobError(f"--captioner {options['captioner']}: accepted with --prompt auto only "
+                           "(or `uav caption`)")
+        return settings, replace(encoder, captions=str(absolute(Path(encoder.captions)))) if encoder.captions             else encoder
+    from vs_uav.weights.captioners import DEFAULT_CAPTIONER, check_captioner_name
+
+    options["captioner"] = options.get("captioner") or DEFAULT_CAPTIONER
+    try:
+        check_captioner_name(options["captioner"])
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    captions = absolute(Path(encoder.captions)) if encoder.captions else default_captions_path(output)
+    return settings.replace(prompt=""), replace(encoder, captions=str(captions))
 
 
 def _sequence_encoder(output: Path, encoder: "EncoderSettings", cluster: Any) -> "EncoderSettings":
@@ -458,6 +491,8 @@ def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events:
     video, spec, filter_file = _probe(job, folder, events)  # 2.
     _check_scene_cuts(job.encoder, spec.media.whole_frames or spec.media.frames)
     _stopped(stop)
+    _captions(job, events, stop)
+    _stopped(stop)
     render_job = RenderJob(folder / SCRIPT_NAME, job.output, ffmpeg_options(job.source, job.encoder, spec,
                                                                             filter_file))
     if job.check:  # 3.
@@ -494,6 +529,8 @@ def check_job(job: UpscaleJob) -> int:
     if media.interlaced and job.deinterlace == "none":
         raise JobError(interlaced_message(job.source, media))
     _check_scene_cuts(job.encoder, media.whole_frames or media.frames)
+    if job.encoder.captions and not job.captioner:
+        _captions(job, JobEvents(), threading.Event())
     if job.check:
         spec = output_spec(media, job.encoder, container=job.output.suffix)
         with tempfile.TemporaryDirectory(prefix="uav-check-") as tmp:
@@ -505,6 +542,32 @@ def check_job(job: UpscaleJob) -> int:
                                    ffmpeg_options(job.source, job.encoder, spec, filter_file))
             _preflight(job, render_job, media, job.settings, folder, threading.Event())
     return media.frames * (2 if media.interlaced else 1)  # bwdif: one frame per field
+
+
+def _captions(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> None:
+    """Step 2b: with ``--prompt auto`` the scenes captioned into the captions file unless it
+    exists (the captioner loaded, used for every scene and freed before vspipe loads the
+    diffusion model); then the file checked against the clip's scenes, before the model loads."""
+    from vs_uav.app.captions import CaptionJob, CaptionJobError, check_captions, read_clip, run_captions
+
+    path = Path(job.encoder.captions) if job.encoder.captions else None
+    if path is None:
+        return
+    try:
+        if job.captioner and not path.is_file():
+            caption_job = CaptionJob(job.source, path, job.captioner, scene_cuts=job.encoder.scene_cuts,
+                                     scene_threshold=job.encoder.scene_threshold, prepare=job.prepare,
+                                     device=job.settings.device)
+            events.note(f"captioning the scenes of {job.source.name} with {job.captioner} into {path}")
+            result = run_captions(caption_job, events.captioning, stop)
+            events.note(result.summary)
+        elif job.captioner:
+            events.note(f"using the captions in {path} (delete it to caption again)")
+        clip, _ = read_clip(job.source, job.prepare)
+        check_captions(path, clip, job.encoder.scene_cuts, job.encoder.scene_threshold)
+    except CaptionJobError as e:
+        _stopped(stop)
+        raise JobError(str(e)) from None
 
 
 def _stopped(stop: threading.Event) -> None:

@@ -50,9 +50,12 @@ MEMORY_CHUNKS = 2
 # Boundary states kept in memory (each is steps x 2 frames of latents); older ones live on disk.
 MEMORY_STATES = 4
 
-# source(a, b): frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1], and the frames in [a, b) that
-# start a new scene (nothing is carried into them).
-Source = Callable[[int, int], tuple[torch.Tensor, Sequence[int]]]
+# source(a, b): frames a..b-1 as (1, 3, b-a, H, W) in [-1, 1], the frames in [a, b) that
+# start a new scene (nothing is carried into them) and, optionally, a third item: the prompts
+# set on frames in [a, b) ({frame: prompt}, e.g. from UAVPrompt props); frames without one use
+# settings.prompt. A frame whose prompt differs from the one before it starts a new piece, as
+# at a cut: a piece is denoised with one prompt.
+Source = Callable[[int, int], tuple]
 # (steps done, steps total) within the current chunk, then (chunk index, chunk count). A chunk
 # split by scene cuts into P pieces counts its steps over them: steps total is P x the steps.
 ProgressCallback = Callable[[int, int, int, int], None]
@@ -82,6 +85,7 @@ class _Seen:
 
     digest: str
     cuts: tuple[int, ...]
+    prompts: dict[int, str]  # each piece's first frame -> its prompt (frames from the chunk's first on)
 
 
 def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -127,6 +131,7 @@ class ChunkDriver:
             self.cache = Path(settings.cache_dir).expanduser() / self.fingerprint
         self.lock = threading.RLock()  # one chunk computation at a time per clip
         self._seen: dict[int, _Seen] = {}
+        self._prompt_settings: dict[str, "UpscaleSettings"] = {}
         self._last: Optional[tuple[int, torch.Tensor]] = None  # the last chunk read
         self._states: OrderedDict[int, ChunkState] = OrderedDict()
         self._outputs: OrderedDict[int, UpscaleOutput] = OrderedDict()
@@ -235,13 +240,19 @@ class ChunkDriver:
         if self._last is not None and self._last[0] == k:  # read for its cuts, now computed
             return self._last[1], lo, self._seen[k].cuts
         hi = min(self.stop, b + self.settings.lookahead)
-        video, cuts = self.source(lo, hi)
+        video, cuts, *given = self.source(lo, hi)
         self.pipeline.check_video(video)
-        cuts = tuple(c for c in cuts if a <= c < hi) if self.settings.scene_change else ()
-        # The cache folder is named by the frames and the cuts among them: other cuts (another
-        # scene threshold, a cut list) make other chunks.
+        cuts = {c for c in cuts if a <= c < hi} if self.settings.scene_change else set()
+        prompts = [(given[0].get(i) if given else None) or self.settings.prompt for i in range(lo, hi)]
+        cuts = tuple(sorted(cuts | {i for i in range(max(a, lo + 1), hi) if prompts[i - lo] != prompts[i - lo - 1]}))
+        starts = {s: prompts[s - lo] for s in (a, *cuts)}
+        # The cache folder is named by the frames, the cuts among them and the pieces' prompts
+        # when they are not all the settings' one: other cuts (another scene threshold, a cut
+        # list) or another caption make other chunks.
         digest = source_digest(video) + "".join(f"-{c}" for c in cuts) if self.cache is not None else ""
-        seen = _Seen(hashlib.sha256(digest.encode()).hexdigest()[:16] if digest else "", cuts)
+        if digest and any(p != self.settings.prompt for p in starts.values()):
+            digest += "".join(f"|{s}:{p}" for s, p in sorted(starts.items()))
+        seen = _Seen(hashlib.sha256(digest.encode()).hexdigest()[:16] if digest else "", cuts, starts)
         self._seen[k] = seen
         self._last = (k, video)
         return video, lo, seen.cuts
@@ -292,7 +303,8 @@ class ChunkDriver:
             for p, (s, e, stop, _) in enumerate(pieces):
                 extra = self.inputs(s, stop) if self.inputs else {}
                 callback = self._step_callback(k, p, len(pieces))
-                out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - lo:stop - lo], s, self.settings,
+                settings = self._prompted(self._seen[k].prompts[s])
+                out, state = self.run(self.pipeline.upscale_chunk, video[:, :, s - lo:stop - lo], s, settings,
                                       state if s == a else None, decode=False, callback=callback, end=e, **extra)
                 parts.append(out.latents)
             latents = torch.cat(parts, dim=2)
@@ -303,6 +315,14 @@ class ChunkDriver:
         self._remember(k, state)
         self._last = None
         return _Chunk(video, lo, latents, prefix, self._pieces(k, cuts, anchor))
+
+    def _prompted(self, prompt: str) -> "UpscaleSettings":
+        """The settings a piece is denoised with: the render's, with the piece's prompt."""
+        if prompt == self.settings.prompt:
+            return self.settings
+        if prompt not in self._prompt_settings:
+            self._prompt_settings[prompt] = self.settings.replace(prompt=prompt)
+        return self._prompt_settings[prompt]
 
     def _step_callback(self, k: int, piece: int, pieces: int) -> Optional[Callable[[int, int], None]]:
         """Piece ``piece``'s step callback: steps counted over the chunk's pieces, so that the

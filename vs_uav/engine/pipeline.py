@@ -607,6 +607,7 @@ class UpscalePipeline:
         frames = range(start, start + n)
         # Prompt embeddings: rows [negative, positive] with guidance.
         # Caption and suffix apart: a prompt too long for CLIP loses caption, not suffix.
+        logger.debug("frames %d-%d: prompt %r", start, start + n - 1, settings.prompt)
         embeds = m.prompt_encoder.encode(settings.prompt, settings.negative_prompt, guidance=settings.guidance,
                                          suffix=settings.prompt_suffix, join=UpscaleSettings.join_prompt)
         embeds = embeds.to(device, self.dtype)

@@ -69,6 +69,12 @@ class EncoderSettings:
                                        "must have changed.",
                                   min=0.001, max=1.0, group="encoder", label="Scene-cut threshold")
 
+    # Not a filter parameter: the generated script applies it before uav.Upscale (vs_uav.apply_captions).
+    captions: str = setting_field("", "Per-scene prompts: a captions file (`uav caption` writes one; one line per "
+                                  "scene with its first frame and caption, a blank caption uses --prompt). Each "
+                                  "scene is denoised with its caption and the quality tags. Empty: one prompt.",
+                         group="encoder", label="Captions file")
+
     def __post_init__(self) -> None:
         for spec in ENCODER_SETTINGS:
             setattr(self, spec.name, spec.check(getattr(self, spec.name)))

@@ -99,6 +99,12 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
         from vs_uav.vsfilter.scenes import script_lines
 
         lines.extend(script_lines(encoder.scene_cuts, encoder.scene_threshold))
+        if encoder.captions:
+            lines.extend(_comment("Per-scene prompts: each scene of this file is denoised with its caption (and the "
+                                  "quality tags); a blank caption uses the prompt below. Edit the file and render "
+                                  "again: only the scenes whose caption changed are computed anew.", ""))
+            lines.extend(["import vs_uav", f"clip = vs_uav.apply_captions(clip, {str(absolute(Path(encoder.captions)))!r})",
+                          ""])
     call = _upscale_lines("core.uav.Upscale(" if namespace else "vs_uav.upscale(", settings)
     if frame_range is None:
         lines.extend(call)

@@ -76,16 +76,29 @@ def _write_frame(frame: vs.VideoFrame, data: np.ndarray) -> None:
 
 # -- the source -------------------------------------------------------------------------------
 
+PROMPT_PROP = "UAVPrompt"  # a frame's own prompt (vs_uav.apply_captions sets it per scene)
+
+
+def frame_prompt(props: Any) -> Optional[str]:
+    """The ``UAVPrompt`` a frame carries, or None (the filter's ``prompt`` applies)."""
+    value = props.get(PROMPT_PROP)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value.strip() else None
+
+
 def chunk_source(rgb: vs.VideoNode):
     """The chunk driver's source: frames a..b-1 of the RGBS clip as (1, 3, T, H, W) in
-    [-1, 1], and the frames among them that start a scene (``_SceneChangePrev``)."""
+    [-1, 1], the frames among them that start a scene (``_SceneChangePrev``) and the
+    prompts they carry (``UAVPrompt``)."""
     import torch
 
     def read(a: int, b: int):
         frames = [rgb.get_frame(i) for i in range(a, b)]
         cuts = [i for i, f in zip(range(a, b), frames) if f.props.get("_SceneChangePrev", 0)]
+        prompts = {i: p for i, f in zip(range(a, b), frames) if (p := frame_prompt(f.props)) is not None}
         video = torch.from_numpy(np.stack([_frame_to_array(f) for f in frames], axis=1)[None]) * 2 - 1
-        return video, cuts
+        return video, cuts, prompts
 
     return read
 

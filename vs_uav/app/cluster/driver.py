@@ -58,11 +58,14 @@ def _segment_args(job: ClusterJob) -> tuple[str, ...]:
 
 
 def _job_key(job: ClusterJob, ffmpeg_args: Sequence[str]) -> str:
-    """What the segments depend on: the script, the encoder's options, the source file."""
+    """What the segments depend on: the script, the encoder's options, the source file, the
+    captions file's lines (the script names only its path)."""
     from vs_uav.media.sequence import signature
 
+    captions = Path(job.encoder.captions).read_text(encoding="utf-8") if job.encoder.captions else ""
     blob = json.dumps({"script": Path(job.script).read_text(encoding="utf-8"), "ffmpeg": list(ffmpeg_args),
-                       "source": [str(job.source), *signature(job.source)], "suffix": job.output.suffix})
+                       "source": [str(job.source), *signature(job.source)], "suffix": job.output.suffix,
+                       **({"captions": captions} if captions else {})})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
