@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import vapoursynth as vs
 from captioner_models import tiny_florence2, tiny_llava
-from clips import AIGC, ANIMATION, MOVIE, splice
+from clips import AIGC, ANIMATION, MOVIE, framemd5, splice
 from conftest import MODEL_DIR
 
 from vs_uav.app.captions import CaptionJob, CaptionJobError, check_captions, read_clip, run_captions
@@ -300,3 +300,158 @@ def test_the_cli_refuses_an_unknown_captioner_and_a_bad_captions_file_in_one_lin
         f"uav upscale: {tmp_path / 'c.tsv'} line 3: frame 'seven'; accepted: frame<TAB>timecode<TAB>picture<TAB>"
         "caption, the frame a whole number")
     assert not (tmp_path / "o.mkv").exists()
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def uav(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "vs_uav", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_uav_caption_writes_one_line_per_detected_scene_and_a_summary(folders, spliced, tmp_path):
+    from vs_uav.vsfilter.scenes import cuts_of
+
+    video, _ = spliced
+    out = tmp_path / "captions.tsv"
+    run = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]), "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    starts = [0, *cuts_of(core.bs.VideoSource(str(video)), "auto", 0.1)]
+    assert [s.frame for s in read_captions(out)] == starts and len(starts) >= 2
+    assert run.stdout.splitlines()[0] == f"uav caption: {len(starts)} scenes captioned into {out} (0 from the cache) " \
+        f"in {run.stdout.split(' in ')[-1].splitlines()[0]}"
+    assert f"scene {len(starts)}/{len(starts)}" in run.stderr
+    assert f"--captions {out}" in run.stdout
+    written = read_captions(out)
+    again = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]))
+    assert f"({len(starts)} from the cache)" in again.stdout
+    fresh = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]), "--no-cache")
+    assert "(0 from the cache)" in fresh.stdout and read_captions(out) == written  # deterministic
+
+
+def test_uav_script_applies_a_captions_file_and_refuses_prompt_auto(spliced, tmp_path):
+    video, _ = spliced
+    captions = write_captions(tmp_path / "c.tsv", [SceneCaption(0, caption="a cartoon")])
+    run = uav("script", str(video), "--script", str(tmp_path / "s.vpy"), "--captions", str(captions))
+    assert run.returncode == 0, run.stderr
+    script = (tmp_path / "s.vpy").read_text()
+    assert f"clip = vs_uav.apply_captions(clip, {str(captions)!r})" in script
+    assert script.index("vs_uav.mark_cuts(") < script.index("apply_captions(") < script.index("Upscale(")
+    run = uav("script", str(video), "--prompt", "auto")
+    assert run.returncode == 1 and run.stderr.strip() == (
+        "uav script: --prompt auto: accepted by uav upscale; for a script, run `uav caption` first and pass "
+        "--captions FILE")
+
+
+def test_download_a_captioner_from_a_folder_and_doctor_reports_it(folders, tmp_path):
+    dest = tmp_path / "captioners"
+    env = {"UAV_CAPTIONER_DIR": str(dest)}
+    assert "[warn] captioners: none in" in uav("doctor", env=env).stdout
+    run = uav("download", "--captioner", "florence-2", "--from", str(folders["florence-2"]), env=env)
+    assert run.returncode == 0, run.stderr
+    assert f"{dest / 'florence-2'}: captioner 'florence-2' complete and verified" in run.stderr
+    verify_captioner_folder(dest / "florence-2", CAPTIONERS["florence-2"])
+    weights = "model.safetensors"  # hard-linked, not copied, on the same filesystem
+    assert (dest / "florence-2" / weights).stat().st_ino == (folders["florence-2"] / weights).stat().st_ino
+    again = uav("download", "--captioner", "florence-2", "--from", str(folders["florence-2"]), env=env)
+    assert "already complete and verified; nothing to do" in again.stderr
+    assert f"[ ok ] captioners: florence-2 in {dest}" in uav("doctor", env=env).stdout
+    run = uav("download", "--captioner", "florence-2", "--from", str(folders["llava-1.5"]),
+              "--dir", str(tmp_path / "x"))
+    assert run.returncode == 1 and "model_type 'llava'; captioner 'florence-2' is a 'florence2' model" in run.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_upscale_prompt_auto_captions_then_renders_and_keeps_an_edited_file(folders, spliced, tmp_path):
+    video, _ = spliced
+    root = tmp_path / "captioners"
+    shutil.copytree(folders["florence-2"], root / "florence-2")
+    env = {"UAV_CAPTIONER_DIR": str(root)}
+    out = tmp_path / "out.mkv"
+    args = ["upscale", str(video), "-o", str(out), "--model", str(MODEL_DIR), "--steps", "1", "--flow", "dis",
+            "--codec", "ffv1", "--prompt", "auto", "--frames", "0-15"]
+    run = uav(*args, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    captions = tmp_path / "out.captions.tsv"
+    scenes = read_captions(captions)
+    assert scenes[0].caption and f"captioning the scenes of spliced.mp4 with florence-2 into {captions}" in run.stderr
+    automatic = framemd5(out)
+    edited = [SceneCaption(s.frame, s.timecode, s.picture, "a hand-written caption") for s in scenes]
+    write_captions(captions, edited)
+    out.unlink()
+    run = uav(*args, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"using the captions in {captions} (delete it to caption again)" in run.stderr
+    assert read_captions(captions) == edited
+    # Every scene captioned alike renders as that one prompt does (the captions start at cuts).
+    same = tmp_path / "same.mkv"
+    assert uav(*args[:3], str(same), *args[4:-4], "--frames", "0-15", "--prompt", "a hand-written caption").returncode == 0
+    assert framemd5(out) == framemd5(same) != automatic
+    run = uav(*args[:-4], "--captioner", "florence-2")
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+        "uav upscale: --captioner florence-2: accepted with --prompt auto only (or `uav caption`)")
+
+
+def test_the_captioners_memory_budget_and_bits_are_checked_before_anything_is_read(folders, tmp_path):
+    import torch
+
+    from vs_uav.engine.captioner import weight_bytes
+    from vs_uav.weights.folder import tensor_shapes
+
+    need = weight_bytes(folders["llava-1.5"], torch.float32)
+    shapes = tensor_shapes(folders["llava-1.5"] / "model.safetensors").values()
+    assert need == 4 * sum(int(np.prod(s)) for s in shapes) and weight_bytes(folders["llava-1.5"], torch.float32,
+                                                                             "4bit") == need // 8
+    job = CaptionJob(tmp_path / "none.mp4", tmp_path / "c.tsv", "llava-1.5", folders["llava-1.5"], device="cpu",
+                     max_memory=need / 2**30 / 2)
+    with pytest.raises(CaptionJobError, match=r"^--max-memory [0-9.e-]+: captioner 'llava-1.5' needs [0-9.]+ MiB "
+                                              r"\(float weights\); accepted: a budget that holds it, --captioner-bits "
+                                              r"8bit \([0-9.]+ MiB\) or --captioner-bits 4bit"):
+        run_captions(job)
+    job = CaptionJob(tmp_path / "none.mp4", tmp_path / "c.tsv", "llava-1.5", folders["llava-1.5"], device="cpu",
+                     bits="8bit")
+    with pytest.raises(CaptionJobError, match=r"^--captioner-bits 8bit: accepted on a CUDA device only "
+                                              r"\(bitsandbytes\), not on cpu$"):
+        run_captions(job)
+    assert not (tmp_path / "c.tsv").exists()
+
+
+def test_a_queue_refuses_one_captions_file_for_many_sources_and_its_record_follows_the_file(spliced, tmp_path):
+    from vs_uav.app.job import JobError, UpscaleJob
+    from vs_uav.app.queue import _fingerprint, plan_queue
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.settings import UpscaleSettings
+
+    video, _ = spliced
+    other = shutil.copy(video, tmp_path / "other.mp4")
+    captions = write_captions(tmp_path / "c.tsv", [SceneCaption(0, caption="a cartoon")])
+    encoder = EncoderSettings(captions=str(captions))
+    with pytest.raises(JobError, match=r"^--captions .*c\.tsv: accepted for one source"):
+        plan_queue([str(video), str(other)], UpscaleSettings(), encoder, str(tmp_path / "out"))
+    job = UpscaleJob.create(video, UpscaleSettings(), encoder, tmp_path / "o.mkv")
+    before = _fingerprint(job)
+    write_captions(captions, [SceneCaption(0, caption="a koala")])
+    assert _fingerprint(job) != before  # an edited captions file is not a finished output any more
+
+
+def test_the_cluster_job_key_follows_the_captions_file_and_the_captioner_device(tmp_path):
+    from types import SimpleNamespace
+
+    from vs_uav.app.cluster.driver import _job_key
+    from vs_uav.engine.captioner import captioner_device
+    from vs_uav.media.encoder import EncoderSettings
+
+    script = tmp_path / "upscale.vpy"
+    script.write_text("clip = vs_uav.apply_captions(clip, 'c.tsv')\n")
+    captions = write_captions(tmp_path / "c.tsv", [SceneCaption(0, caption="a cartoon")])
+    job = SimpleNamespace(script=script, source=ANIMATION, output=tmp_path / "o.mkv",
+                          encoder=EncoderSettings(captions=str(captions)))
+    before = _job_key(job, ["-c:v", "ffv1"])
+    write_captions(captions, [SceneCaption(0, caption="a koala")])
+    assert _job_key(job, ["-c:v", "ffv1"]) != before  # the segments are rendered again
+    import torch
+
+    if not torch.cuda.is_available():
+        assert captioner_device("auto").type == "cpu" and str(captioner_device("cpu")) == "cpu"

@@ -668,3 +668,24 @@ def test_a_node_that_cannot_see_the_work_folder_stops_the_job_in_one_line(clip, 
         "path (put -o and the input on shared storage); nothing was rendered")
     assert list(hidden.iterdir()) == []  # no output, no segment, no work folder
     assert seconds < 90
+
+
+@pytest.mark.slow
+def test_prompt_auto_on_the_cluster_equals_the_one_machine_render(clip, reference, tmp_path, ray_env):
+    """--prompt auto: the driver captions the scenes (a tiny Florence-2) into the captions file
+    before planning; the workers' segments apply it, and the frames are the one-machine render's."""
+    from captioner_models import tiny_florence2
+
+    from vs_uav.media.captions import read_captions
+
+    tiny_florence2(tmp_path / "captioners" / "florence-2", seed=1)
+    env = {"UAV_CAPTIONER_DIR": str(tmp_path / "captioners"), "UAV_CAPTION_CACHE": str(tmp_path / "cache")}
+    one, out = tmp_path / "one.mkv", tmp_path / "cluster.mkv"
+    r = upscale(clip, one, "--prompt", "auto", env={**os.environ, **env, "OMP_NUM_THREADS": str(THREADS)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = upscale(clip, out, "--prompt", "auto", *CLUSTER, env={**ray_env, **env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [s.frame for s in read_captions(tmp_path / "cluster.captions.tsv")] == [0, 9, 17, 24]
+    assert read_captions(tmp_path / "cluster.captions.tsv") == read_captions(tmp_path / "one.captions.tsv")
+    assert "4 scenes captioned into" in r.stderr and "(4 from the cache)" in r.stderr
+    assert framemd5(out) == framemd5(one) != reference

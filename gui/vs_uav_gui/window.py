@@ -50,6 +50,7 @@ from vs_uav.media.probe import not_a_video, probe
 from vs_uav.media.script import absolute, reading_script
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
 
+from .captions import CaptionsPanel
 from .preview import PreviewPanel
 from .render import RenderBar
 
@@ -283,6 +284,9 @@ class PresetEditor(QMainWindow):
         self.tabs.addTab(self._build_outputs(), "Script and command")
         self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text)
         self.tabs.addTab(self.preview, "Before/&after preview")
+        self.captions = CaptionsPanel(self.source_edit.text, lambda: self.current.encoder if self.current else None,
+                                      self.use_captions)
+        self.tabs.addTab(self.captions, "Ca&ptions")
         self.splitter.addWidget(self.tabs)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 4)
@@ -684,6 +688,11 @@ class PresetEditor(QMainWindow):
         self.update_preview()
         self._update_title()
 
+    def use_captions(self, path: str) -> None:
+        """The Captions view saved ``path``: the form's captions file, so the script applies it."""
+        self.fields["captions"].set_value(path)
+        self.revalidate()
+
     def update_preview(self) -> None:
         source = self.source_edit.text().strip()
         mode = self.render_on.currentData()
@@ -886,6 +895,7 @@ class PresetEditor(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.preview.shutdown()
         self.render_bar.shutdown()
+        self.captions.shutdown()
         for thread in list(_RUNNING):
             thread.wait()
         self.save_state()

@@ -41,6 +41,7 @@ class CaptionJob:
     prepare: tuple[str, ...] = ()  # the render's script lines between reading and upscaling
     device: str = "auto"
     bits: str = "none"  # 8bit / 4bit: bitsandbytes on CUDA
+    max_memory: float = 0.0  # GiB the captioner may take (the render's --max-memory); 0: no budget
     cache: bool = True
 
 
@@ -80,14 +81,16 @@ def captioner_folder(job: CaptionJob) -> Path:
 
 def run_captions(job: CaptionJob, progress: Optional[Callable[[int, int], None]] = None,
                  stop: Optional[threading.Event] = None) -> CaptionResult:
-    """Steps 1-4; CaptionJobError in one line. ``stop`` cancels between scenes (nothing is
-    written then; the scenes captioned so far stay in the cache)."""
+    """Steps 1-4; CaptionJobError in one line. ``stop`` cancels between scenes
+    (:class:`vs_uav.media.captions.Cancelled`; nothing is written then, the scenes captioned so
+    far stay in the cache)."""
     from vs_uav.engine.captioner import captioner_identity, load_captioner
     from vs_uav.media.captions import CaptionCache, Cancelled, caption_cache_dir, caption_scenes, write_captions
     from vs_uav.media.timecode import shift_timecode
 
     started = time.monotonic()
     folder = captioner_folder(job)  # 1.
+    check_captioner_budget(job, folder)
     clip, media = read_clip(job.source, job.prepare)  # 2.
     cuts = scene_starts(clip, job.scene_cuts, job.scene_threshold)
     fps = media.fps
@@ -96,17 +99,33 @@ def run_captions(job: CaptionJob, progress: Optional[Callable[[int, int], None]]
     cache = CaptionCache(caption_cache_dir() if job.cache else None, identity)
 
     def load():
-        return load_captioner(job.captioner, folder, job.device, job.bits)
+        return load_captioner(job.captioner, folder, job.device, job.bits, job.max_memory)
 
     try:  # 3.
         scenes = caption_scenes(clip, cuts, load, cache, lambda n: shift_timecode(start, n, fps), progress, stop)
-    except Cancelled as e:
-        raise CaptionJobError(str(e)) from None
+    except Cancelled:
+        raise
     except (ValueError, RuntimeError) as e:
         raise CaptionJobError(f"{job.source}: {e}") from None
     note = f"source: {job.source}\ncaptioner: {job.captioner} ({folder})"
     write_captions(job.output, scenes, note)  # 4.
     return CaptionResult(job.output, len(scenes), cache.misses, time.monotonic() - started)
+
+
+def check_captioner_budget(job: CaptionJob, folder: Path) -> None:
+    """Step 1 too: the --captioner-bits and --max-memory asked for fit the captioner and the device
+    (bitsandbytes on CUDA; its weights within the budget), before anything is read."""
+    import torch
+
+    from vs_uav.engine.captioner import captioner_device, check_budget, quantization_args
+
+    where = captioner_device(job.device)
+    try:
+        quantization_args(job.bits, where)
+        check_budget(job.captioner, folder, torch.float16 if where.type == "cuda" else torch.float32, job.bits,
+                     job.max_memory)
+    except ValueError as e:
+        raise CaptionJobError(str(e)) from None
 
 
 def read_clip(source: Path, prepare: tuple[str, ...] = ()):

@@ -236,6 +236,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         options["fps"] = args.fps
     if args.captioner:
         options["captioner"] = args.captioner
+    if args.captioner_bits != "none":
+        options["captioner_bits"] = args.captioner_bits
     try:
         if is_queue(args.input, args.output):
             return _run_queue(plan_queue(args.input, preset.settings, preset.encoder, args.output, **options),
@@ -619,6 +621,7 @@ def _add_upscale(add) -> None:
     up.add_argument("--captioner", metavar="NAME", help="with --prompt auto: the captioner that captions each "
                     "scene into the captions file (--captions, default OUTPUT.captions.tsv; an existing one is "
                     "used as it is): " + _captioner_names() + "; default florence-2")
+    _add_captioner_bits(up)
     _add_cluster_arguments(up)
     up.set_defaults(func=cmd_upscale)
 
@@ -645,11 +648,18 @@ def _add_caption(add) -> None:
     ca.add_argument("--scene-threshold", type=float, default=0.1, help="the detector's threshold (as uav upscale)")
     ca.add_argument("--device", default="auto", help="auto (a second GPU when there is one, else the first, else "
                     "the CPU), cpu, cuda or cuda:N")
-    ca.add_argument("--bits", choices=("none", "8bit", "4bit"), default="none", help="load the captioner's weights "
-                    "in 8 or 4 bits (bitsandbytes, CUDA only), as the official --load_8bit_llava")
+    _add_captioner_bits(ca)
+    ca.add_argument("--max-memory", type=float, default=0.0, metavar="GIB", help="the memory the captioner may "
+                    "take (its weights and generation); refused in one line when it needs more (default: no budget)")
     ca.add_argument("--fps", type=float, metavar="RATE", help="an image sequence's frame rate (default: 24)")
     ca.add_argument("--no-cache", action="store_true", help="caption every scene again, ignoring the cache")
     ca.set_defaults(func=cmd_caption)
+
+
+def _add_captioner_bits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--captioner-bits", choices=("none", "8bit", "4bit"), default="none", help="load the "
+                        "captioner's weights in 8 or 4 bits (bitsandbytes, CUDA only: pip install "
+                        "'vs-uav[quantize]'), as the official --load_8bit_llava (default: none)")
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
@@ -670,7 +680,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
         output = absolute(args.output) if args.output else source.with_name(f"{source.stem}.captions.tsv")
         job = CaptionJob(absolute(source), output, args.captioner,
                          Path(args.captioner_dir).expanduser() if args.captioner_dir else None, args.scene_cuts,
-                         args.scene_threshold, prepare, args.device, args.bits, cache=not args.no_cache)
+                         args.scene_threshold, prepare, args.device, args.captioner_bits, args.max_memory,
+                         cache=not args.no_cache)
         result = run_captions(job, lambda done, total: sys.stderr.write(f"\r{prog}: scene {done}/{total}\033[K"))
     except (ValueError, CaptionJobError) as e:
         raise SystemExit(f"{prog}: {e}")

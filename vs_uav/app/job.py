@@ -120,6 +120,7 @@ class UpscaleJob:
     # --prompt auto: the captioner that writes encoder.captions (when that file is absent) before
     # the render; "" for none.
     captioner: str = ""
+    captioner_bits: str = "none"  # --captioner-bits: 8bit / 4bit weights (bitsandbytes, CUDA)
 
     @classmethod
     def create(cls, source: os.PathLike | str, settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -181,9 +182,10 @@ def _auto_prompt(settings: "UpscaleSettings", encoder: "EncoderSettings", output
     from vs_uav.media.output import absolute
 
     if settings.prompt.strip().lower() != AUTO_PROMPT:
-        if options.get("captioner"):
-            raise JobError(f"--captioner {options['captioner']}: accepted with --prompt auto only "
-                           "(or `uav caption`)")
+        for name in ("captioner", "captioner_bits"):
+            if options.get(name):
+                raise JobError(f"--{name.replace('_', '-')} {options[name]}: accepted with --prompt auto only "
+                               "(or `uav caption`)")
         return settings, replace(encoder, captions=str(absolute(Path(encoder.captions)))) if encoder.captions             else encoder
     from vs_uav.weights.captioners import DEFAULT_CAPTIONER, check_captioner_name
 
@@ -549,6 +551,7 @@ def _captions(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> None
     exists (the captioner loaded, used for every scene and freed before vspipe loads the
     diffusion model); then the file checked against the clip's scenes, before the model loads."""
     from vs_uav.app.captions import CaptionJob, CaptionJobError, check_captions, read_clip, run_captions
+    from vs_uav.media.captions import Cancelled
 
     path = Path(job.encoder.captions) if job.encoder.captions else None
     if path is None:
@@ -557,7 +560,8 @@ def _captions(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> None
         if job.captioner and not path.is_file():
             caption_job = CaptionJob(job.source, path, job.captioner, scene_cuts=job.encoder.scene_cuts,
                                      scene_threshold=job.encoder.scene_threshold, prepare=job.prepare,
-                                     device=job.settings.device)
+                                     device=job.settings.device, bits=job.captioner_bits,
+                                     max_memory=job.settings.max_memory)
             events.note(f"captioning the scenes of {job.source.name} with {job.captioner} into {path}")
             result = run_captions(caption_job, events.captioning, stop)
             events.note(result.summary)
@@ -565,6 +569,8 @@ def _captions(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> None
             events.note(f"using the captions in {path} (delete it to caption again)")
         clip, _ = read_clip(job.source, job.prepare)
         check_captions(path, clip, job.encoder.scene_cuts, job.encoder.scene_threshold)
+    except Cancelled:
+        raise _Stop from None
     except CaptionJobError as e:
         _stopped(stop)
         raise JobError(str(e)) from None

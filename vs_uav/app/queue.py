@@ -169,6 +169,9 @@ def plan_queue(inputs: Sequence[str], settings: "UpscaleSettings", encoder: "Enc
     """One job per source (:func:`expand_sources`), each output where :func:`output_of` says;
     JobError in one line for outputs two sources would share or that are another's source."""
     sources = expand_sources(inputs)
+    if encoder.captions and len(sources) > 1:
+        raise JobError(f"--captions {encoder.captions}: accepted for one source (its scenes' frames); a queue's "
+                       "files each get their own with --prompt auto, next to each output")
     jobs = [UpscaleJob.create(src, settings, encoder, output_of(src, output, encoder), **options) for src in sources]
     written: dict[Path, UpscaleJob] = {}
     reads = {job.source.resolve(): job for job in jobs}
@@ -194,7 +197,17 @@ def _fingerprint(job: UpscaleJob) -> dict:
     return {"source": [str(job.source), *signature(job.source)],
             "settings": dataclasses.asdict(job.settings), "encoder": dataclasses.asdict(job.encoder),
             "deinterlace": job.deinterlace, "prepare": list(job.prepare),
-            "frame_range": list(job.frame_range) if job.frame_range else None}
+            "frame_range": list(job.frame_range) if job.frame_range else None, "captions": _captions_digest(job)}
+
+
+def _captions_digest(job: UpscaleJob) -> Optional[str]:
+    """The captions file's lines (the encoder names only its path): an edited file renders again."""
+    import hashlib
+
+    path = Path(job.encoder.captions) if job.encoder.captions else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_record(job: UpscaleJob, frames: int) -> None:

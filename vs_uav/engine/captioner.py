@@ -68,7 +68,7 @@ class Captioner:
         transformers.utils.logging.disable_progress_bar()  # bars on stderr are the CLI's to draw
         try:
             self.processor = transformers.AutoProcessor.from_pretrained(folder)
-            self.model = self._model_class().from_pretrained(folder, dtype=dtype, **_quantized(quantize, device))
+            self.model = self._model_class().from_pretrained(folder, dtype=dtype, **quantization_args(quantize, device))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"{folder}: captioner {self.spec.name!r} cannot be loaded "
                                  f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
@@ -150,7 +150,7 @@ _BACKENDS: dict[str, type[Captioner]] = {"florence2": Florence2, "llava": Llava1
 QUANTIZE = ("none", "8bit", "4bit")
 
 
-def _quantized(quantize: str, device: torch.device) -> dict:
+def quantization_args(quantize: str, device: torch.device) -> dict:
     """from_pretrained's arguments for 8- or 4-bit weights (bitsandbytes, CUDA only), as the
     official ``--load_8bit_llava``."""
     if quantize == "none":
@@ -180,13 +180,48 @@ def captioner_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_captioner(name: str, folder: Path, device: str = "auto", quantize: str = "none") -> Captioner:
+_BITS = {"none": 0, "8bit": 8, "4bit": 4}
+
+
+def weight_bytes(folder: Path, dtype: torch.dtype, quantize: str = "none") -> int:
+    """What the captioner's weights take in memory: its parameters (from the files' headers)
+    at ``dtype``'s size, or at 8 or 4 bits each."""
+    from vs_uav.weights.captioners import weight_files
+    from vs_uav.weights.folder import tensor_shapes
+
+    count = sum(int(np.prod(shape)) for path in weight_files(Path(folder)) for shape in tensor_shapes(path).values())
+    bits = _BITS.get(quantize) or torch.finfo(dtype).bits
+    return count * bits // 8
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_budget(name: str, folder: Path, dtype: torch.dtype, quantize: str, max_memory: float) -> None:
+    """ValueError when ``max_memory`` (GiB; 0: no budget) cannot hold the captioner's weights,
+    naming what it needs and what would fit."""
+    if not max_memory:
+        return
+    need = weight_bytes(folder, dtype, quantize) * 1.15  # activations and the generation's cache
+    if need <= max_memory * 2**30:
+        return
+    smaller = [f"--captioner-bits {q} ({_size(weight_bytes(folder, dtype, q) * 1.15)})"
+               for q in ("8bit", "4bit") if _BITS[q] < (_BITS[quantize] or 16)]
+    raise ValueError(f"--max-memory {max_memory:g}: captioner {name!r} needs {_size(need)} "
+                     f"({'float' if quantize == 'none' else quantize} weights); accepted: a budget that holds it, "
+                     f"{' or '.join(smaller + ['a smaller captioner (florence-2)'])}")
+
+
+def load_captioner(name: str, folder: Path, device: str = "auto", quantize: str = "none",
+                   max_memory: float = 0.0) -> Captioner:
     """Captioner ``name`` from ``folder`` (checked first, one line naming what is missing), in
-    float16 on CUDA and float32 on the CPU."""
+    float16 on CUDA and float32 on the CPU, refused when ``max_memory`` (GiB) cannot hold it."""
     spec = check_captioner_name(name)
     check_captioner_folder(folder, spec)
     where = captioner_device(device)
     dtype = torch.float16 if where.type == "cuda" else torch.float32
+    check_budget(name, Path(folder), dtype, quantize, max_memory)
     captioner = _BACKENDS[spec.model_type](spec, Path(folder), where, dtype, quantize)
     logger.info("captioner %s loaded from %s on %s", name, folder, where)
     return captioner
