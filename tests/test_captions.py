@@ -156,6 +156,13 @@ def test_the_captions_file_reads_back_and_refuses_bad_lines_naming_file_and_line
         read_captions(path, 20)
     with pytest.raises(CaptionsError, match=r"captions file .*missing.tsv: no such file"):
         read_captions(tmp_path / "missing.tsv")
+    clip = core.std.BlankClip(length=20)
+    with pytest.raises(CaptionsError, match=r"^apply_captions: .*c\.tsv line 5: frame 26; accepted: a frame"):
+        apply_captions(clip, path)
+    from vs_uav.app.captions import default_captions_path
+
+    assert default_captions_path(Path("/a/out.mkv")) == Path("/a/out.captions.tsv")
+    assert default_captions_path(Path("/a/scan/%07d.dpx")) == Path("/a/scan/captions.tsv")
 
 
 def test_the_picture_of_a_scene_is_the_sharpest_never_a_fade(tmp_path):

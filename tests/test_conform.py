@@ -171,3 +171,21 @@ def test_uav_conform_plan_prints_the_pieces_and_the_summary(footage):
                           "frames, onto its scene's window grid)"]
     bad = subprocess.run([UAV, "conform", str(path), "--plan", "--handles", "-2"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr == "uav conform: --handles -2: accepted: an integer >= 0\n"
+
+
+def test_prompt_auto_gives_each_source_of_an_edit_one_captions_file_and_captions_refuse_several(footage, tmp_path):
+    from vs_uav.app.job import JobError
+    from vs_uav.app.relink import conform_jobs
+    from vs_uav.media.encoder import EncoderSettings
+    from vs_uav.settings import UpscaleSettings
+
+    path = footage / "captions-cut.otio"
+    otio.adapters.write_to_file(edit(footage), str(path))
+    plan = plan_conform(path, handles=4)
+    jobs = conform_jobs(plan, tmp_path, UpscaleSettings(prompt="auto"), EncoderSettings())
+    assert {(j.source.name, Path(j.encoder.captions).name) for j in jobs} == {("a.mp4", "a.captions.tsv"),
+                                                                             ("b.mov", "b.captions.tsv")}
+    assert all(j.captioner == "florence-2" and j.settings.prompt == "" for j in jobs)
+    with pytest.raises(JobError, match=r"^--captions c\.tsv: accepted for an edit of one source; this one uses 2: "
+                                       r"use --prompt auto"):
+        conform_jobs(plan, tmp_path, UpscaleSettings(), EncoderSettings(captions="c.tsv"))

@@ -60,8 +60,8 @@ class CaptionResult:
 
 
 def default_captions_path(output: Path) -> Path:
-    """The captions file next to a render's output: ``out.mkv`` -> ``out.captions.tsv``; for an
-    image sequence ``out/%07d.tif``, ``out/captions.tsv``."""
+    """The captions file next to a render's output (or a source): ``out.mkv`` ->
+    ``out.captions.tsv``; for an image sequence ``out/%07d.tif``, ``out/captions.tsv``."""
     if "%" in output.name:
         return output.parent / "captions.tsv"
     return output.with_name(f"{output.stem}.captions.tsv")

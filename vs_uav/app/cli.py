@@ -638,7 +638,8 @@ def _add_caption(add) -> None:
     ca = add("caption", help="caption each scene of a video into a captions file to review and edit, then "
              "render with --captions FILE")
     ca.add_argument("input", help="source video, or an image sequence")
-    ca.add_argument("-o", "--output", help="the captions file (default: next to the source, clip.captions.tsv)")
+    ca.add_argument("-o", "--output", help="the captions file (default: next to the source, clip.captions.tsv; "
+                    "an image sequence's: captions.tsv in its folder)")
     ca.add_argument("--captioner", default=DEFAULT_CAPTIONER, metavar="NAME",
                     help=f"{_captioner_names()} (default: {DEFAULT_CAPTIONER}); fetched by `uav download --captioner NAME`")
     ca.add_argument("--captioner-dir", metavar="DIR", help="the captioner's folder (default: where `uav download "
@@ -664,7 +665,7 @@ def _add_captioner_bits(parser: argparse.ArgumentParser) -> None:
 
 def cmd_caption(args: argparse.Namespace) -> int:
     """Caption each scene (progress on stderr), write the captions file, print a summary."""
-    from vs_uav.app.captions import CaptionJob, CaptionJobError, run_captions
+    from vs_uav.app.captions import CaptionJob, CaptionJobError, default_captions_path, run_captions
     from vs_uav.media.output import absolute
     from vs_uav.media.sequence import check_fps, find_sequence, fps_line, is_sequence
 
@@ -677,7 +678,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             from vs_uav.media.probe import not_a_video
 
             raise ValueError(not_a_video(source))
-        output = absolute(args.output) if args.output else source.with_name(f"{source.stem}.captions.tsv")
+        output = absolute(args.output) if args.output else default_captions_path(absolute(source))
         job = CaptionJob(absolute(source), output, args.captioner,
                          Path(args.captioner_dir).expanduser() if args.captioner_dir else None, args.scene_cuts,
                          args.scene_threshold, prepare, args.device, args.captioner_bits, args.max_memory,

@@ -24,8 +24,9 @@ audio clips stay as they were.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -51,8 +52,32 @@ def conform_jobs(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", e
     """Step 2: one job per piece of ``plan`` (``options``: :meth:`UpscaleJob.create`'s)."""
     from vs_uav.app.job import UpscaleJob
 
-    return [UpscaleJob.create(p.media.path, settings, encoder, piece_output(p, folder, encoder),
-                              frame_range=(p.start, p.end), **options) for p in plan.pieces]
+    captions = _captions_files(plan, folder, settings, encoder)
+    return [UpscaleJob.create(p.media.path, settings, replace(encoder, captions=captions.get(p.media.path, "")),
+                              piece_output(p, folder, encoder), frame_range=(p.start, p.end), **options)
+            for p in plan.pieces]
+
+
+def _captions_files(plan: ConformPlan, folder: Path, settings: "UpscaleSettings",
+                    encoder: "EncoderSettings") -> dict[Path, str]:
+    """Each source's captions file: with --prompt auto one per source in the folder
+    (``reel1.captions.tsv``), written by its first piece and used by the others; --captions
+    names one file, for an edit of one source only."""
+    from vs_uav.app.captions import AUTO_PROMPT
+    from vs_uav.app.job import JobError
+
+    sources = list(dict.fromkeys(p.media.path for p in plan.pieces))
+    if encoder.captions:
+        if len(sources) > 1:
+            raise JobError(f"--captions {encoder.captions}: accepted for an edit of one source; this one uses "
+                           f"{len(sources)}: use --prompt auto (one captions file per source)")
+        return {sources[0]: encoder.captions} if sources else {}
+    if settings.prompt.strip().lower() != AUTO_PROMPT:
+        return {}
+    stems = [s.stem for s in sources]
+    return {s: str(folder / (f"{s.stem}.captions.tsv" if stems.count(s.stem) == 1 else
+                             f"{s.stem}-{hashlib.sha256(str(s).encode()).hexdigest()[:6]}.captions.tsv"))
+            for s in sources}
 
 
 def relink(plan: ConformPlan, outputs: Sequence[Path]) -> Any:

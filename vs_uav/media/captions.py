@@ -144,7 +144,10 @@ def apply_captions(clip: "vs.VideoNode", captions: os.PathLike | str) -> "vs.Vid
 
     if not isinstance(clip, vs.VideoNode):
         raise CaptionsError(f"apply_captions: clip must be a video clip, got {type(clip).__name__}")
-    scenes = read_captions(captions, clip.num_frames)
+    try:
+        scenes = read_captions(captions, clip.num_frames)
+    except CaptionsError as e:
+        raise CaptionsError(f"apply_captions: {e}") from None
     if not scenes:
         return clip
     core = vs.core
