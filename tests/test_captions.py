@@ -204,6 +204,12 @@ def test_an_unknown_captioner_or_an_absent_folder_is_refused_before_anything_is_
         run_captions(CaptionJob(tmp_path / "none.mp4", tmp_path / "c.tsv", "llava-1.5", tmp_path / "nowhere"))
 
 
+def test_an_output_folder_that_is_missing_is_said_before_any_scene_is_captioned(folders, spliced, tmp_path):
+    video, _ = spliced
+    with pytest.raises(CaptionJobError, match=r"^-o .*/gone/c\.tsv: the folder .*/gone is missing"):
+        run_captions(CaptionJob(video, tmp_path / "gone" / "c.tsv", "florence-2", folders["florence-2"]))
+
+
 # -- per-scene prompts in the filter -------------------------------------------------------------
 
 KW = dict(model=str(MODEL_DIR), prompt="a film", steps=2, guidance_scale=4.0, chunk_size=8, lookahead=2,
@@ -258,6 +264,18 @@ def test_each_scene_is_denoised_with_its_caption_and_an_edit_recomputes_only_its
     assert encoded_prompts(caplog) == {(24, 25): "a film", (26, 33): "a rainy street", (32, 39): "a rainy street"}
     assert all(np.array_equal(x, y) for x, y in zip(before[:24], after[:24]))
     assert not all(np.array_equal(x, y) for x, y in zip(before[26:], after[26:]))
+
+
+def test_every_scene_captioned_alike_renders_as_that_one_prompt(spliced, tmp_path):
+    video, _ = spliced
+    cut = core.std.SetFrameProps(small_clip(video)[14], _SceneChangePrev=1)
+    clip = small_clip(video)[:14] + cut + small_clip(video)[15:20]
+    path = write_captions(tmp_path / "c.tsv", [SceneCaption(0, caption="a street"),
+                                               SceneCaption(14, caption="a street")])
+    one = upscale(clip, **dict(KW, prompt="a street"))
+    captioned = upscale(apply_captions(clip, path), **KW)
+    for a, b in zip(one.frames(close=True), captioned.frames(close=True)):
+        assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
 
 
 def test_a_prompt_change_inside_a_scene_starts_a_new_piece_there(spliced, tmp_path, caplog):
@@ -318,24 +336,25 @@ def uav(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, timeout=600)
 
 
-def test_uav_caption_writes_one_line_per_detected_scene_and_a_summary(folders, spliced, tmp_path):
+def test_uav_caption_writes_one_line_per_detected_scene_and_a_summary(folders, spliced, tmp_path, capsys):
+    from vs_uav.app.cli import main
     from vs_uav.vsfilter.scenes import cuts_of
 
     video, _ = spliced
     out = tmp_path / "captions.tsv"
-    run = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]), "--device", "cpu")
-    assert run.returncode == 0, run.stderr
+    args = ["caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"])]
+    assert main([*args, "--device", "cpu"]) == 0
+    said = capsys.readouterr()
     starts = [0, *cuts_of(core.bs.VideoSource(str(video)), "auto", 0.1)]
     assert [s.frame for s in read_captions(out)] == starts and len(starts) >= 2
-    assert run.stdout.splitlines()[0] == f"uav caption: {len(starts)} scenes captioned into {out} (0 from the cache) " \
-        f"in {run.stdout.split(' in ')[-1].splitlines()[0]}"
-    assert f"scene {len(starts)}/{len(starts)}" in run.stderr
-    assert f"--captions {out}" in run.stdout
+    assert re.fullmatch(rf"uav caption: {len(starts)} scenes captioned into {re.escape(str(out))} \(0 from the "
+                        r"cache\) in [0-9.]+ s", said.out.splitlines()[0])
+    assert f"scene {len(starts)}/{len(starts)}" in said.err
+    assert f"--captions {out}" in said.out
     written = read_captions(out)
-    again = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]))
-    assert f"({len(starts)} from the cache)" in again.stdout
-    fresh = uav("caption", str(video), "-o", str(out), "--captioner-dir", str(folders["florence-2"]), "--no-cache")
-    assert "(0 from the cache)" in fresh.stdout and read_captions(out) == written  # deterministic
+    assert main(args) == 0 and f"({len(starts)} from the cache)" in capsys.readouterr().out
+    assert main([*args, "--no-cache"]) == 0 and "(0 from the cache)" in capsys.readouterr().out
+    assert read_captions(out) == written  # deterministic
 
 
 def test_uav_script_applies_a_captions_file_and_refuses_prompt_auto(spliced, tmp_path):
@@ -352,22 +371,24 @@ def test_uav_script_applies_a_captions_file_and_refuses_prompt_auto(spliced, tmp
         "--captions FILE")
 
 
-def test_download_a_captioner_from_a_folder_and_doctor_reports_it(folders, tmp_path):
+def test_download_a_captioner_from_a_folder_and_doctor_reports_it(folders, tmp_path, monkeypatch, capsys):
+    from vs_uav.app.cli import main
+    from vs_uav.app.doctor import check_captioners
+
     dest = tmp_path / "captioners"
-    env = {"UAV_CAPTIONER_DIR": str(dest)}
-    assert "[warn] captioners: none in" in uav("doctor", env=env).stdout
-    run = uav("download", "--captioner", "florence-2", "--from", str(folders["florence-2"]), env=env)
-    assert run.returncode == 0, run.stderr
-    assert f"{dest / 'florence-2'}: captioner 'florence-2' complete and verified" in run.stderr
+    monkeypatch.setenv("UAV_CAPTIONER_DIR", str(dest))
+    assert check_captioners().line().startswith(f"[warn] captioners: none in {dest}")
+    assert main(["download", "--captioner", "florence-2", "--from", str(folders["florence-2"])]) == 0
+    assert f"{dest / 'florence-2'}: captioner 'florence-2' complete and verified" in capsys.readouterr().err
     verify_captioner_folder(dest / "florence-2", CAPTIONERS["florence-2"])
     weights = "model.safetensors"  # hard-linked, not copied, on the same filesystem
     assert (dest / "florence-2" / weights).stat().st_ino == (folders["florence-2"] / weights).stat().st_ino
-    again = uav("download", "--captioner", "florence-2", "--from", str(folders["florence-2"]), env=env)
-    assert "already complete and verified; nothing to do" in again.stderr
-    assert f"[ ok ] captioners: florence-2 in {dest}" in uav("doctor", env=env).stdout
-    run = uav("download", "--captioner", "florence-2", "--from", str(folders["llava-1.5"]),
-              "--dir", str(tmp_path / "x"))
-    assert run.returncode == 1 and "model_type 'llava'; captioner 'florence-2' is a 'florence2' model" in run.stderr
+    assert main(["download", "--captioner", "florence-2", "--from", str(folders["florence-2"])]) == 0
+    assert "already complete and verified; nothing to do" in capsys.readouterr().err
+    assert check_captioners().line() == f"[ ok ] captioners: florence-2 in {dest}"
+    with pytest.raises(SystemExit, match="model_type 'llava'; captioner 'florence-2' is a 'florence2' model"):
+        main(["download", "--captioner", "florence-2", "--from", str(folders["llava-1.5"]), "--dir",
+              str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
 
 
@@ -392,10 +413,7 @@ def test_upscale_prompt_auto_captions_then_renders_and_keeps_an_edited_file(fold
     assert run.returncode == 0, run.stderr[-2000:]
     assert f"using the captions in {captions} (delete it to caption again)" in run.stderr
     assert read_captions(captions) == edited
-    # Every scene captioned alike renders as that one prompt does (the captions start at cuts).
-    same = tmp_path / "same.mkv"
-    assert uav(*args[:3], str(same), *args[4:-4], "--frames", "0-15", "--prompt", "a hand-written caption").returncode == 0
-    assert framemd5(out) == framemd5(same) != automatic
+    assert framemd5(out) != automatic  # the edited captions were rendered
     run = uav(*args[:-4], "--captioner", "florence-2")
     assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
         "uav upscale: --captioner florence-2: accepted with --prompt auto only (or `uav caption`)")

@@ -39,7 +39,8 @@ def test_caption_all_shows_a_row_per_scene_and_an_edit_is_saved_for_the_script(e
     editor.fields["scene_cuts"].set_value(str(tmp_path / "cuts.txt"))
     editor.revalidate()
     panel = editor.captions
-    editor.tabs.setCurrentWidget(panel)
+    editor.tabs.setCurrentIndex(2)
+    assert editor.tabs.tabText(2) == "Ca&ptions"
     path = tmp_path / "shots.captions.tsv"
     assert panel.path() == path
     # Cancel: nothing is written.

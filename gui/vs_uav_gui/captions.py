@@ -91,7 +91,9 @@ class CaptionsPanel(QWidget):
         self.thread: Optional[CaptionsThread] = None
         self.scenes: list[SceneCaption] = []
         box = QVBoxLayout(self)
-        box.addLayout(self._build_row())
+        path_row, buttons = self._build_rows()
+        box.addLayout(path_row)
+        box.addLayout(buttons)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("captions_table")
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -115,8 +117,10 @@ class CaptionsPanel(QWidget):
         status.addWidget(self.status, 1)
         box.addLayout(status)
 
-    def _build_row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
+    def _build_rows(self) -> tuple[QHBoxLayout, QHBoxLayout]:
+        """The file's row, then the captioner and the buttons (two rows: the tab never widens
+        the window past a 1280-pixel screen)."""
+        row, buttons = QHBoxLayout(), QHBoxLayout()
         label = QLabel("Captions &file:")
         self.path_edit = QLineEdit()
         self.path_edit.setObjectName("captions_path")
@@ -139,10 +143,12 @@ class CaptionsPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.load_button.clicked.connect(lambda: self.load())
         self.save_button.clicked.connect(lambda: self.save())
-        for w in (label, self.path_edit, self.captioner, self.caption_button, self.cancel_button, self.load_button,
-                  self.save_button):
+        for w in (label, self.path_edit, self.load_button, self.save_button):
             row.addWidget(w, 1 if w is self.path_edit else 0)
-        return row
+        for w in (self.captioner, self.caption_button, self.cancel_button):
+            buttons.addWidget(w)
+        buttons.addStretch(1)
+        return row, buttons
 
     # -- paths ---------------------------------------------------------------------------------
 

@@ -286,7 +286,11 @@ class PresetEditor(QMainWindow):
         self.tabs.addTab(self.preview, "Before/&after preview")
         self.captions = CaptionsPanel(self.source_edit.text, lambda: self.current.encoder if self.current else None,
                                       self.use_captions)
-        self.tabs.addTab(self.captions, "Ca&ptions")
+        scroll = QScrollArea()  # the tab never sets the window's minimum width
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(self.captions)
+        self.tabs.addTab(scroll, "Ca&ptions")
         self.splitter.addWidget(self.tabs)
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 4)

@@ -91,6 +91,7 @@ def run_captions(job: CaptionJob, progress: Optional[Callable[[int, int], None]]
     started = time.monotonic()
     folder = captioner_folder(job)  # 1.
     check_captioner_budget(job, folder)
+    check_output(job.output)
     clip, media = read_clip(job.source, job.prepare)  # 2.
     cuts = scene_starts(clip, job.scene_cuts, job.scene_threshold)
     fps = media.fps
@@ -108,8 +109,21 @@ def run_captions(job: CaptionJob, progress: Optional[Callable[[int, int], None]]
     except (ValueError, RuntimeError) as e:
         raise CaptionJobError(f"{job.source}: {e}") from None
     note = f"source: {job.source}\ncaptioner: {job.captioner} ({folder})"
-    write_captions(job.output, scenes, note)  # 4.
+    try:
+        write_captions(job.output, scenes, note)  # 4.
+    except OSError as e:
+        raise CaptionJobError(f"{job.output}: cannot be written ({e.strerror or e})") from None
     return CaptionResult(job.output, len(scenes), cache.misses, time.monotonic() - started)
+
+
+def check_output(path: Path) -> None:
+    """The captions file's folder exists and can be written: said before any scene is captioned."""
+    import os
+
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise CaptionJobError(f"-o {path}: the folder {folder} {'cannot be written' if folder.is_dir() else 'is missing'}; "
+                              "accepted: a file in a folder this user can write")
 
 
 def check_captioner_budget(job: CaptionJob, folder: Path) -> None:
