@@ -64,4 +64,14 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
     echo "bootstrap: ffmpeg not found: install it (e.g. 'sudo apt-get install ffmpeg') to encode with vspipe | ffmpeg" >&2
   fi
 fi
+# The quality report's test opens the HTML page in a real headless browser: Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium with apt-get (for the report's browser test)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+      >/dev/null || echo "bootstrap: chromium could not be installed; the report's browser test will be skipped" >&2
+  else
+    echo "bootstrap: no chromium: the report's browser test is skipped (e.g. 'sudo apt-get install chromium')" >&2
+  fi
+fi
 echo "bootstrap: ready ($("$VENV/bin/python" --version), $VENV)" >&2

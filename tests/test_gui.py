@@ -288,6 +288,38 @@ def test_preview_shows_the_crop_before_and_after(previewing, qtbot):
     assert panel.result.box == (0, 0, 32, 32) and ENGINES.loads == loads
 
 
+def test_preview_compares_two_settings_side_by_side_with_their_numbers(previewing, qtbot):
+    import numpy as np
+    import torch
+
+    from vs_uav.core.quality import downscale, psnr
+    from vs_uav_gui.preview import read_crop
+
+    panel = previewing.preview
+    names = [panel.compare_combo.itemText(i) for i in range(panel.compare_combo.count())]
+    assert names[0] == "(nothing)" and {"fast-preview", "old-film", "animation"} <= set(names)
+    panel.compare_combo.setCurrentText("fast-preview")  # the shipped 8 steps against the form's 1
+    panel.frame_spin.setValue(10)
+    panel.run_button.click()
+    assert panel.progress.maximum() == 1 + 8
+    qtbot.waitUntil(lambda: _finished(panel), timeout=180_000)
+    r = panel.result
+    assert r is not None, panel.status.text()
+    assert r.compared is not None and r.compared.shape == r.after.shape == (128, 128, 3)
+    assert not np.array_equal(r.compared, r.after)
+    assert panel._compared_column.isVisibleTo(panel) and panel.compared_title.text() == "After (fast-preview)"
+    for name, numbers in (("preview_before", r.before_numbers), ("preview_after", r.numbers),
+                          ("preview_compared", r.compared_numbers)):
+        text = panel.numbers[name].text()
+        assert text == numbers.describe() and text.startswith("PSNR-LR ") and "E*warp" in text
+    # The numbers are the pictures': PSNR-LR of "after", recomputed from its 8-bit pixels.
+    video, _, (first, _) = read_crop(panel.request())
+    source = (video[0, :, 10 - first][None] + 1) / 2
+    after = torch.from_numpy(r.after).permute(2, 0, 1)[None].float() / 255
+    assert float(psnr(downscale(after, (32, 32)), source)[0]) == pytest.approx(r.numbers.psnr, abs=0.3)
+    assert r.numbers.ewarp >= 0 and r.before_numbers.psnr > r.numbers.psnr - 40
+
+
 def test_a_default_preview_after_an_fp8_one_gets_its_own_pipeline(previewing, qtbot):
     """The old preview cache's key left out weights, offload and compile: after a preview with
     fp8 weights, one with the default weights failed ("weights='default' on a pipeline whose

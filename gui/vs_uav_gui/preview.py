@@ -1,5 +1,9 @@
 """Before and after on one frame: a small crop of the source, upscaled by the real pipeline with
-the editor's current settings, beside the same crop upscaled bicubically.
+the editor's current settings, beside the same crop upscaled bicubically, and, to compare two
+settings on the same crop, by another preset's settings (on the same model) beside them. Under
+each picture: its fidelity to the source (PSNR-LR, SSIM-LR at the chosen frame) and its
+stability over the frames around it (E*warp), as ``uav report`` measures them
+(:func:`vs_uav.media.quality.crop_numbers`).
 
 The crop is read like the generated script reads the video (BestSource, then the filter's own
 conversion to RGB), given to :class:`vs_uav.engine.pipeline.UpscalePipeline` with a few frames around
@@ -22,6 +26,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QGridLayout,
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -58,6 +63,8 @@ class PreviewRequest:
     size: int  # the crop's side, in source (low-res) pixels
     settings: UpscaleSettings
     context: int = 1  # frames on each side of ``frame`` that the model sees too
+    compare: Optional[UpscaleSettings] = None  # other settings rendered on the same crop, side by side
+    compare_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class PreviewResult:
     box: tuple[int, int, int, int]  # left, top, width, height of the crop in the source
     frames: tuple[int, int]  # the first and last frame the model was given
     seconds: float
+    numbers: Any = None  # CropNumbers of "after"
+    compared: Any = None  # (H, W, 3) uint8 RGB: the crop upscaled with the compared settings
+    compared_numbers: Any = None
+    before_numbers: Any = None  # of the bicubic upscale
 
     def describe(self) -> str:
         left, top, w, h = self.box
@@ -133,36 +144,58 @@ def _to_rgb8(frame) -> Any:
 def render_preview(request: PreviewRequest, cancelled: Callable[[], bool] = lambda: False,
                    progress: Optional[Callable[[int, int], None]] = None) -> PreviewResult:
     """The chosen frame's crop before (bicubic 4x) and after (the model), with the request's
-    settings. Raises :class:`Cancelled` as soon as ``cancelled()`` is true (checked before each
-    stage and at every denoising step), ValueError or ModelLoadError (one line) on bad input."""
+    settings (and the compared ones), with their numbers. Raises :class:`Cancelled` as soon as
+    ``cancelled()`` is true (checked before each stage and at every denoising step), ValueError
+    or ModelLoadError (one line) on bad input."""
     import torch
     import torch.nn.functional as F
 
-    from vs_uav.engine.cache import engine_for
+    from vs_uav.media.quality import crop_numbers
 
     def check() -> None:
         if cancelled():
             raise Cancelled()
 
-    def step(done: int, total: int, *_chunk: int) -> None:
-        check()
-        if progress is not None:
-            progress(done, total)
-
     started = time.monotonic()
     with _RUNNING:
         check()
         video, box, (first, last) = read_crop(request)
-        check()
-        pipe, _ = engine_for(request.settings)  # the one engine cache: what uav.Upscale would load
-        check()
-        settings = request.settings.replace(cache_dir="", chunk_size=max(request.settings.chunk_size, video.shape[2]))
         index = request.frame - first
+        runs = [request.settings, *([request.compare] if request.compare is not None else [])]
+        total = sum(s.steps for s in runs)
+        outs, done = [], 0
+        for settings in runs:
+            offset = done
+
+            def step(n: int, _total: int, *_chunk: int, offset=offset) -> None:
+                check()
+                if progress is not None:
+                    progress(offset + n, total)
+
+            outs.append(_render(video, settings, step, check))
+            done += settings.steps
         with torch.inference_mode():
-            out = pipe(video, settings, callback=step).frames
+            source = (video[0].transpose(0, 1) + 1) / 2  # (T, 3, h, w) in [0, 1]
             before = F.interpolate(video[:, :, index], scale_factor=SCALE, mode="bicubic", align_corners=False)
-        return PreviewResult(_to_rgb8(before[0]), _to_rgb8(out[0, :, index]), box, (first, last),
-                             time.monotonic() - started)
+            bicubic = F.interpolate(source, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
+            numbers = [crop_numbers(source, (o[0].transpose(0, 1).clamp(-1, 1) + 1) / 2, index) for o in outs]
+        return PreviewResult(_to_rgb8(before[0]), _to_rgb8(outs[0][0, :, index]), box, (first, last),
+                             time.monotonic() - started, numbers[0],
+                             _to_rgb8(outs[1][0, :, index]) if len(outs) > 1 else None,
+                             numbers[1] if len(outs) > 1 else None, crop_numbers(source, bicubic, index))
+
+
+def _render(video, settings: UpscaleSettings, step: Callable, check: Callable[[], None]):
+    """The crop through the pipeline the one engine cache holds for ``settings``."""
+    import torch
+
+    from vs_uav.engine.cache import engine_for
+
+    pipe, _ = engine_for(settings)  # what uav.Upscale would load
+    check()
+    settings = settings.replace(cache_dir="", chunk_size=max(settings.chunk_size, video.shape[2]))
+    with torch.inference_mode():
+        return pipe(video, settings, callback=step).frames
 
 
 class PreviewJob(BackgroundJob):
@@ -184,13 +217,19 @@ def _pixmap(rgb) -> QPixmap:
     return QPixmap.fromImage(QImage(rgb.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888).copy())
 
 
+NO_COMPARE = "(nothing)"
+
+
 class PreviewPanel(QWidget):
-    """Frame, crop centre and size; Run and Cancel; the two images side by side."""
+    """Frame, crop centre and size, a preset to compare with; Run and Cancel; the images side by
+    side, each with its numbers."""
 
     def __init__(self, request_settings: Callable[[], Optional[UpscaleSettings]], source: Callable[[], str],
-                 parent: Optional[QWidget] = None) -> None:
+                 parent: Optional[QWidget] = None,
+                 compare_settings: Optional[Callable[[str], UpscaleSettings]] = None) -> None:
         super().__init__(parent)
         self._settings, self._source = request_settings, source
+        self._compare = compare_settings
         self.job: Optional[PreviewJob] = None
         self._jobs: list[PreviewJob] = []  # every job not yet finished, the current one included
         self.result: Optional[PreviewResult] = None
@@ -212,6 +251,15 @@ class PreviewPanel(QWidget):
                               step=8)
         self.context_spin = spin("preview_context", 0, MAX_CONTEXT, 1,
                                  "Frames on each side of the chosen one that the model sees too")
+        self.compare_combo = QComboBox()
+        self.compare_combo.setObjectName("preview_compare")
+        self.compare_combo.addItem(NO_COMPARE)
+        # As narrow as a spin box: long preset names must not widen the window (they show in the list).
+        self.compare_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.compare_combo.setMinimumContentsLength(4)
+        self.compare_combo.setToolTip("Render the same crop with another preset's settings (on the form's model) "
+                                      "beside the form's, to compare them")
+        self.compare_combo.setAccessibleName("Preset to compare with")
         grid = QGridLayout()
         for i, (text, w) in enumerate((("Frame:", self.frame_spin), ("Frames around:", self.context_spin),
                                        ("Crop centre x:", self.x_spin), ("y:", self.y_spin),
@@ -220,6 +268,10 @@ class PreviewPanel(QWidget):
             label.setBuddy(w)
             grid.addWidget(label, i // 2, (i % 2) * 2)
             grid.addWidget(w, i // 2, (i % 2) * 2 + 1)
+        compare_label = QLabel("Compare:")
+        compare_label.setBuddy(self.compare_combo)
+        grid.addWidget(compare_label, 3, 0)
+        grid.addWidget(self.compare_combo, 3, 1, 1, 3)  # a row of its own: it never widens a column
         self.run_button = QPushButton("Run previe&w")
         self.run_button.setObjectName("preview_run")
         self.run_button.setToolTip("Upscale the crop with the current settings (Ctrl+R)")
@@ -244,21 +296,7 @@ class PreviewPanel(QWidget):
         self.status.setWordWrap(True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
-        self.before_label, self.after_label = QLabel(), QLabel()
-        images = QWidget()
-        row = QHBoxLayout(images)
-        for title, label, name in (("Before (bicubic 4x)", self.before_label, "preview_before"),
-                                   ("After (Upscale-A-Video)", self.after_label, "preview_after")):
-            label.setObjectName(name)
-            label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-            column = QVBoxLayout()
-            column.addWidget(QLabel(title))
-            column.addWidget(label, 1)
-            row.addLayout(column)
-        row.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(images)
+        scroll = self._build_images()
 
         box = QVBoxLayout(self)
         box.setContentsMargins(0, 0, 0, 0)
@@ -266,6 +304,38 @@ class PreviewPanel(QWidget):
         box.addLayout(buttons)
         box.addWidget(self.status)
         box.addWidget(scroll, 1)
+
+    def _build_images(self) -> QScrollArea:
+        """Before, after and the compared settings' after, side by side, each with its numbers."""
+        self.before_label, self.after_label, self.compared_label = QLabel(), QLabel(), QLabel()
+        self.numbers: dict[str, QLabel] = {}
+        self.compared_title = QLabel("After (compared)")
+        images = QWidget()
+        row = QHBoxLayout(images)
+        self._compared_column = QWidget()
+        for title, label, name in ((QLabel("Before (bicubic 4x)"), self.before_label, "preview_before"),
+                                   (QLabel("After (Upscale-A-Video)"), self.after_label, "preview_after"),
+                                   (self.compared_title, self.compared_label, "preview_compared")):
+            label.setObjectName(name)
+            label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+            numbers = QLabel()
+            numbers.setObjectName(f"{name}_numbers")
+            numbers.setWordWrap(True)
+            numbers.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.numbers[name] = numbers
+            holder = self._compared_column if name == "preview_compared" else QWidget()
+            column = QVBoxLayout(holder)
+            column.setContentsMargins(0, 0, 0, 0)
+            column.addWidget(title)
+            column.addWidget(label, 1)
+            column.addWidget(numbers)
+            row.addWidget(holder)
+        self._compared_column.hide()
+        row.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(images)
+        return scroll
 
     # -- the source ---------------------------------------------------------------------------
 
@@ -275,6 +345,15 @@ class PreviewPanel(QWidget):
                                (self.y_spin, height - 1, height // 2)):
             s.setRange(0, max(0, high))
             s.setValue(value)
+
+    def set_presets(self, names: list[str]) -> None:
+        """The presets one can compare with (the choice kept when it is still there)."""
+        chosen = self.compare_combo.currentText()
+        self.compare_combo.blockSignals(True)
+        self.compare_combo.clear()
+        self.compare_combo.addItems([NO_COMPARE, *names])
+        self.compare_combo.setCurrentIndex(max(0, self.compare_combo.findText(chosen)))
+        self.compare_combo.blockSignals(False)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -286,8 +365,13 @@ class PreviewPanel(QWidget):
         source = self._source().strip()
         if not source:
             raise ValueError("choose a source video first")
+        name = self.compare_combo.currentText()
+        compare = None
+        if name != NO_COMPARE and self._compare is not None:
+            compare = self._compare(name)  # ValueError naming the preset when it cannot be used
         return PreviewRequest(Path(source).expanduser(), self.frame_spin.value(), self.x_spin.value(),
-                              self.y_spin.value(), self.size_spin.value(), settings, self.context_spin.value())
+                              self.y_spin.value(), self.size_spin.value(), settings, self.context_spin.value(),
+                              compare, name if compare is not None else "")
 
     def start(self, request: Optional[PreviewRequest] = None) -> Optional[PreviewJob]:
         """Start a preview (cancelling a running one); the result or error arrives later."""
@@ -311,7 +395,7 @@ class PreviewPanel(QWidget):
         job.finished.connect(lambda j=job: self._on_finished(j))
         self.job = job
         self._jobs.append(job)
-        self.progress.setRange(0, request.settings.steps)
+        self.progress.setRange(0, request.settings.steps + (request.compare.steps if request.compare else 0))
         self.progress.setValue(0)
         self.cancel_button.setEnabled(True)
         self._show_status(f"Rendering frame {request.frame} with {request.settings.steps} step(s)\u2026")
@@ -345,6 +429,14 @@ class PreviewPanel(QWidget):
         self.result = result
         self.before_label.setPixmap(_pixmap(result.before))
         self.after_label.setPixmap(_pixmap(result.after))
+        compared = result.compared is not None
+        self._compared_column.setVisible(compared)
+        if compared:
+            self.compared_label.setPixmap(_pixmap(result.compared))
+            self.compared_title.setText(f"After ({job.request.compare_name})")
+        for name, numbers in (("preview_before", result.before_numbers), ("preview_after", result.numbers),
+                              ("preview_compared", result.compared_numbers)):
+            self.numbers[name].setText(numbers.describe() if numbers is not None else "")
         self._show_status(f"Frame {job.request.frame}: {result.describe()}")
 
     def _on_failure(self, job: PreviewJob, message: str) -> None:

@@ -282,7 +282,8 @@ class PresetEditor(QMainWindow):
         # Beside the script: one frame before and after, rendered with the form's settings.
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_outputs(), "Script and command")
-        self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text)
+        self.preview = PreviewPanel(lambda: self.current.settings if self.current else None, self.source_edit.text,
+                                    compare_settings=self.compare_settings)
         self.tabs.addTab(self.preview, "Before/&after preview")
         self.captions = CaptionsPanel(self.source_edit.text, lambda: self.current.encoder if self.current else None,
                                       self.use_captions)
@@ -541,6 +542,7 @@ class PresetEditor(QMainWindow):
             item.setToolTip(str(path))
             self.preset_list.addItem(item)
         self.preset_list.blockSignals(False)
+        self.preview.set_presets(self.preset_names())
         if select is not None:
             self._select_item(select)
 
@@ -551,6 +553,17 @@ class PresetEditor(QMainWindow):
                 self.preset_list.setCurrentItem(item)
                 return True
         return False
+
+    def compare_settings(self, name: str) -> UpscaleSettings:
+        """Preset ``name``'s settings on the form's model and decoder: what the preview compares
+        the form's settings with. ValueError (one line) when it cannot be loaded."""
+        try:
+            settings = presets.load(name).settings
+        except PresetError as e:
+            raise ValueError(f"compare with {name!r}: {e}") from None
+        if self.current is not None:
+            settings = settings.replace(model=self.current.settings.model, vae=self.current.settings.vae)
+        return settings
 
     def preset_names(self) -> list[str]:
         return [self.preset_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.preset_list.count())]

@@ -586,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_script(add)
     _add_conform(add)
     _add_caption(add)
+    _add_report(add)
     _add_model_commands(add)
     return parser
 
@@ -689,6 +690,46 @@ def cmd_caption(args: argparse.Namespace) -> int:
     sys.stderr.write("\n")
     print(f"{prog}: {result.summary}")
     print(f"{prog}: edit it, then: uav upscale {shlex_quote(args.input)} --captions {shlex_quote(str(result.path))}")
+    return 0
+
+
+def _add_report(add) -> None:
+    rp = add("report", help="measure renders of a source: fidelity, temporal stability (E*warp), flicker and "
+             "colour, per frame and per scene, into an HTML page (or a PNG, JSON or CSV)")
+    rp.add_argument("source", help="the source video (or image sequence) the outputs were rendered from")
+    rp.add_argument("outputs", nargs="+", metavar="output", help="renders of it (4x its size, all its frames); "
+                    "several: side by side, e.g. two presets")
+    rp.add_argument("-o", "--output", dest="report", default="report.html", help="the report: .html (plots and "
+                    "crops embedded; JSON and CSV beside it), .png (a one-page summary), .json or .csv "
+                    "(default: report.html)")
+    rp.add_argument("--reference", metavar="HQ", help="a high-quality original of the outputs' size: PSNR and "
+                    "SSIM against it")
+    rp.add_argument("--flow", default="auto", help="optical flow for E*warp: auto (RAFT when the model folder "
+                    "has its weights, else DIS), raft or dis (default: auto)")
+    rp.add_argument("--model", metavar="DIR", help="the model folder RAFT's weights are read from (default: "
+                    "where `uav download` puts it)")
+    rp.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "
+                    "detects them), 'none' or a cut list file; nothing is measured across a cut")
+    rp.add_argument("--scene-threshold", type=float, default=0.1, help="the detector's threshold (as uav upscale)")
+    rp.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Measure (progress on stderr), write the report, print each output's figures."""
+    from vs_uav.app.report import ReportError, ReportJob, run_report
+    from vs_uav.media.output import absolute
+
+    prog = "uav report"
+    job = ReportJob(absolute(args.source), tuple(absolute(o) for o in args.outputs), absolute(args.report),
+                    absolute(args.reference) if args.reference else None, args.flow,
+                    absolute(args.model) if args.model else None, args.scene_cuts, args.scene_threshold)
+    try:
+        report, files = run_report(job, lambda done, total: sys.stderr.write(f"\r{prog}: frame {done}/{total}\033[K"))
+    except ReportError as e:
+        raise SystemExit(f"{prog}: {e}")
+    sys.stderr.write("\n")
+    print(report.summary())
+    print(f"{prog}: written {', '.join(str(f) for f in files)}")
     return 0
 
 
