@@ -212,6 +212,7 @@ def test_html_report_renders_offline_in_headless_chromium(report, tmp_path):
     page = files[0].read_text()
     assert "<script" not in page and "<link" not in page and "http://" not in page and "https://" not in page
     assert page.count("data:image/png;base64,") >= 2  # the plots and the crops, embedded
+    assert "Worst frames: lowest fidelity: " in page and " (00:00:00:" in page  # named, with timecodes
     shot = tmp_path / "shot.png"
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -313,6 +314,33 @@ def test_a_reference_is_measured(clips):
     assert f.ssim_ref < 0.95
 
 
+def test_lpips_against_the_reference_when_its_weights_are_present(clips, tmp_path, monkeypatch):
+    pytest.importorskip("torchmetrics.image.lpip")
+    torchvision = pytest.importorskip("torchvision")
+    from torchmetrics.functional.image import learned_perceptual_image_patch_similarity as tm_lpips
+
+    from vs_uav.media.quality import LPIPS_WEIGHTS, open_video, read_frames
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    rep, _ = run_report(ReportJob(clips["source"], (clips["noisy"],), tmp_path / "none.json",
+                                  reference=clips["clean"], flow="dis", scene_cuts="none"))
+    assert rep.measurements.notes[0].startswith(f"LPIPS: not computed: no AlexNet weights at {tmp_path / 'empty'}")
+    assert math.isnan(figures(rep.measurements, 0).lpips_ref) and "LPIPS: not computed" in rep.summary()
+    # Weights in torch's hub cache (random ones here: the real ones are ImageNet's): LPIPS per frame.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    checkpoints = tmp_path / "home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), checkpoints / LPIPS_WEIGHTS)
+    rep, files = run_report(ReportJob(clips["source"], (clips["clean"], clips["noisy"]), tmp_path / "lpips.json",
+                                      reference=clips["clean"], flow="dis", scene_cuts="none"))
+    clean, noisy = rep.measurements.outputs
+    assert max(clean.lpips_ref) == 0.0 and min(noisy.lpips_ref) > 0
+    out, ref = (read_frames(open_video(clips[k], "OUTPUT"), [3]) for k in ("noisy", "clean"))
+    assert noisy.lpips_ref[3] == pytest.approx(float(tm_lpips(out, ref, net_type="alex", normalize=True)), rel=1e-4)
+    assert json.loads(files[0].read_text())["notes"][0].startswith("LPIPS: AlexNet")
+
+
 def test_raft_flow_is_used_when_its_weights_are_present(tmp_path):
     pytest.importorskip("torchvision.models.optical_flow")
     from test_flow import _random_raft, _save_official
@@ -326,6 +354,13 @@ def test_raft_flow_is_used_when_its_weights_are_present(tmp_path):
     frames = torch.stack([texture(128, 136, (t * 1.5, 0.0)) for t in range(2)]) * 2 - 1
     fw, bw = estimator.bidirectional(frames[:1], frames[1:])
     assert fw.shape == bw.shape == (1, 2, 128, 136) and torch.isfinite(fw).all()
+
+
+def test_chunks_hold_the_same_pixels_at_any_size():
+    from vs_uav.media.quality import chunk_frames
+
+    assert [chunk_frames(s) for s in ((192, 256), (1080, 1920), (1440, 2560), (2160, 3840), (4320, 7680))] == \
+        [8, 8, 4, 2, 2]
 
 
 def test_low_size_frames_are_refused_for_ssim():

@@ -727,6 +727,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         report, files = run_report(job, lambda done, total: sys.stderr.write(f"\r{prog}: frame {done}/{total}\033[K"))
     except ReportError as e:
         raise SystemExit(f"{prog}: {e}")
+    except KeyboardInterrupt:  # the files are written at the end, each whole: nothing is half-written
+        sys.stderr.write(f"\n{prog}: interrupted; nothing written\n")
+        return 130
     sys.stderr.write("\n")
     print(report.summary())
     print(f"{prog}: written {', '.join(str(f) for f in files)}")

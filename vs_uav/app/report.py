@@ -82,13 +82,13 @@ class Report:
                 "scenes": [{"first": a, "last": b - 1, **_clean(asdict(figures(m, k, a, b)))}
                            for a, b in scene_ranges(m)],
                 "worst": asdict(worst_frames(m, k, WORST)),
-                "frames": _clean({f: getattr(series, f) for f in ("psnr", "ssim", "psnr_ref", "ssim_ref", "ewarp",
-                                                                  "luma", "contrast", "mean", "spread")}),
+                "frames": _clean({f: getattr(series, f) for f in ("psnr", "ssim", "psnr_ref", "ssim_ref", "lpips_ref",
+                                                                  "ewarp", "luma", "contrast", "mean", "spread")}),
             })
         return {
             "source": str(self.job.source), "reference": str(self.job.reference) if self.job.reference else None,
             "frames": m.frames, "fps": str(m.fps), "timecode": m.timecode, "scene_starts": m.starts,
-            "flow": m.flow, "downscale": "bicubic, antialiased (to the source's size)",
+            "flow": m.flow, "downscale": "bicubic, antialiased (to the source's size)", "notes": list(m.notes),
             "units": UNITS, "seconds": round(self.seconds, 2),
             "bicubic": {"ewarp": _clean(m.bicubic.ewarp)},
             "source_frames": _clean({f: getattr(m.source, f) for f in ("luma", "contrast", "mean", "spread")}),
@@ -104,11 +104,12 @@ class Report:
         for k, series in enumerate(m.outputs):
             f = figures(m, k)
             ref = f"; reference PSNR {f.psnr_ref:.2f} dB SSIM {f.ssim_ref:.4f}" if not math.isnan(f.psnr_ref) else ""
+            ref += f" LPIPS {f.lpips_ref:.4f}" if not math.isnan(f.lpips_ref) else ""
             lines.append(f"{Path(series.name).name}: PSNR-LR {f.psnr:.2f} dB, SSIM-LR {f.ssim:.4f}, E*warp "
                          f"{f.ewarp:.3f} (bicubic {f.ewarp_bicubic:.3f}), flicker {f.flicker:.3f} (source "
                          f"{f.flicker_source:.3f}), colour shift R {f.colour_shift[0]:+.2f} G {f.colour_shift[1]:+.2f}"
                          f" B {f.colour_shift[2]:+.2f}{ref}")
-        return "\n".join(lines)
+        return "\n".join([*lines, *m.notes])
 
 
 def _clean(value: Any) -> Any:
@@ -149,7 +150,7 @@ def run_report(job: ReportJob, progress: Optional[Callable[[int, int], None]] = 
     """Steps 1-6: the report and the files written. ReportError in one line."""
     from vs_uav.app.captions import CaptionJobError, scene_starts
     from vs_uav.app.report_page import write_report
-    from vs_uav.media.quality import QualityError, flow_for, measure, open_inputs
+    from vs_uav.media.quality import QualityError, flow_for, lpips_measure, measure, open_inputs
 
     started = time.monotonic()
     check_job(job)  # 1.
@@ -157,7 +158,9 @@ def run_report(job: ReportJob, progress: Optional[Callable[[int, int], None]] = 
         source, outputs, reference = open_inputs(job.source, job.outputs, job.reference)  # 2.
         starts = scene_starts(_clip_of(source), job.scene_cuts, job.scene_threshold)  # 3.
         flow, flow_name = flow_for(job.flow, job.model_dir)
-        m = measure(source, outputs, reference, starts, flow, flow_name, progress, stop)  # 4.
+        lpips, note = lpips_measure() if reference is not None else (None, "")
+        m = measure(source, outputs, reference, starts, flow, flow_name, progress, stop, lpips,
+                    [note] if note else [])  # 4.
     except (QualityError, CaptionJobError) as e:
         raise ReportError(str(e)) from None
     crops = tuple(worst_crops(m, source, outputs, reference))  # 5.

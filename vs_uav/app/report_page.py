@@ -75,7 +75,7 @@ def frame_table(report: Report) -> str:
     m = report.measurements
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["output", "frame", "timecode", "scene", "psnr_lr", "ssim_lr", "psnr_ref", "ssim_ref", "ewarp",
+    w.writerow(["output", "frame", "timecode", "scene", "psnr_lr", "ssim_lr", "psnr_ref", "ssim_ref", "lpips_ref", "ewarp",
                 "ewarp_bicubic", "flicker", "flicker_source", "contrast_flicker", "contrast_flicker_source",
                 "mean_r", "mean_g", "mean_b", "source_mean_r", "source_mean_g", "source_mean_b",
                 "spread_r", "spread_g", "spread_b", "source_spread_r", "source_spread_g", "source_spread_b"])
@@ -84,10 +84,11 @@ def frame_table(report: Report) -> str:
     src_luma, src_contrast = flicker(m, m.source)
     for series in m.outputs:
         luma, contrast = flicker(m, series)
-        ref = bool(series.psnr_ref)
+        ref, lp = bool(series.psnr_ref), bool(series.lpips_ref)
         for t in range(m.frames):
             w.writerow([series.name, t, timecodes[t], scene[t], _num(series.psnr[t]), _num(series.ssim[t], 6),
                         _num(series.psnr_ref[t]) if ref else "", _num(series.ssim_ref[t], 6) if ref else "",
+                        _num(series.lpips_ref[t], 6) if lp else "",
                         _num(series.ewarp[t]), _num(m.bicubic.ewarp[t]), _num(luma[t]), _num(src_luma[t]),
                         _num(contrast[t]), _num(src_contrast[t]), *map(_num, series.mean[t]),
                         *map(_num, m.source.mean[t]), *map(_num, series.spread[t]), *map(_num, m.source.spread[t])])
@@ -96,14 +97,14 @@ def frame_table(report: Report) -> str:
 
 # -- the plots ----------------------------------------------------------------------------------------
 
-def _figure(rows: int, height: float = 2.6):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def _figure(ratios: Sequence[float], height: float = 2.6):
+    """A figure of one column of axes, their heights in ``ratios`` (matplotlib's own Figure: no
+    pyplot state, no screen)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, height * rows), layout="constrained")
-    return fig, [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
+    fig = Figure(figsize=(10, height * sum(ratios)), layout="constrained")
+    grid = fig.add_gridspec(len(ratios), 1, height_ratios=list(ratios))
+    return fig, [fig.add_subplot(grid[i, 0]) for i in range(len(ratios))]
 
 
 def _cuts(ax, starts: Sequence[int]) -> None:
@@ -148,6 +149,9 @@ def plot_measures(report: Report, axes: Sequence) -> None:
             colour.bar(xs, shifts, width / 3, color=tint, label=channel if k == 0 else None,
                        edgecolor=COLOURS[k % len(COLOURS)], linewidth=0.8)
     colour.axhline(0, color="#444444", linewidth=0.8)
+    low, high = colour.get_ylim()
+    colour.set_ylim(min(low, -1.0), max(high, 1.0))  # a shift of a fraction of a code value looks like one
+    colour.set_xlim(-0.6, len(scenes) - 0.4)
     colour.set_xticks(range(len(scenes)), [f"{a}-{b - 1}" for a, b in scenes], fontsize=7)
     colour.set_title("Colour shift per scene: output mean - source mean (8-bit values)", fontsize=10, loc="left")
     colour.set_xlabel("scene (frames)")
@@ -175,7 +179,7 @@ def _data_uri(png: bytes) -> str:
 
 def summary_png(report: Report) -> bytes:
     """One page: the clip's figures per output above the four plots."""
-    fig, axes = _figure(5, 2.4)
+    fig, axes = _figure((0.35 + 0.12 * len(report.measurements.outputs), 1, 1, 1, 1), 2.4)
     header, rest = axes[0], axes[1:]
     header.axis("off")
     header.text(0, 1, f"vs-uav quality report: {report.job.source.name}\n{report.summary()}", va="top",
@@ -198,7 +202,8 @@ def _cells(values: Sequence[str], tag: str = "td") -> str:
 
 
 def _figures_row(label: str, f, ref: bool) -> str:
-    cells = [_num(f.psnr, 2), _num(f.ssim, 4), *([_num(f.psnr_ref, 2), _num(f.ssim_ref, 4)] if ref else []),
+    cells = [_num(f.psnr, 2), _num(f.ssim, 4),
+             *([_num(f.psnr_ref, 2), _num(f.ssim_ref, 4), _num(f.lpips_ref, 4)] if ref else []),
              _num(f.ewarp, 3), _num(f.ewarp_bicubic, 3), f"{_num(f.flicker, 3)} ({_num(f.flicker_source, 3)})",
              f"{_num(f.contrast_flicker, 3)} ({_num(f.contrast_flicker_source, 3)})",
              " / ".join(f"{v:+.2f}" if math.isfinite(v) else "" for v in f.colour_shift),
@@ -207,7 +212,7 @@ def _figures_row(label: str, f, ref: bool) -> str:
 
 
 def _table_head(first: str, ref: bool) -> str:
-    heads = [first, "PSNR-LR dB", "SSIM-LR", *(["PSNR dB (ref)", "SSIM (ref)"] if ref else []), "E*warp",
+    heads = [first, "PSNR-LR dB", "SSIM-LR", *(["PSNR dB (ref)", "SSIM (ref)", "LPIPS (ref)"] if ref else []), "E*warp",
              "E*warp bicubic", "flicker (source)", "contrast flicker (source)", "colour shift R / G / B",
              "spread shift R / G / B"]
     return "<tr>" + _cells(heads, "th") + "</tr>"
@@ -237,7 +242,7 @@ def page(report: Report) -> str:
     m, job = report.measurements, report.job
     ref = job.reference is not None
     timecodes = _timecodes(report)
-    fig, axes = _figure(4)
+    fig, axes = _figure((1, 1, 1, 1))
     plot_measures(report, axes)
     plots = _data_uri(_png(fig))
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Quality report: "
@@ -248,7 +253,7 @@ def page(report: Report) -> str:
                  *(f"output {k + 1}: {s.name}" for k, s in enumerate(m.outputs)),
                  *([f"reference: {job.reference}"] if ref else []),
                  f"flow: {m.flow}; fidelity: each output frame downscaled to the source's size (bicubic, "
-                 "antialiased) against the source frame", f"measured in {report.seconds:.1f} s")) + "</p>",
+                 "antialiased) against the source frame", *m.notes, f"measured in {report.seconds:.1f} s")) + "</p>",
              "<h2>Whole clip</h2><table>" + _table_head("output", ref)]
     parts += [_figures_row(Path(s.name).name, figures(m, k), ref) for k, s in enumerate(m.outputs)]
     parts.append("</table>")

@@ -5,8 +5,8 @@ report`` and the preview's numbers read.
    duration its frames fill), the outputs 4x the source and as long, a reference of the
    outputs' size (:func:`open_inputs`).
 2. The source's scenes are found where the render cuts them; nothing is measured across a cut.
-3. Frames are read a chunk at a time (:data:`CHUNK` frames of every file, and the last frame
-   of the chunk before), so memory stays flat at any length (:func:`measure`):
+3. Frames are read a chunk at a time (:func:`chunk_frames`: 8 frames of every file up to 1080p,
+   and the last frame of the chunk before), so memory stays flat at any length (:func:`measure`):
    - the flow between neighbouring source frames (RAFT or DIS, on the source, as Lai et al.
      compute it on the input video: every output and the bicubic baseline are measured along
      the same motion and the same visibility mask), scaled to the output's size;
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCALE = 4  # the model's factor: an output is 4x its source
-CHUNK = 8  # frames read at a time from each file
+CHUNK = 8  # frames read at a time from each file, at 1080p output and below
+CHUNK_PIXELS = CHUNK * 1920 * 1080  # beyond 1080p, fewer: the memory a chunk takes stays the same
 FLOWS = ("auto", "raft", "dis")
 CODE = 255.0  # 8-bit code values per unit
 MIN_SIDE = 16  # source pixels: DIS needs 12, SSIM's window 11
@@ -52,6 +53,7 @@ MIN_SIDE = 16  # source pixels: DIS needs 12, SSIM's window 11
 
 UNITS = {"psnr": "dB (output downscaled to the source's size, against the source)",
          "ssim": "0..1 (as psnr)", "psnr_ref": "dB (against the reference)", "ssim_ref": "0..1 (against the reference)",
+         "lpips_ref": "LPIPS (AlexNet) against the reference, lower is closer; computed when its weights are present",
          "ewarp": "E*warp, 10^-3 (frame t against frame t+1 warped back along the source's flow, visible pixels)",
          "luma": "mean luma, 8-bit code values", "contrast": "local contrast (luma spread in tiles), 8-bit code values",
          "flicker": "|a frame's mean luma - its neighbours' in the scene|, 8-bit code values",
@@ -89,6 +91,7 @@ class Series:
     ssim: list[float] = field(default_factory=list)
     psnr_ref: list[float] = field(default_factory=list)  # against the reference
     ssim_ref: list[float] = field(default_factory=list)
+    lpips_ref: list[float] = field(default_factory=list)  # against the reference, when LPIPS can run
     ewarp: list[float] = field(default_factory=list)  # pair (t, t+1), at t; NaN at a scene's last frame
     luma: list[float] = field(default_factory=list)  # mean luma
     contrast: list[float] = field(default_factory=list)  # local contrast
@@ -109,6 +112,7 @@ class Measurements:
     bicubic: Series
     outputs: list[Series]
     timecode: str = ""
+    notes: tuple[str, ...] = ()  # what was not measured, and how to get it
 
 
 # -- 1. the inputs ---------------------------------------------------------------------------------
@@ -316,8 +320,10 @@ def _fill(series: Series, chunk: _Chunk, pairs: Sequence[int], values: Sequence[
 
 def measure(source: Video, outputs: Sequence[Video], reference: Optional[Video], starts: Sequence[int],
             flow: "FlowEstimator", flow_name: str = "", progress: Optional[Callable[[int, int], None]] = None,
-            stop: Optional[threading.Event] = None) -> Measurements:
-    """Step 3: every measure of every frame, :data:`CHUNK` frames at a time."""
+            stop: Optional[threading.Event] = None, lpips: Optional[Callable] = None,
+            notes: Sequence[str] = ()) -> Measurements:
+    """Step 3: every measure of every frame, :data:`CHUNK` frames at a time (``lpips``: a
+    :func:`lpips_measure`, used against the reference)."""
     import torch
 
     n = source.media.frames
@@ -325,24 +331,31 @@ def measure(source: Video, outputs: Sequence[Video], reference: Optional[Video],
     src_series, bicubic = Series(str(source.path)), Series("bicubic")
     out_series = [Series(str(o.path)) for o in outputs]
     big = (source.size[1] * SCALE, source.size[0] * SCALE)  # (H, W)
+    step = chunk_frames(big)
     with torch.inference_mode():
-        for new in range(0, n, CHUNK):
+        for new in range(0, n, step):
             if stop is not None and stop.is_set():
                 raise Stopped()
-            chunk = _Chunk(max(0, new - 1), new, min(n, new + CHUNK))
+            chunk = _Chunk(max(0, new - 1), new, min(n, new + step))
             _measure_chunk(chunk, source, outputs, reference, scene_starts, flow, big,
-                           src_series, bicubic, out_series)
+                           src_series, bicubic, out_series, lpips)
             if progress is not None:
                 progress(chunk.end, n)
     for s in (bicubic, *out_series):
         s.ewarp += [math.nan] * (n - len(s.ewarp))  # the last frame starts no pair
     return Measurements(n, source.media.fps, sorted(scene_starts | {0}), flow_name or flow.method, src_series,
-                        bicubic, out_series, source.media.timecode)
+                        bicubic, out_series, source.media.timecode, tuple(notes))
+
+
+def chunk_frames(size: tuple[int, int]) -> int:
+    """Frames per chunk for outputs of ``size`` (h, w): :data:`CHUNK` up to 1080p, fewer above
+    (2 at 4K), so that a chunk's frames, flow grid and masks hold the same memory."""
+    return max(2, min(CHUNK, CHUNK_PIXELS // max(1, size[0] * size[1])))
 
 
 def _measure_chunk(chunk: _Chunk, source: Video, outputs: Sequence[Video], reference: Optional[Video],
                    starts: set[int], flow: "FlowEstimator", big: tuple[int, int], src_series: Series,
-                   bicubic: Series, out_series: Sequence[Series]) -> None:
+                   bicubic: Series, out_series: Sequence[Series], lpips: Optional[Callable] = None) -> None:
     import torch.nn.functional as F
 
     from vs_uav.core.quality import downscale, psnr, ssim, upscale, visible, warp_grid
@@ -370,7 +383,35 @@ def _measure_chunk(chunk: _Chunk, source: Video, outputs: Sequence[Video], refer
         if ref is not None:
             series.psnr_ref += psnr(now, ref).tolist()
             series.ssim_ref += ssim(now, ref).tolist()
+            if lpips is not None:
+                series.lpips_ref += lpips(now, ref)
         _per_frame(series, now, _block(SCALE), lr)
+
+
+LPIPS_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, LPIPS' backbone
+
+
+def lpips_measure() -> tuple[Optional[Callable[["torch.Tensor", "torch.Tensor"], list[float]]], str]:
+    """LPIPS (Zhang et al. 2018, AlexNet, as torchmetrics computes it) per frame pair in [0, 1],
+    when torchmetrics and torchvision are installed and torchvision's AlexNet weights are in
+    torch's hub cache (vs-uav never downloads them); else None and a line saying how to get it."""
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_WEIGHTS
+    how = ("python -c 'import torchvision; torchvision.models.alexnet(weights=\"DEFAULT\")' once with internet "
+           f"puts it there")
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+    except ImportError:
+        return None, "LPIPS: not computed: needs torchmetrics and torchvision (pip install 'vs-uav[perceptual]')"
+    if not path.is_file():
+        return None, f"LPIPS: not computed: no AlexNet weights at {path} ({how})"
+    metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval()
+
+    def run(a: "torch.Tensor", b: "torch.Tensor") -> list[float]:
+        return [float(metric(a[i:i + 1], b[i:i + 1])) for i in range(a.shape[0])]
+
+    return run, f"LPIPS: AlexNet ({path})"
 
 
 def _block(scale: int) -> int:
@@ -390,6 +431,7 @@ class Figures:
     ssim: float
     psnr_ref: float
     ssim_ref: float
+    lpips_ref: float
     ewarp: float
     ewarp_bicubic: float  # the source upscaled by a bicubic resize: the baseline
     flicker: float  # mean luma jitter
@@ -430,7 +472,7 @@ def figures(m: Measurements, k: int, first: int = 0, end: Optional[int] = None) 
 
     return Figures(
         _nanmean(out.psnr[part]), _nanmean(out.ssim[part]), _nanmean(out.psnr_ref[part]),
-        _nanmean(out.ssim_ref[part]), _nanmean(out.ewarp[part]),  # a scene's last frame starts no pair: NaN
+        _nanmean(out.ssim_ref[part]), _nanmean(out.lpips_ref[part]), _nanmean(out.ewarp[part]),  # a scene's last frame starts no pair: NaN
         _nanmean(m.bicubic.ewarp[part]), _nanmean(luma_out[part]), _nanmean(luma_src[part]),
         _nanmean(contrast_out[part]), _nanmean(contrast_src[part]),
         channels(out.mean, src.mean), channels(out.spread, src.spread))
