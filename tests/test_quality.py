@@ -348,9 +348,13 @@ def test_raft_flow_is_used_when_its_weights_are_present(tmp_path):
     from vs_uav.media.quality import flow_for
 
     _save_official(_random_raft(), tmp_path / "propagator" / "raft-things.pth")
-    estimator, name = flow_for("auto", tmp_path)
-    assert estimator.method == "raft" and name.startswith("RAFT-large")
+    estimator, name = flow_for("raft", tmp_path)
+    assert estimator.method == "raft" and name.startswith("RAFT-large") and name.endswith("CPU)")
     assert flow_for("dis", tmp_path)[0].method == "dis"
+    # auto: RAFT where a GPU runs it; on a CPU DIS, saying that RAFT's weights are there.
+    auto, said = flow_for("auto", tmp_path, cuda=False)
+    assert auto.method == "dis" and "RAFT's weights are there: --flow raft uses them" in said
+    assert flow_for("auto", tmp_path / "none", cuda=False)[1] == "DIS (OpenCV, medium preset, on the source)"
     frames = torch.stack([texture(128, 136, (t * 1.5, 0.0)) for t in range(2)]) * 2 - 1
     fw, bw = estimator.bidirectional(frames[:1], frames[1:])
     assert fw.shape == bw.shape == (1, 2, 128, 136) and torch.isfinite(fw).all()

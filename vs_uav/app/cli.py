@@ -705,7 +705,8 @@ def _add_report(add) -> None:
     rp.add_argument("--reference", metavar="HQ", help="a high-quality original of the outputs' size: PSNR and "
                     "SSIM against it")
     rp.add_argument("--flow", default="auto", help="optical flow for E*warp: auto (RAFT when the model folder "
-                    "has its weights, else DIS), raft or dis (default: auto)")
+                    "has its weights and a CUDA GPU runs it, else DIS), raft (also on a CPU: about 12x slower) or "
+                    "dis (default: auto)")
     rp.add_argument("--model", metavar="DIR", help="the model folder RAFT's weights are read from (default: "
                     "where `uav download` puts it)")
     rp.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "

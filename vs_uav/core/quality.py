@@ -151,8 +151,8 @@ def warping_error(current: torch.Tensor, following: torch.Tensor, flow: torch.Te
 
 def luma(frames: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) BT.709 luma of gamma-encoded RGB."""
-    w = torch.tensor(LUMA, dtype=frames.dtype, device=frames.device).view(1, 3, 1, 1)
-    return (frames * w).sum(1, keepdim=True)
+    r, g, b = LUMA
+    return (frames[:, 0:1] * r).add_(frames[:, 1:2], alpha=g).add_(frames[:, 2:3], alpha=b)
 
 
 def local_contrast(frames: torch.Tensor, block: int = CONTRAST_BLOCK, y: Optional[torch.Tensor] = None

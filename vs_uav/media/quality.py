@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from vs_uav.errors import UavError
 
@@ -226,38 +226,67 @@ def check_flow(flow: str) -> str:
     return flow
 
 
-def flow_for(flow: str, model_dir: Optional[Path] = None) -> tuple["FlowEstimator", str]:
+def flow_for(flow: str, model_dir: Optional[Path] = None, cuda: Optional[bool] = None
+             ) -> tuple["FlowEstimator", str]:
     """The estimator for ``--flow`` and what the report calls it: RAFT when asked, or for 'auto'
-    when the model folder holds its weights; DIS otherwise."""
+    when the model folder holds its weights and a CUDA GPU runs it (on a CPU RAFT-large costs
+    about 12x DIS: hours for minutes of 1080p); DIS otherwise. ``cuda``: whether a GPU is there
+    (default: torch says)."""
+    import torch
+
     from vs_uav.core.flow import DisFlow, flow_estimator
     from vs_uav.weights.folder import ModelLoadError, default_model_dir, load_raft, raft_weights
 
     check_flow(flow)
-    weights = raft_weights(model_dir or default_model_dir()) if flow != "dis" else None
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    folder = model_dir or default_model_dir()
+    weights = raft_weights(folder) if flow != "dis" else None
     if flow == "raft" and weights is None:
-        raise QualityError(f"--flow raft: no RAFT weights (propagator/raft-things.pth) in "
-                           f"{model_dir or default_model_dir()}; accepted: dis, or a model folder that has them")
-    if weights is None:
+        raise QualityError(f"--flow raft: no RAFT weights (propagator/raft-things.pth) in {folder}; accepted: dis, "
+                           "or a model folder that has them")
+    if weights is None or (flow == "auto" and not cuda):
         # The preset's own finest scale: a third of the time of the propagation's full-size patches,
         # and the source of a report is full-size video, not a latent's few pixels.
-        return DisFlow(finest_scale=None), "DIS (OpenCV, medium preset, on the source)"
+        said = "; RAFT's weights are there: --flow raft uses them, about 12x slower on a CPU" if weights else ""
+        return DisFlow(finest_scale=None), f"DIS (OpenCV, medium preset, on the source{said})"
     try:
-        return flow_estimator("raft", load_raft(weights)), f"RAFT-large ({weights}, on the source)"
+        raft = load_raft(weights, "cuda" if cuda else "cpu")
     except ModelLoadError as e:
         raise QualityError(f"--flow {flow}: {e}") from None
+    return flow_estimator("raft", raft), f"RAFT-large ({weights}, on the source, {'CUDA' if cuda else 'CPU'})"
 
 
 # -- 3. reading and measuring ----------------------------------------------------------------------
 
-def read_frames(video: Video, frames: Sequence[int]) -> "torch.Tensor":
-    """(len(frames), 3, H, W) float32 RGB in [0, 1]."""
+class Prefetch:
+    """Frames asked of VapourSynth ahead of their use: it decodes and converts them on its own
+    threads while torch measures the chunk before."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, int], Any] = {}
+
+    def ask(self, video: Optional[Video], frames: Sequence[int]) -> None:
+        if video is not None:
+            for n in frames:
+                self._pending.setdefault((id(video), n), video.rgb.get_frame_async(n))
+
+    def take(self, video: Video, n: int) -> Any:
+        future = self._pending.pop((id(video), n), None)
+        return (future if future is not None else video.rgb.get_frame_async(n)).result()
+
+
+def read_frames(video: Video, frames: Sequence[int], prefetch: Optional[Prefetch] = None) -> "torch.Tensor":
+    """(len(frames), 3, H, W) float32 RGB in [0, 1]. All the frames are asked for at once (or
+    were, through ``prefetch``), so VapourSynth decodes them on its threads meanwhile."""
     import numpy as np
     import torch
 
+    prefetch = prefetch or Prefetch()
+    prefetch.ask(video, frames)
     w, h = video.size
     out = torch.empty((len(frames), 3, h, w), dtype=torch.float32)
     for i, n in enumerate(frames):
-        f = video.rgb.get_frame(n)
+        f = prefetch.take(video, n)
         planes = out[i].numpy()
         for p in range(3):
             planes[p] = np.asarray(f[p])
@@ -332,13 +361,17 @@ def measure(source: Video, outputs: Sequence[Video], reference: Optional[Video],
     out_series = [Series(str(o.path)) for o in outputs]
     big = (source.size[1] * SCALE, source.size[0] * SCALE)  # (H, W)
     step = chunk_frames(big)
+    prefetch = Prefetch()
     with torch.inference_mode():
         for new in range(0, n, step):
             if stop is not None and stop.is_set():
                 raise Stopped()
             chunk = _Chunk(max(0, new - 1), new, min(n, new + step))
+            ahead = range(chunk.end, min(n, chunk.end + step))  # the next chunk's new frames
+            for video in (source, reference, *outputs):
+                prefetch.ask(video, ahead)
             _measure_chunk(chunk, source, outputs, reference, scene_starts, flow, big,
-                           src_series, bicubic, out_series, lpips)
+                           src_series, bicubic, out_series, lpips, prefetch)
             if progress is not None:
                 progress(chunk.end, n)
     for s in (bicubic, *out_series):
@@ -355,13 +388,14 @@ def chunk_frames(size: tuple[int, int]) -> int:
 
 def _measure_chunk(chunk: _Chunk, source: Video, outputs: Sequence[Video], reference: Optional[Video],
                    starts: set[int], flow: "FlowEstimator", big: tuple[int, int], src_series: Series,
-                   bicubic: Series, out_series: Sequence[Series], lpips: Optional[Callable] = None) -> None:
+                   bicubic: Series, out_series: Sequence[Series], lpips: Optional[Callable] = None,
+                   prefetch: Optional[Prefetch] = None) -> None:
     import torch.nn.functional as F
 
     from vs_uav.core.quality import downscale, psnr, ssim, upscale, visible, warp_grid
 
     index = list(range(chunk.first, chunk.end))
-    src = read_frames(source, index)
+    src = read_frames(source, index, prefetch)
     fresh = slice(chunk.new - chunk.first, None)  # the frames not measured before
     pairs = _pairs(chunk.first, chunk.end, starts)
     along = None
@@ -371,10 +405,10 @@ def _measure_chunk(chunk: _Chunk, source: Video, outputs: Sequence[Video], refer
         along = (warp_grid(fw, big), F.interpolate(visible(fw, bw), size=big, mode="nearest"))
     _per_frame(src_series, src[fresh], _block(1))
     _fill(bicubic, chunk, pairs, _ewarp(upscale(src, big), pairs, along, chunk.first))
-    ref = read_frames(reference, index[fresh.start:]) if reference is not None else None
+    ref = read_frames(reference, index[fresh.start:], prefetch) if reference is not None else None
     small = src.shape[-2:]
     for video, series in zip(outputs, out_series):
-        out = read_frames(video, index)
+        out = read_frames(video, index, prefetch)
         _fill(series, chunk, pairs, _ewarp(out, pairs, along, chunk.first))
         now = out[fresh]
         lr = downscale(now, small)
@@ -399,7 +433,7 @@ def lpips_measure() -> tuple[Optional[Callable[["torch.Tensor", "torch.Tensor"],
 
     path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_WEIGHTS
     how = ("python -c 'import torchvision; torchvision.models.alexnet(weights=\"DEFAULT\")' once with internet "
-           f"puts it there")
+           "puts it there")
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
     except ImportError:
