@@ -16,21 +16,29 @@ SCALE = 4
 SHIFT = (0.75, -0.5)  # (x, y) source pixels per frame
 
 
-def texture(h: int, w: int, offset: tuple[float, float], scale: int = 1, seed: int = 0) -> torch.Tensor:
-    """(3, h, w) in [0.15, 0.85]: a sum of plane waves evaluated at the source-pixel coordinates of
-    each pixel's centre (pixel X of a ``scale`` x frame is at (X + 0.5) / scale - 0.5), moved by
-    ``offset`` source pixels."""
+def plane_waves(xs: torch.Tensor, ys: torch.Tensor, seed: int, waves: int, band: float) -> torch.Tensor:
+    """(3, H, W) float64, unnormalised: ``waves`` random colour plane waves of frequencies 0.02 to
+    0.02 + ``band`` cycles per pixel, evaluated at the coordinates ``xs``, ``ys`` (so that a
+    sub-pixel move is exact)."""
     g = torch.Generator().manual_seed(seed)
-    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / scale - 0.5 - offset[1]
-    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / scale - 0.5 - offset[0]
-    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
-    img = torch.zeros(3, h, w, dtype=torch.float64)
-    for _ in range(24):
+    img = torch.zeros(3, *xs.shape, dtype=torch.float64)
+    for _ in range(waves):
         d = torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1
-        f = d / d.norm() * (0.02 + 0.06 * torch.rand(1, generator=g, dtype=torch.float64))
+        f = d / d.norm() * (0.02 + band * torch.rand(1, generator=g, dtype=torch.float64))
         phase = 2 * math.pi * torch.rand(1, generator=g, dtype=torch.float64)
         colour = torch.rand(3, 1, 1, generator=g, dtype=torch.float64) * 2 - 1
         img += colour * torch.cos(2 * math.pi * (f[0] * xs + f[1] * ys) + phase)
+    return img
+
+
+def texture(h: int, w: int, offset: tuple[float, float], scale: int = 1, seed: int = 0) -> torch.Tensor:
+    """(3, h, w) in [0.15, 0.85]: plane waves evaluated at the source-pixel coordinates of each
+    pixel's centre (pixel X of a ``scale`` x frame is at (X + 0.5) / scale - 0.5), moved by
+    ``offset`` source pixels."""
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) / scale - 0.5 - offset[1]
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) / scale - 0.5 - offset[0]
+    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    img = plane_waves(xs, ys, seed, 24, 0.06)
     return (0.5 + 0.35 * img / img.abs().amax()).float()
 
 

@@ -14,6 +14,7 @@ import re
 import pytest
 import torch
 from conftest import MANIFESTS
+from quality_clips import plane_waves
 
 from vs_uav.core.flow import DisFlow, RaftFlow, estimate_flows, flow_estimator
 from vs_uav.core.models.raft import RAFT
@@ -27,16 +28,8 @@ def _scene(h: int, w: int, shift: tuple[float, float], seed: int = 0) -> torch.T
 
     Evaluated analytically, so a sub-pixel translation is exact.
     """
-    g = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    xs, ys = xs - shift[0], ys - shift[1]
-    img = torch.zeros(3, h, w, dtype=torch.float64)
-    for _ in range(40):
-        direction = torch.rand(2, generator=g, dtype=torch.float64) * 2 - 1
-        freq = direction / direction.norm() * (0.02 + 0.1 * torch.rand(1, generator=g, dtype=torch.float64))
-        phase = 2 * math.pi * torch.rand(1, generator=g, dtype=torch.float64)
-        colour = torch.rand(3, 1, 1, generator=g, dtype=torch.float64) * 2 - 1
-        img += colour * torch.cos(2 * math.pi * (freq[0] * xs + freq[1] * ys) + phase)
+    img = plane_waves(xs - shift[0], ys - shift[1], seed, 40, 0.1)
     return (img / img.abs().max() * 0.9).float()
 
 
