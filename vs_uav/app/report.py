@@ -44,7 +44,7 @@ class ReportJob:
     outputs: tuple[Path, ...]
     path: Path
     reference: Optional[Path] = None
-    flow: str = "auto"  # auto: RAFT when the model folder has its weights, else DIS
+    flow: str = "auto"  # auto: RAFT when the model folder has its weights and CUDA runs it, else DIS
     model_dir: Optional[Path] = None  # where RAFT's weights are looked for (default: the model folder)
     scene_cuts: str = "auto"
     scene_threshold: float = 0.1
