@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Lowest first. A module may import from its own layer and the ones before it.
 LAYERS = (
-    ("vs_uav.settings", "vs_uav.errors"),  # the one parameter model, the one error base: leaves
+    ("vs_uav.settings", "vs_uav.errors", "vs_uav.untrusted"),  # the parameter model, the error base, untrusted text
     ("vs_uav.core",),  # the paper's mathematics: torch only, no I/O, no VapourSynth
     ("vs_uav.weights",),  # the model folder: layout, reading, verifying, downloading, converting
     ("vs_uav.engine",),  # the pipeline, the chunk state and driver, the engine cache
@@ -30,6 +30,7 @@ PACKAGE_NAMES = {"__version__"}
 FORBIDDEN = {
     "vs_uav.settings": {"torch", "vapoursynth"},
     "vs_uav.errors": {"torch", "vapoursynth"},
+    "vs_uav.untrusted": {"torch", "vapoursynth"},
     "vs_uav.core": {"vapoursynth", "subprocess", "safetensors"},
     "vs_uav.weights": {"vapoursynth", "subprocess"},
     "vs_uav.engine": {"vapoursynth", "subprocess"},

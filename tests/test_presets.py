@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,31 @@ def test_user_presets_override_shipped_ones_by_name(config_dir):
 def test_awkward_values_survive_a_round_trip(tmp_path):
     p = Preset("Été 1953", UpscaleSettings(prompt='a "quoted" \\ back\tslash\nnewline é 中', seed=2**62,
                                          propagation_steps=[0, 29], scene_change=False, guidance_scale=1e-3),
-               EncoderSettings(codec="prores", audio="none"), "déjà\u0001vu")
+               EncoderSettings(codec="prores", audio="none"), "déjà\nvu \t 'x' \"y\" \\")
     assert presets.save(p).name == "Été 1953.toml" and presets.load("Été 1953") == p  # name = file name
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\rb", "a\x01b", "a\u2028b", "a\x85b", "\u202eevil"])
+def test_control_characters_in_a_description_are_refused_in_one_line(tmp_path, text):
+    """They would reach a generated script's comment or a terminal: refused when made and when read."""
+    with pytest.raises(PresetError, match=r"^description holds the control character .*; accepted: printable text"):
+        Preset("x", description=text)
+    toml = "schema_version = 1\ndescription = " + json.dumps(text) + "\n"
+    with pytest.raises(PresetError) as err:
+        presets.parse(toml, tmp_path / "p.toml")
+    assert "\n" not in str(err.value) and "control character" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r", "a\x00b", "x\u2028"])
+def test_a_preset_name_with_a_line_end_or_control_character_is_refused(name):
+    with pytest.raises(PresetError, match=r"^preset name .*; accepted: 1-64 letters"):
+        Preset(name)
+
+
+def test_a_preset_nested_thousands_deep_is_one_line(tmp_path):
+    text = "schema_version = 1\n[upscale]\nprompt = " + "[" * 5000 + "]" * 5000 + "\n"
+    with pytest.raises(PresetError, match=r"nested more than 8 deep; accepted: a preset"):
+        presets.parse(text, tmp_path / "deep.toml")
 
 
 def write(tmp_path: Path, text: str, name: str = "bad.toml") -> Path:

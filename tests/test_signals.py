@@ -130,7 +130,8 @@ def wait_for(proc: subprocess.Popen, log: Path, text: str) -> None:
 
 def test_a_killed_then_stopped_render_resumes_by_default(tmp_path, source):
     output = tmp_path / "out" / "up.mkv"
-    work, partial = output.parent / ".up.mkv.uav-work", output.parent / "up.partial.mkv"
+    work = output.parent / ".up.mkv.uav-work"
+    partial = work / "partial"  # ffmpeg writes inside the work folder: never a name of the user's
     args = [UAV, "upscale", str(source), "-o", str(output), "--model", str(MODEL_DIR), "--steps", "2",
             "--chunk-size", "16", "--codec", "ffv1", "--scene-cuts", "none"]  # 24 frames: chunks [0, 16), [16, 24)
     # 1. SIGKILL once chunk 1 is finished and its frames written: nothing of uav's cleanup runs.
@@ -144,10 +145,13 @@ def test_a_killed_then_stopped_render_resumes_by_default(tmp_path, source):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert partial.is_file() and (work / "job" / "upscale.vpy").is_file()  # what a killed run leaves
-    deadline = time.monotonic() + 60  # its vspipe ends at its next write to the dead uav's stderr
+    assert (partial / "up.mkv").is_file() and (work / "job" / "upscale.vpy").is_file()  # what a killed run leaves
+    assert sorted(p.name for p in output.parent.iterdir()) == [".up.mkv.uav-work"]  # nothing else beside it
+    # vspipe and ffmpeg die with uav (the kernel's parent-death signal), not at their next write.
+    deadline = time.monotonic() + 60
     while [pid for pid in programs if running(pid)] and time.monotonic() < deadline:
         time.sleep(0.2)
+    assert not [pid for pid in programs if running(pid)], programs
 
     # 2. The same command: it removes those, reads chunk 1 from the cache; SIGINT during chunk 2.
     log = tmp_path / "2.txt"

@@ -12,6 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from dataclasses import replace as _replace_field
 from typing import Any, Optional
 
+from vs_uav.untrusted import ascii_float, ascii_int, is_ascii_digits
+
 PROMPT_SUFFIX = "best quality, extremely detailed"
 NEGATIVE_PROMPT = "blur, worst quality"
 
@@ -122,7 +124,7 @@ class UpscaleSettings:
             raise ValueError(f"tile_overlap={self.tile_overlap}; accepted: 0..{self.tile_size // 2} "
                              f"(half of tile_size={self.tile_size})")
         if not (self.device in ("auto", "cpu", "cuda") or
-                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+                (self.device.startswith("cuda:") and is_ascii_digits(self.device[5:]))):
             raise ValueError(f"device={self.device!r}; accepted: 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     @classmethod
@@ -244,11 +246,11 @@ class Setting:
         refuse ``2.5``; lists are integers separated by commas (empty: none)."""
         try:
             if self.type is list:
-                return [int(v) for v in text.replace(" ", "").split(",") if v]
+                return [ascii_int(v) for v in text.replace(" ", "").split(",") if v]
             if self.type is int:
-                return int(text)
+                return ascii_int(text)
             if self.type is float:
-                return float(text)
+                return ascii_float(text)
         except ValueError:
             accepted = ("integers separated by commas, e.g. 24,26,28" if self.type is list
                         else self.describe_accepted())

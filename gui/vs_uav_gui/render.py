@@ -6,13 +6,15 @@ Ray workers end, the finished chunks or segments stay for a resume) and its one-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QProgressBar, QPushButton, QSizePolicy, QWidget
 
-from vs_uav.app.job import JobEvents, JobResult, JobStopped, UpscaleJob, run_job
+from vs_uav.app.job import JobEvents, JobResult, JobStopped, UpscaleJob, output_taken, run_job
 from vs_uav.errors import UavError, one_line
 
 from .background import BackgroundJob
@@ -90,6 +92,8 @@ class RenderBar(QWidget):
             row.addWidget(w)
         row.addWidget(self.status, 1)
         self.render_button.clicked.connect(lambda: self.start())
+        # Asked before a file already at the output is replaced (a test may answer for the user).
+        self.confirm_overwrite: Callable[[Path], bool] = self._ask_overwrite
         self.cancel_button.clicked.connect(self.cancel)
 
     def start(self) -> Optional[JobThread]:
@@ -101,6 +105,11 @@ class RenderBar(QWidget):
         except (UavError, ValueError) as e:
             self._show(one_line(e), error=True)
             return None
+        if output_taken(job.output) and not job.overwrite:  # never replaced without a word
+            if not self.confirm_overwrite(job.output):
+                self._show(f"Not rendered: {job.output} is there already (not replaced)", error=True)
+                return None
+            job = dataclasses.replace(job, overwrite=True)
         thread = JobThread(job, self)
         thread.progressed.connect(self._on_progress)
         thread.warned.connect(self._on_warning)
@@ -116,6 +125,12 @@ class RenderBar(QWidget):
         self._show(f"Rendering {job.output}\u2026")
         thread.start()
         return thread
+
+    def _ask_overwrite(self, output: Path) -> bool:
+        answer = QMessageBox.question(self, "Replace the output?", f"{output} is there already.\n\nReplace it once "
+                                      "the render is complete?", QMessageBox.StandardButton.Yes |
+                                      QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def set_ready(self, ready: bool) -> None:
         self.ready = ready

@@ -15,6 +15,20 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from vs_uav.app.job import JobError, JobEvents, JobStopped, UpscaleJob, run_job
+from vs_uav.untrusted import ascii_float, ascii_int, is_ascii_digits
+
+
+def int_arg(text: str) -> int:
+    """argparse's type for a whole number: ASCII digits only ('²' and '٣' are refused)."""
+    return ascii_int(text)
+
+
+def float_arg(text: str) -> float:
+    """argparse's type for a decimal number: ASCII digits only, finite."""
+    return ascii_float(text)
+
+
+int_arg.__name__, float_arg.__name__ = "int", "float"  # argparse names them in its one line
 
 logger = logging.getLogger("vs_uav")
 
@@ -231,7 +245,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     preset = _resolve(args, "uav upscale")
     options = dict(cluster=_cluster_options(args), deinterlace=args.deinterlace, resume=args.resume,
-                   frame_range=_frame_range(args.frames, "uav upscale"))
+                   frame_range=_frame_range(args.frames, "uav upscale"), overwrite=args.overwrite)
     if args.fps is not None:
         options["fps"] = args.fps
     if args.captioner:
@@ -248,12 +262,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return _run(job, "uav upscale")
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a file already at the output (once the render is complete); without it such a "
+                             "file is refused before anything runs, as ffmpeg does without -y (a queue skips the "
+                             "outputs it finished before)")
+
+
 def _frame_range(text: Optional[str], prog: str) -> Optional[tuple[int, int]]:
     """--frames FIRST-LAST (LAST included) as the half-open (FIRST, LAST + 1), or None."""
     if text is None:
         return None
     first, sep, last = text.partition("-")
-    if not (sep and first.strip().isdigit() and last.strip().isdigit()) or int(last) < int(first):
+    if not (sep and is_ascii_digits(first.strip()) and is_ascii_digits(last.strip())) or int(last) < int(first):
         raise SystemExit(f"{prog}: --frames {text!r}: accepted: FIRST-LAST, frame numbers from 0 with LAST included "
                          "and not before FIRST, e.g. 100-199")
     return int(first), int(last) + 1
@@ -271,15 +292,15 @@ def _cluster_options(args: argparse.Namespace, prog: str = "uav upscale"):
             raise SystemExit(f"{prog}: {given[0]} needs --cluster; accepted: --cluster local or HOST:PORT")
         return None
     values = {}
-    for name, flag, kind in (("workers", "--workers", int), ("segment_seconds", "--segment-seconds", float),
-                             ("split_long", "--split-long", float)):
+    for name, flag, kind in (("workers", "--workers", ascii_int), ("segment_seconds", "--segment-seconds", ascii_float),
+                             ("split_long", "--split-long", ascii_float)):
         text = getattr(args, name)
         if text is not None:
             try:
                 values[name] = kind(text)
             except ValueError:
                 raise SystemExit(f"{prog}: {flag} {text!r}: accepted: "
-                                 f"{'an integer >= 1' if kind is int else 'a number of seconds'}") from None
+                                 f"{'an integer >= 1' if kind is ascii_int else 'a number of seconds'}") from None
     try:  # a bare --cluster: $RAY_ADDRESS, Ray's own convention, else a local instance
         return ClusterOptions(args.cluster or default_address(), keep_work=args.keep_work, **values)
     except ValueError as e:
@@ -556,12 +577,12 @@ def _add_demo(add) -> None:
     demo.add_argument("--input", default=str(DEMO_VIDEO), help="source video (default: the shared old animation)")
     demo.add_argument("--output", default=str(Path("out") / "demo.mkv"),
                       help="output file (default: out/demo.mkv in the current folder)")
-    demo.add_argument("--frames", type=int, default=12, help="frames of the excerpt, from the first (default: 12)")
-    demo.add_argument("--width", type=int, default=64, help="the excerpt's width before the 4x upscale (default: 64)")
-    demo.add_argument("--height", type=int, default=48, help="the excerpt's height before the 4x upscale (default: 48)")
-    demo.add_argument("--steps", type=int, default=4, help="denoising steps; flow propagation at the last one "
+    demo.add_argument("--frames", type=int_arg, default=12, help="frames of the excerpt, from the first (default: 12)")
+    demo.add_argument("--width", type=int_arg, default=64, help="the excerpt's width before the 4x upscale (default: 64)")
+    demo.add_argument("--height", type=int_arg, default=48, help="the excerpt's height before the 4x upscale (default: 48)")
+    demo.add_argument("--steps", type=int_arg, default=4, help="denoising steps; flow propagation at the last one "
                       "(default: 4)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=int_arg, default=0, help="random seed (default: 0)")
     demo.add_argument("--vae", default="3d", choices=["3d", "video"], help="decoder: '3d' (default) or 'video'")
     demo.set_defaults(func=cmd_demo)
 
@@ -611,7 +632,8 @@ def _add_upscale(add) -> None:
                          "that after Ctrl+C or a crash the same command resumes where it stopped; the folder goes "
                          "once the output is verified (default); --no-resume keeps nothing; an explicit "
                          "--cache-dir is used instead")
-    up.add_argument("--fps", type=float, metavar="RATE", help="an image sequence's frame rate (default: 24; "
+    _add_overwrite(up)
+    up.add_argument("--fps", type=float_arg, metavar="RATE", help="an image sequence's frame rate (default: 24; "
                     "23.976 and its kind are read as 24000/1001)")
     up.add_argument("--frames", metavar="FIRST-LAST", help="render only the source's frames FIRST to LAST "
                     "(from 0, LAST included), e.g. 100-199: the output starts cold there, with that part of the "
@@ -647,13 +669,13 @@ def _add_caption(add) -> None:
                     "--captioner` puts it)")
     ca.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "
                     "detects them), 'none' or a cut list file")
-    ca.add_argument("--scene-threshold", type=float, default=0.1, help="the detector's threshold (as uav upscale)")
+    ca.add_argument("--scene-threshold", type=float_arg, default=0.1, help="the detector's threshold (as uav upscale)")
     ca.add_argument("--device", default="auto", help="auto (a second GPU when there is one, else the first, else "
                     "the CPU), cpu, cuda or cuda:N")
     _add_captioner_bits(ca)
-    ca.add_argument("--max-memory", type=float, default=0.0, metavar="GIB", help="the memory the captioner may "
+    ca.add_argument("--max-memory", type=float_arg, default=0.0, metavar="GIB", help="the memory the captioner may "
                     "take (its weights and generation); refused in one line when it needs more (default: no budget)")
-    ca.add_argument("--fps", type=float, metavar="RATE", help="an image sequence's frame rate (default: 24)")
+    ca.add_argument("--fps", type=float_arg, metavar="RATE", help="an image sequence's frame rate (default: 24)")
     ca.add_argument("--no-cache", action="store_true", help="caption every scene again, ignoring the cache")
     ca.set_defaults(func=cmd_caption)
 
@@ -711,7 +733,7 @@ def _add_report(add) -> None:
                     "where `uav download` puts it)")
     rp.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "
                     "detects them), 'none' or a cut list file; nothing is measured across a cut")
-    rp.add_argument("--scene-threshold", type=float, default=0.1, help="the detector's threshold (as uav upscale)")
+    rp.add_argument("--scene-threshold", type=float_arg, default=0.1, help="the detector's threshold (as uav upscale)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -770,17 +792,18 @@ def _add_conform(add) -> None:
     co.add_argument("-o", "--output", metavar="FOLDER", help="the folder for the restored pieces and the relinked "
                     "timeline (EDIT.uav.otio, and EDIT.uav.EXT in the edit's format where its adapter writes it)")
     co.add_argument("--plan", action="store_true", help="only print the pieces the edit needs and the summary")
-    co.add_argument("--handles", type=int, default=12, help="frames added before and after each used range, "
+    co.add_argument("--handles", type=int_arg, default=12, help="frames added before and after each used range, "
                     "clamped to the media (default: 12)")
     co.add_argument("--search", action="append", default=[], metavar="DIR", type=Path,
                     help="look for media not found where the timeline says by file name in DIR (repeatable)")
-    co.add_argument("--rate", type=float, help="an EDL's frame rate (an EDL does not say it; default: 24)")
+    co.add_argument("--rate", type=float_arg, help="an EDL's frame rate (an EDL does not say it; default: 24)")
     _add_preset_option(co)
     _add_setting_options(co, SETTINGS)
     _add_setting_options(co, ENCODER_SETTINGS)
     co.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                     help="keep each piece's finished chunks while it renders (as uav upscale); pieces finished by "
                          "an earlier run are skipped either way")
+    _add_overwrite(co)
     _add_cluster_arguments(co)
     co.set_defaults(func=cmd_conform)
 
@@ -796,7 +819,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
         raise SystemExit(f"{prog}: -o FOLDER is needed: the folder for the restored pieces and the relinked "
                          "timeline (or --plan to see the pieces only)")
     preset = _resolve(args, prog)
-    options = {} if args.plan else dict(cluster=_cluster_options(args, prog), resume=args.resume)
+    options = {} if args.plan else dict(cluster=_cluster_options(args, prog), resume=args.resume,
+                                        overwrite=args.overwrite)
     try:
         plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate)
         if not args.plan:  # the render's starts, on each scene's window grid (a little decoding)

@@ -141,8 +141,12 @@ def read_timeline(path: Path, rate: Optional[float] = None) -> Any:
     if not path.is_file():
         raise ConformError(f"timeline {path} not found")
     options = {"rate": rate} if rate and path.suffix.lower() == ".edl" else {}
+    _check_depth(path)
     try:
         timeline = otio.adapters.read_from_file(str(path), **options)
+    except RecursionError:
+        raise ConformError(f"timeline {path}: nested too deeply for its adapter; accepted: an edit of tracks, clips "
+                           "and stacks") from None
     except Exception as e:  # noqa: BLE001 - adapters raise their own types: said in one line
         from vs_uav.errors import one_line
 
@@ -151,6 +155,63 @@ def read_timeline(path: Path, rate: Optional[float] = None) -> Any:
     if not isinstance(timeline, otio.schema.Timeline):
         raise ConformError(f"timeline {path} holds a {type(timeline).__name__}, not a timeline")
     return timeline
+
+
+# Nesting an edit may have: a JSON timeline's brackets or an XML edit's elements. A real edit of
+# stacks in stacks stays far below; OpenTimelineIO's JSON reader overflows its stack (a
+# segmentation fault) on 100,000 levels and Python's XML adapters recurse.
+MAX_DEPTH = 512
+
+
+def _check_depth(path: Path) -> None:
+    """ConformError in one line for an edit nested deeper than :data:`MAX_DEPTH`, read before
+    any adapter recurses into it (.otio JSON, XML edits; an EDL is flat)."""
+    from vs_uav.untrusted import nesting_depth
+
+    suffix = path.suffix.lower()
+    if suffix not in (".otio", ".xml", ".fcpxml", ".kdenlive", ".mlt"):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1).lstrip()
+            f.seek(0)
+            if suffix == ".otio" or head in (b"{", b"["):
+                depth = nesting_depth(f.read().decode("utf-8", "replace"), MAX_DEPTH)
+            else:
+                depth = _xml_depth(f, MAX_DEPTH)
+    except OSError as e:
+        raise ConformError(f"timeline {path}: cannot be read ({e.strerror})") from None
+    if depth > MAX_DEPTH:
+        raise ConformError(f"timeline {path}: nested more than {MAX_DEPTH} levels deep; accepted: an edit of "
+                           f"tracks, clips and stacks nested up to {MAX_DEPTH} levels")
+
+
+def _xml_depth(f: Any, limit: int) -> int:
+    """How deeply ``f``'s XML elements nest (expat reads without recursing), stopping past ``limit``."""
+    import xml.parsers.expat
+
+    parser, depth, deepest = xml.parsers.expat.ParserCreate(), [0], [0]
+
+    class Deep(Exception):
+        pass
+
+    def start(*_: Any) -> None:
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        if deepest[0] > limit:
+            raise Deep
+
+    def end(*_: Any) -> None:
+        depth[0] -= 1
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    try:
+        parser.ParseFile(f)
+    except Deep:
+        pass
+    except xml.parsers.expat.ExpatError:
+        pass  # not well-formed: the adapter says so in its own words
+    return deepest[0]
 
 
 def _readable_suffixes(otio) -> list[str]:

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from vs_uav.errors import UavError
+from vs_uav.errors import UavError, one_line
+from vs_uav.untrusted import escaped
 
 try:
     import fcntl  # the work folder's lock; POSIX
@@ -121,6 +122,9 @@ class UpscaleJob:
     # the render; "" for none.
     captioner: str = ""
     captioner_bits: str = "none"  # --captioner-bits: 8bit / 4bit weights (bitsandbytes, CUDA)
+    # --overwrite: a file already at the output is replaced (once the render is complete); without
+    # it such a file is refused before anything runs (a queue skips the outputs it recorded).
+    overwrite: bool = False
 
     @classmethod
     def create(cls, source: os.PathLike | str, settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -150,6 +154,7 @@ class UpscaleJob:
         output = absolute(output) if output is not None else default_output(source, encoder)
         encoder = _sequence_encoder(output, encoder, options.get("cluster"))
         settings, encoder = _auto_prompt(settings, encoder, output, options)
+        _check_name_length(output)
         if output.resolve() == source.resolve():
             raise JobError(f"--output {output} is the input; choose another file")
         # The script runs in the work folder (and on a cluster's nodes): folders given relative
@@ -169,6 +174,27 @@ class UpscaleJob:
         """The ``uav upscale`` line that runs this job with ``preset``'s values (see
         :func:`upscale_command`)."""
         return upscale_command(preset, self.source, self.output, self.cluster, base)
+
+
+# What uav adds to the output's name for the files beside it: '.NAME.uav-done.json' (a queue's record).
+_ADDED = len(".") + len(".uav-done.json")
+
+
+def _check_name_length(output: Path) -> None:
+    """JobError in one line when the output's name, with what uav adds to it for its work folder
+    and record, is longer than the file system takes (255 bytes on most)."""
+    try:
+        limit = os.pathconf(output.parent if output.parent.is_dir() else "/", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    long = next((part for part in output.parent.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise JobError(f"--output {output}: the folder name {long[:40]}... is {len(os.fsencode(long))} bytes; "
+                       f"accepted: up to {limit}")
+    size = len(os.fsencode(output.name))
+    if size + _ADDED > limit:
+        raise JobError(f"--output {output.name[:40]}...: a name of {size} bytes; accepted: up to {limit - _ADDED} "
+                       f"(the file system takes {limit}, uav adds {_ADDED} for its work files): give a shorter -o")
 
 
 def _auto_prompt(settings: "UpscaleSettings", encoder: "EncoderSettings", output: Path,
@@ -205,8 +231,18 @@ def _sequence_encoder(output: Path, encoder: "EncoderSettings", cluster: Any) ->
     from dataclasses import replace
 
     from vs_uav.media.encoder import IMAGE_CODECS, IMAGE_SUFFIXES
-    from vs_uav.media.sequence import is_pattern
+    from vs_uav.media.sequence import IMAGE_SUFFIXES as READ_SUFFIXES
+    from vs_uav.media.sequence import check_pattern, is_pattern
 
+    image = output.suffix.lower() in READ_SUFFIXES  # a name ffmpeg's image2 muxer would take as a pattern
+    try:
+        if image or is_pattern(output):
+            check_pattern(output, "--output")
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    if image and not is_pattern(output):
+        raise JobError(f"--output {output}: one {output.suffix} file cannot hold a video; accepted: a pattern with a "
+                       f"frame-number field, e.g. {output.with_suffix('') / ('%07d' + output.suffix)}, or a video file")
     if not is_pattern(output):
         if encoder.codec in IMAGE_CODECS:
             raise JobError(f"--codec {encoder.codec} writes an image sequence; accepted: an --output pattern, e.g. "
@@ -269,6 +305,31 @@ def _cluster_args(cluster: "ClusterOptions") -> list[str]:
     return args
 
 
+def output_taken(output: Path) -> bool:
+    """Whether something is at ``output`` already (an image sequence's: any file its pattern names)."""
+    from vs_uav.media.sequence import frame_name_pattern, is_pattern
+
+    output = Path(output)
+    if not is_pattern(output):
+        return os.path.lexists(output)
+    names = frame_name_pattern(output.name)
+    return output.parent.is_dir() and any(names.fullmatch(p.name) for p in output.parent.iterdir())
+
+
+def check_output_free(job: UpscaleJob) -> None:
+    """JobError in one line when a file is at the job's output and ``--overwrite`` was not given:
+    uav never replaces a file it was not told to (as ffmpeg without ``-y``)."""
+    if job.overwrite or not output_taken(job.output):
+        return
+    if job.output.is_dir():
+        raise JobError(f"--output {job.output}: a folder; accepted: a file name, or a folder for several sources")
+    from vs_uav.media.sequence import is_pattern
+
+    what = "frames of an image sequence are" if is_pattern(job.output) else "a file is"
+    raise JobError(f"--output {job.output}: {what} there already; accepted: another output, or --overwrite to "
+                   "replace it once the render is complete")
+
+
 # -- the work folder ----------------------------------------------------------------------------
 
 class RunFolder:
@@ -287,36 +348,38 @@ class RunFolder:
 
     def __init__(self, output: Path, resume: bool, events: JobEvents):
         from vs_uav.app.cluster import work_folder
-        from vs_uav.media.render import partial_path
 
         self.output, self.resume, self.events = Path(output), resume, events
         self.path = work_folder(self.output)
-        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", partial_path(self.output)
+        self.job, self.cache, self.partial = self.path / "job", self.path / "cache", self.path / "partial"
         self.kept, self.verified, self._lock = 0, False, None
 
     def __enter__(self) -> "RunFolder":
+        from vs_uav.app.cluster import FolderError, own_folder
         from vs_uav.media.preflight import PreflightError, check_writable_folder
 
         try:  # before anything is created next to the output
             check_writable_folder(self.path.parent, "--output")
-        except PreflightError as e:
+            own_folder(self.path)  # no link followed, no other user's folder used
+            self._acquire()
+        except (PreflightError, FolderError) as e:
             raise JobError(str(e)) from None
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._acquire()
         self._clean_leftovers()
         self.job.mkdir()
         return self
 
     def _acquire(self) -> None:
-        lock = open(self.path / "lock", "a+", encoding="utf-8")
+        from vs_uav.app.cluster import open_lock
+
+        lock = open_lock(self.path / "lock")
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 lock.seek(0)
-                owner = lock.read().strip() or "?"
+                owner = lock.read(32).strip() or "?"
                 lock.close()
-                raise JobError(f"another uav (pid {owner}) is rendering {self.output} (its work folder {self.path} "
+                raise JobError(f"another uav (pid {escaped(owner)}) is rendering {self.output} (its work folder {self.path} "
                                "is locked); wait for it to end or stop it") from None
         lock.truncate(0)
         lock.write(f"{os.getpid()}\n")
@@ -324,10 +387,9 @@ class RunFolder:
         self._lock = lock
 
     def _clean_leftovers(self) -> None:
-        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left."""
-        from vs_uav.media.render import leftover
-
-        left = [p for p in (leftover(self.partial), self.job) if p.exists()]
+        """What an earlier run that was killed (SIGKILL, a crash, a power cut) left, inside this
+        work folder only (own_folder: a real folder of this user's, no links in it)."""
+        left = [p for p in (self.partial, self.job) if p.exists()]
         left += sorted(self.cache.glob("*/chunk*/*.tmp")) if self.cache.is_dir() else []
         for p in left:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
@@ -381,6 +443,7 @@ def run_job(job: UpscaleJob, events: Optional[JobEvents] = None,
     JobStopped when ``stop`` is set; only a complete file gets the output's name."""
     events = events or JobEvents()
     stop = stop or threading.Event()
+    check_output_free(job)
     if job.cluster is not None:
         return _run_on_cluster(job, events, stop)
     run = RunFolder(job.output, job.resume and not job.settings.cache_dir, events)
@@ -388,14 +451,14 @@ def run_job(job: UpscaleJob, events: Optional[JobEvents] = None,
         with run:  # 1.
             settings = job.settings.replace(cache_dir=str(run.cache)) if run.resume else job.settings
             prepared = _prepare(job, settings, run.job, events, stop)  # 2.-4.
-            result = _render_here(prepared, events, stop)  # 5.
+            result = _render_here(prepared, events, stop, run)  # 5.
             run.verify(result.frames)  # 6.
     except _Stop:
         raise JobStopped("vspipe and ffmpeg ended", _kept(run, job)) from None
     return JobResult(job.output, result.seconds, verified=run.verified)
 
 
-def _render_here(prepared: _Prepared, events: JobEvents, stop: threading.Event):
+def _render_here(prepared: _Prepared, events: JobEvents, stop: threading.Event, run: "RunFolder"):
     from vs_uav.media.render import RenderError, render
 
     events.started(prepared.spec.media.frames)
@@ -405,7 +468,24 @@ def _render_here(prepared: _Prepared, events: JobEvents, stop: threading.Event):
     except RenderError as e:
         if stop.is_set():
             raise _Stop from None
-        raise JobError(str(e)) from None
+        raise JobError(_disk_full(str(e), run) or str(e)) from None
+
+
+_NO_SPACE = ("No space left on device", "os error 28", "ENOSPC", "Disk quota exceeded")
+
+
+def _disk_full(said: str, run: "RunFolder") -> str:
+    """The line for a render that filled the disk: what filled it, what was kept; "" otherwise."""
+    if not any(s in said for s in _NO_SPACE) and shutil.disk_usage(run.path).free > 16 * 2**20:
+        return ""
+    chunks = run.finished_chunks()
+    cache = sum(p.stat().st_size for p in run.cache.rglob("*") if p.is_file()) if run.cache.is_dir() else 0
+    kept = (f"the chunk cache ({chunks} finished chunk{'s' if chunks != 1 else ''}, {cache / 2**20:.0f} MiB in "
+            f"{run.cache}) is kept: free space, then run the same command to resume") if chunks else \
+        "nothing was kept"
+    return (f"the disk of {run.path.parent} is full ({shutil.disk_usage(run.path).free / 2**20:.0f} MiB free): the "
+            f"chunk cache ({cache / 2**20:.0f} MiB) and the partial output filled it; the partial output was removed, "
+            f"{kept} ({one_line(said)[:160]})")
 
 
 def _run_on_cluster(job: UpscaleJob, events: JobEvents, stop: threading.Event) -> JobResult:
@@ -496,7 +576,8 @@ def _prepare(job: UpscaleJob, settings: "UpscaleSettings", folder: Path, events:
     _captions(job, events, stop)
     _stopped(stop)
     render_job = RenderJob(folder / SCRIPT_NAME, job.output, ffmpeg_options(job.source, job.encoder, spec,
-                                                                            filter_file))
+                                                                            filter_file),
+                           partial_dir=folder.parent / "partial")  # the work folder's own
     if job.check:  # 3.
         _preflight(job, render_job, spec.media, settings, folder, stop)
     command = shell_command(render_job.script, job.source, job.output, job.encoder, spec, filter_file)
@@ -515,7 +596,7 @@ def check_job(job: UpscaleJob) -> int:
     file before its first render."""
     import tempfile
 
-    from vs_uav.media.output import ffmpeg_options, needs_filter_file, output_spec, video_filter
+    from vs_uav.media.output import check_output_size, ffmpeg_options, needs_filter_file, output_spec, video_filter
     from vs_uav.media.probe import excerpt, interlaced_message, probe
     from vs_uav.media.render import RenderJob
     from vs_uav.media.script import reading_script
@@ -526,6 +607,7 @@ def check_job(job: UpscaleJob) -> int:
             if media.interlaced:
                 raise ValueError(f"--frames with the interlaced {job.source}: accepted: a progressive source")
             media = excerpt(media, *job.frame_range)
+        check_output_size(media, job.encoder)
     except ValueError as e:
         raise JobError(str(e)) from None
     if media.interlaced and job.deinterlace == "none":
@@ -596,11 +678,12 @@ def _probe(job: UpscaleJob, folder: Path, events: JobEvents) -> tuple[Path, "Out
     """(the file the script reads, the output's spec, the filter file or None): the clip the
     script hands the filter, probed once; an interlaced one refused, or deinterlaced into
     ``folder`` first; an odd 4:2:0 size kept through 4:4:4; what the codec cannot keep said."""
-    from vs_uav.media.output import needs_filter_file, output_spec, video_filter
+    from vs_uav.media.output import check_output_size, needs_filter_file, output_spec, video_filter
     from vs_uav.media.script import prepare_source
 
     try:
         video, media = prepare_source(job.source, job.prepare, folder, job.deinterlace, job.frame_range)
+        check_output_size(media, job.encoder)
     except ValueError as e:
         raise JobError(str(e)) from None
     spec = output_spec(media, job.encoder, container=job.output.suffix)

@@ -33,6 +33,7 @@ import tomli_w
 from vs_uav.errors import UavError
 from vs_uav.media.encoder import ENCODER_SETTINGS, EncoderSettings
 from vs_uav.settings import SETTINGS, Setting, UpscaleSettings
+from vs_uav.untrusted import control_character, escaped, nesting_depth
 
 logger = logging.getLogger("vs_uav.app.presets")
 
@@ -65,6 +66,7 @@ class Preset:
 
     def __post_init__(self) -> None:
         check_name(self.name)
+        _check_text(self.description, "description")
 
     def values(self, table: str) -> dict[str, Any]:
         """Every value of one table ('upscale' or 'encoder'), defaults included."""
@@ -72,8 +74,21 @@ class Preset:
         return {s.name: getattr(obj, s.name) for s in TABLES[table]}
 
 
+# A preset is two tables of flat values: anything deeper is no preset (and Python's TOML reader
+# recurses: 5,000 levels are a RecursionError).
+MAX_DEPTH = 8
+
+
+def _check_text(text: str, what: str) -> None:
+    """PresetError in one line for a control character in a preset's text (NUL, CR, ...): it
+    would reach a script's comment or a file name. A description may hold line breaks."""
+    bad = control_character(text, allowed="\n\t")
+    if bad is not None:
+        raise PresetError(f"{what} holds the control character {bad}; accepted: printable text (and line breaks)")
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or name.rstrip(" .") != name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.rstrip(" .") != name:
         raise PresetError(f"preset name {name!r}; accepted: 1-64 letters, digits, spaces, '_', '-', '+', '.', "
                           "starting with a letter or digit")
     return name
@@ -145,8 +160,11 @@ def _accepted(specs: tuple[Setting, ...]) -> str:
 def parse(text: str, file: PathLike = "<preset>", name: Optional[str] = None,
           origin: Origin = "file") -> Preset:
     """A preset from TOML text; ``file`` only names it in error messages."""
-    where = str(file)
-    name = name if name is not None else Path(where).stem
+    where = escaped(str(file))
+    name = name if name is not None else Path(str(file)).stem
+    if nesting_depth(text, MAX_DEPTH) > MAX_DEPTH:
+        raise PresetError(f"{where}: tables or arrays nested more than {MAX_DEPTH} deep; accepted: a preset "
+                          "([upscale], [encoder] and their values)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -171,6 +189,7 @@ def parse(text: str, file: PathLike = "<preset>", name: Optional[str] = None,
     description = data.get("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{where}: description={description!r}; accepted: a string")
+    _check_text(description, f"{where}: description")
 
     built: dict[str, Any] = {}
     for table, specs in TABLES.items():

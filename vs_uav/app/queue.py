@@ -24,13 +24,14 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from vs_uav.app.job import JobError, JobEvents, JobResult, UpscaleJob, check_job, run_job
+from vs_uav.app.job import JobError, JobEvents, JobResult, UpscaleJob, check_job, check_output_free, run_job
 from vs_uav.media.sequence import is_sequence, signature
 
 if TYPE_CHECKING:
@@ -152,16 +153,38 @@ def output_of(source: Path, output: Optional[str], encoder: "EncoderSettings") -
     if output is None:
         return None
     if "{" in output:
-        try:
-            return Path(output.format(stem=source.stem, name=source.name)).expanduser()
-        except (KeyError, IndexError, ValueError):
-            raise JobError(f"--output {output!r}: accepted: a folder, or a pattern with {{stem}} (the source's name "
-                           "without its extension) or {name}, e.g. out/{stem}.mkv") from None
+        return _patterned(output, source)
     folder = _output_folder(output)
     if folder is None:
         raise JobError(f"--output {output}: several sources need a folder or a pattern with {{stem}}, e.g. "
                        f"{Path(output).parent / '{stem}'}{Path(output).suffix}")
     return folder / default_output(source, encoder).name
+
+
+def check_output_pattern(output: str) -> None:
+    """JobError in one line unless ``output``'s ``{...}`` fields are ``{stem}`` or ``{name}``
+    exactly (no attribute, index, conversion or format spec: ``{stem.x}``, ``{stem:>300}``)."""
+    import string
+
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(output) if f is not None]
+    except ValueError:
+        fields = [("?", "", None)]
+    if not fields or any(f not in ("stem", "name") or spec or conv for f, spec, conv in fields):
+        raise JobError(f"--output {output!r}: accepted: a folder, or a pattern with {{stem}} (the source's name "
+                       "without its extension) or {name} and no other {...}, e.g. out/{stem}.mkv")
+
+
+def _patterned(output: str, source: Path) -> Path:
+    """The output ``output``'s pattern names for ``source``, kept inside the folder the pattern
+    starts with (a source named ``...mkv`` has the stem ``..``)."""
+    check_output_pattern(output)
+    path = Path(os.path.normpath(os.path.expanduser(output.format(stem=source.stem, name=source.name))))
+    fixed = Path(os.path.normpath(os.path.expanduser(output.split("{", 1)[0] + "x"))).parent
+    if not path.is_relative_to(fixed) or path == fixed or ".." in path.relative_to(fixed).parts:
+        raise JobError(f"--output {output!r}: {source.name!r} would be written to {path}, outside {fixed}; "
+                       "accepted: a source whose name keeps it there (rename it), or another pattern")
+    return path
 
 
 def plan_queue(inputs: Sequence[str], settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -288,6 +311,8 @@ def _check_all(jobs: Sequence[UpscaleJob], events: QueueEvents, result: QueueRes
     frames = {}
     for index, job in enumerate(jobs):
         try:
+            if not finished_before(job):  # (a finished one is skipped, not refused)
+                check_output_free(job)
             frames[index] = check_job(job)
         except JobError as e:
             result.failed.append((job, str(e)))

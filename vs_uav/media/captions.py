@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from vs_uav.errors import UavError
+from vs_uav.untrusted import is_ascii_digits
 
 if TYPE_CHECKING:
     import vapoursynth as vs
@@ -88,14 +89,16 @@ def read_captions(path: os.PathLike | str, num_frames: Optional[int] = None,
     CaptionsError naming the file and line otherwise."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors write one) is no text
     except FileNotFoundError:
         raise CaptionsError(f"captions file {path}: no such file; accepted: a file `uav caption` wrote") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CaptionsError(f"captions file {path}: cannot be read ({e}); accepted: UTF-8 text") from None
     known = None if starts is None else sorted(set(starts) | {0})
     scenes: list[SceneCaption] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at LF (CRLF too) only: a caption may hold U+2028 or a form feed, which splitlines() splits at.
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#") or line.split("\t")[0].strip() == HEADER[0]:
             continue
         scene = _parse_line(path, number, line)
@@ -120,12 +123,13 @@ def _starts(known: Sequence[int]) -> str:
 def _parse_line(path: Path, number: int, line: str) -> SceneCaption:
     fields = line.split("\t", 3)
     accepted = "frame<TAB>timecode<TAB>picture<TAB>caption, the frame a whole number"
-    if len(fields) < 2:
-        raise CaptionsError(f"{path} line {number}: {line[:40]!r} has no tabs; accepted: {accepted}")
-    frame, timecode, picture, caption = (*fields, "", "")[:4]
-    if not frame.strip().isdigit():
+    if len(fields) < 3:  # (3: a blank caption whose tab an editor trimmed)
+        said = "no tabs" if len(fields) == 1 else f"{len(fields)} columns"
+        raise CaptionsError(f"{path} line {number}: {line[:40]!r} has {said}; accepted: {accepted}")
+    frame, timecode, picture, caption = (*fields, "")[:4]
+    if not is_ascii_digits(frame.strip()):
         raise CaptionsError(f"{path} line {number}: frame {frame.strip()[:20]!r}; accepted: {accepted}")
-    if picture.strip() and not picture.strip().isdigit():
+    if picture.strip() and not is_ascii_digits(picture.strip()):
         raise CaptionsError(f"{path} line {number}: picture {picture.strip()[:20]!r}; accepted: a frame number "
                             "or nothing")
     return SceneCaption(int(frame), timecode.strip(), int(picture) if picture.strip() else None,

@@ -80,6 +80,24 @@ class OutputSpec:
         return {k: v for k, v in tags.items() if v}
 
 
+# ffmpeg refuses a picture of (width + 128) x (height + 128) >= INT_MAX / 8 pixels (av_image_check_size),
+# and libx264 a side over 16384.
+_MAX_PIXELS = (2**31 - 1) // 8
+_MAX_SIDE = {"x264": 16384}
+
+
+def check_output_size(media: MediaInfo, encoder: EncoderSettings, scale: int = 4) -> None:
+    """ValueError in one line when the upscaled frame is larger than ffmpeg or the codec takes
+    (checked before anything runs: a 16000x16000 source fails otherwise after the model ran)."""
+    width, height = media.width * scale, media.height * scale
+    side = _MAX_SIDE.get(encoder.codec)
+    if (width + 128) * (height + 128) >= _MAX_PIXELS or (side and max(width, height) > side):
+        limit = f"sides up to {side} for {encoder.codec}" if side and max(width, height) > side else \
+            f"up to {_MAX_PIXELS // 1_000_000} million pixels a frame (ffmpeg)"
+        raise ValueError(f"input {media.width}x{media.height}: the output would be {width}x{height}; accepted: "
+                         f"{limit}; crop or downscale the source first")
+
+
 def output_spec(media: MediaInfo, encoder: EncoderSettings, ffmpeg: str = "ffmpeg", container: str = "") -> OutputSpec:
     """How ``encoder`` encodes the upscaled ``media`` (the filter returns the source's format and
     props) into a ``container`` file (an extension; the codec's usual one by default): the format

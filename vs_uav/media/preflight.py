@@ -51,6 +51,23 @@ def estimate_output_bytes(info: MediaInfo, encoder: EncoderSettings) -> Optional
     return int(pixels * info.frames * bpp / 8) + audio
 
 
+# The chunk cache (engine.state): per chunk, its final latents (4 channels a frame) and a state of
+# the last window context's frames: their latents entering every step, their noised low-res
+# frames and the clean last one, as float32 at the low-res size.
+_CONTEXT = 7
+_LATENT_CHANNELS = 4
+
+
+def estimate_cache_bytes(info: MediaInfo, settings: UpscaleSettings) -> int:
+    """A generous size of the chunk cache a render with ``settings.cache_dir`` fills."""
+    if not info.frames or not settings.cache_dir:
+        return 0
+    chunks = -(-info.frames // settings.chunk_size)
+    frames = min(settings.chunk_size, info.frames)
+    planes = _LATENT_CHANNELS * (frames + 2) + _CONTEXT * (_LATENT_CHANNELS * (settings.steps + 1) + 3) + 3
+    return chunks * (planes * info.width * info.height * 4 + 64 * 1024)  # (+ headers, folders)
+
+
 def _existing_folder(path: Path) -> Path:
     """The nearest folder of ``path`` (itself or an ancestor) that exists."""
     path = Path(os.path.abspath(path))
@@ -82,20 +99,30 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_disk_space(output: Path, info: MediaInfo, encoder: EncoderSettings) -> None:
+def check_disk_space(output: Path, info: MediaInfo, encoder: EncoderSettings,
+                     settings: Optional[UpscaleSettings] = None) -> None:
     """PreflightError when the output folder's filesystem has less free space than the
-    estimated output (:func:`estimate_output_bytes`)."""
+    estimated output (:func:`estimate_output_bytes`) and, with ``settings``, the chunk cache
+    (:func:`estimate_cache_bytes`; where it is on the same filesystem, the two together)."""
     need = estimate_output_bytes(info, encoder)
     if need is None:
         logger.info("preflight: the source does not say its frame count; free disk not checked")
         return
     base = _existing_folder(Path(output).parent)
+    cache = estimate_cache_bytes(info, settings) if settings is not None else 0
+    cache_base = _existing_folder(Path(settings.cache_dir)) if cache and settings is not None else base
+    same = os.stat(cache_base).st_dev == os.stat(base).st_dev
     free = shutil.disk_usage(base).free
-    if need > free:
+    if need + (cache if same else 0) > free:
+        also = " with its chunk cache" if cache and same else ""
         raise PreflightError(
-            f"--output {output}: needs about {_gib(need)} ({info.frames} frames of {info.width * SCALE}x"
-            f"{info.height * SCALE} {encoder.codec}) but {base} has {_gib(free)} free; accepted: a folder with "
-            f"enough free space (or a smaller --codec/higher --crf)")
+            f"--output {output}: needs about {_gib(need + (cache if same else 0))}{also} ({info.frames} frames of "
+            f"{info.width * SCALE}x{info.height * SCALE} {encoder.codec}) but {base} has {_gib(free)} free; accepted: a folder "
+            f"with enough free space (or a smaller --codec/higher --crf{', --no-resume' if also else ''})")
+    if cache and not same and cache > shutil.disk_usage(cache_base).free:
+        raise PreflightError(f"--cache-dir {settings.cache_dir}: the chunk cache needs about {_gib(cache)} but "
+                             f"{cache_base} has {_gib(shutil.disk_usage(cache_base).free)} free; accepted: a folder "
+                             "with enough free space")
 
 
 def check_encoding(job: RenderJob, source: Path, info: Optional[MediaInfo], encoder: EncoderSettings,
@@ -148,5 +175,5 @@ def preflight(job: RenderJob, source: Path, media: Optional[MediaInfo], settings
     if settings.cache_dir:
         check_writable_folder(Path(settings.cache_dir), "--cache-dir")
     if media is not None:
-        check_disk_space(output, media, encoder)
+        check_disk_space(output, media, encoder, settings)
     check_encoding(job, source, media, encoder, folder)

@@ -23,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from vs_uav.media.children import child_options
 from vs_uav.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class MediaInfo:
     excerpt: Optional[tuple[Fraction, Fraction]] = None
     whole_frames: int = 0  # an excerpt's: the frames of the clip it is taken from (its frame numbers' range)
     first_number: int = 0  # the number of the first frame (an image sequence's first file; an excerpt's first)
+    declared_frames: int = 0  # the frames the container's header says its video holds (0: not said)
 
     @property
     def hdr_transfer(self) -> str:
@@ -230,7 +232,7 @@ def convert(source: Path, target: Path, filters: str, failed: str = "ffmpeg coul
     run = subprocess.run([exe, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts", "-i",
                           "file:" + os.path.abspath(source), "-map", "0:v:0", "-vf", filters,
                           "-fps_mode", "passthrough", "-c:v", "ffv1", "-level", "3", "file:" + os.path.abspath(target)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, **child_options())
     if run.returncode:
         Path(target).unlink(missing_ok=True)
         said = one_line(run.stderr)[-300:] or f"exit status {run.returncode}"
@@ -306,8 +308,44 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
         # What the output takes from the source file itself (a deinterlaced copy has none of it).
         **_streams_of(header if start_of is None else _ffprobe(["-show_streams", "-show_format"], start_of),
                       start_of or source, hdr=transfer in (16, 18)))
+    info = _checked(info, source, header)
     logger.debug("probe %s: %s", source, info)
     return info
+
+
+MAX_FPS = 1000  # above it a rate is a broken header (e.g. an MP4's 1/1000000 time base taken as its rate)
+
+
+def _checked(info: MediaInfo, source: Path, header: dict) -> MediaInfo:
+    """``info`` with what a file's own tags say checked: a rate above :data:`MAX_FPS` refused
+    (ValueError, one line), a timecode tag that is no timecode at the clip's rate dropped with a
+    note, the header's frame count kept (:func:`truncation_note` compares it)."""
+    from vs_uav.media.timecode import valid_tag
+    from vs_uav.untrusted import escaped
+
+    if info.fps > MAX_FPS:
+        raise ValueError(f"input {source}: {float(info.fps):g} fps; accepted: up to {MAX_FPS} fps (its timing is "
+                         "broken: remux it at its real rate, e.g. ffmpeg -r 25 -i IN -c copy OUT.mkv)")
+    notes = [info.note] if info.note else []
+    timecode = info.timecode
+    if timecode and not valid_tag(timecode, info.fps):
+        shown = escaped(timecode[:40]) + ("..." if len(timecode) > 40 else "")
+        notes.append(f"the source's timecode tag '{shown}' is no HH:MM:SS:FF timecode at {float(info.fps):g} fps: "
+                     "not carried into the output")
+        timecode = ""
+    video = next((s for s in header.get("streams", []) if s.get("codec_type") == "video"), {})
+    declared = str(video.get("nb_frames", ""))
+    return replace(info, timecode=timecode, note="; ".join(notes),
+                   declared_frames=int(declared) if declared.isascii() and declared.isdigit() else 0)
+
+
+def truncation_note(media: MediaInfo, source: Path) -> str:
+    """One line when the source decodes to fewer frames than its header says (a file cut off
+    in a copy or a download), else ""."""
+    if media.declared_frames > media.frames:
+        return (f"{source} decodes to {media.frames} frames but its header says {media.declared_frames}: it is "
+                f"probably cut off or damaged; only the {media.frames} readable frames are upscaled")
+    return ""
 
 
 def _size_of(streams: Sequence[dict]) -> Optional[tuple[int, int]]:

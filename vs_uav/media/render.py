@@ -15,9 +15,11 @@ What it guarantees:
   turns them into an ETA.
 - Both programs' stderr are collected (files in ``log_dir``, else memory and a temporary
   file), so no pipe fills up and blocks a process.
-- ffmpeg writes ``<name>.partial<ext>``, renamed to the output only when both programs
-  succeeded; on any failure, timeout, cancel or exception the processes are killed and the
-  partial file removed: a file with the output's name is always complete.
+- ffmpeg writes into a folder of this render's own (:attr:`RenderJob.partial_dir`, else a new
+  hidden ``.uav-partial-XXXXXXXX`` next to the output), renamed to the output only when both
+  programs succeeded; on any failure, timeout, cancel or exception the processes are killed
+  and that folder removed: a file with the output's name is always complete, and no file of
+  the user's is ever written or removed.
 - A failure raises :class:`RenderError` with one line: vspipe's last error line, or ffmpeg's.
 
 Imports no torch and no VapourSynth (vspipe runs the script in its own process).
@@ -32,17 +34,18 @@ import queue
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
+import contextlib
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Mapping, Optional, Sequence
 
 from vs_uav.errors import UavError
+from vs_uav.media.children import child_options, kill_tree
 from vs_uav.media.output import find_vspipe, path_arg, vspipe_args
 from vs_uav.media.sequence import is_pattern
 
@@ -80,19 +83,17 @@ class RenderError(UavError, RuntimeError):
         self.program, self.returncode = program, returncode
 
 
-def partial_path(output: Path) -> Path:
-    """Where ffmpeg writes ``output`` until the render succeeded, ``out.partial.mkv``: the
-    extension stays (it picks the muxer). An image sequence's (``out/%07d.tif``) frames go into
-    a hidden folder beside them, ``out/.uav-partial/%07d.tif``."""
-    output = Path(output)
-    if is_pattern(output):
-        return output.parent / ".uav-partial" / output.name
-    return output.with_name(f"{output.stem}.partial{output.suffix}")
+PARTIAL_PREFIX = ".uav-partial-"
 
 
-def leftover(partial: Path) -> Path:
-    """What a partial output occupies: the file, or an image sequence's hidden folder."""
-    return partial.parent if is_pattern(partial) else partial
+def partial_folder(output: Path) -> Path:
+    """A new, empty, hidden folder next to ``output`` made for this render alone
+    (``.uav-partial-XXXXXXXX``, created exclusively: never a name a user's file has), where
+    ffmpeg writes until the render succeeded; a job's work folder brings its own instead
+    (:attr:`RenderJob.partial_dir`)."""
+    parent = Path(output).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=parent))
 
 
 def _publish(partial: Path, output: Path) -> None:
@@ -102,14 +103,17 @@ def _publish(partial: Path, output: Path) -> None:
         return
     for frame in sorted(partial.parent.iterdir()):
         frame.replace(output.parent / frame.name)
-    partial.parent.rmdir()
 
 
-def _discard(partial: Path) -> None:
-    if is_pattern(partial):
-        shutil.rmtree(partial.parent, ignore_errors=True)
-    else:
-        partial.unlink(missing_ok=True)
+def _discard(folder: Path) -> None:
+    """The partial folder, and only what ffmpeg wrote into it, goes (a folder of this render's)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _has_data(partial: Path) -> bool:
@@ -135,11 +139,9 @@ class RenderJob:
     log_dir: Optional[Path] = None
     vspipe: Optional[str] = None  # executables; None: vspipe next to this Python, then PATH
     ffmpeg: Optional[str] = None
-
-    @property
-    def partial(self) -> Path:
-        """Where ffmpeg writes until the render succeeded (:func:`partial_path`)."""
-        return partial_path(self.output)
+    # Where ffmpeg writes until the render succeeded (the output's name inside it): a folder of
+    # the caller's own (a job's work folder); None: a new one next to the output (partial_folder).
+    partial_dir: Optional[Path] = None
 
     def log_paths(self) -> Optional[tuple[Path, Path]]:
         """The vspipe and ffmpeg log files, when ``log_dir`` is set."""
@@ -262,8 +264,10 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
     fails or the timeout passes; the output is then untouched and no partial file is left.
     """
     vspipe, ffmpeg = _programs(job)
-    output, partial = Path(job.output), job.partial
-    partial.parent.mkdir(parents=True, exist_ok=True)  # the output's folder (and an image sequence's hidden one)
+    output = Path(job.output)
+    folder = Path(job.partial_dir) if job.partial_dir is not None else partial_folder(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / output.name
     vspipe_cmd = vspipe_args(Path(job.script), vspipe, progress=True, options=job.vspipe_args)
     ffmpeg_cmd = ffmpeg_command(ffmpeg, job.ffmpeg_args, partial)
     env = dict(job.env) if job.env is not None else None
@@ -292,7 +296,8 @@ def render(job: RenderJob, progress: Optional[Progress] = None,
             done = True
         finally:
             if not done:
-                _abort(procs, reader, partial)
+                _abort(procs, reader)
+            _discard(folder)
     seconds = time.monotonic() - started
     frames = reader.frames if reader.frames is not None else reader.last_done
     logger.info("render: %d frames into %s in %.1f s", frames, output, seconds)
@@ -342,19 +347,39 @@ def _finish(reader: "_VspipeReader", pipe: subprocess.Popen, enc: subprocess.Pop
     return ffmpeg_text
 
 
-def _abort(procs: list[subprocess.Popen], reader: Optional["_VspipeReader"], partial: Path) -> None:
-    """After a failure, timeout, cancel or exception: kill both programs, remove the partial file."""
+def _abort(procs: list[subprocess.Popen], reader: Optional["_VspipeReader"]) -> None:
+    """After a failure, timeout, cancel or exception: kill both programs (the caller then
+    removes the partial folder)."""
     for proc in procs:
         _kill(proc)
         proc.wait()
     if reader is not None:
         reader.join(timeout=5)  # EOF once the killed processes are gone
-    _discard(partial)
+
+
+def _vspipe_program(found: Optional[str]) -> Optional[str]:
+    """The vspipe program itself: the vapoursynth wheel installs a Python script that runs its
+    binary as a child, which would outlive a killed uav (no parent-death signal reaches a
+    grandchild); that binary is run directly. Any other vspipe is taken as it is."""
+    if not found:
+        return found
+    try:
+        with open(found, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return found
+    if not head.startswith(b"#!") or b"from vapoursynth import vspipe" not in head:
+        return found
+    import importlib.util
+
+    spec = importlib.util.find_spec("vapoursynth")
+    binary = Path(spec.origin).with_name("vspipe") if spec is not None and spec.origin else None
+    return str(binary) if binary is not None and os.access(binary, os.X_OK) else found
 
 
 def _programs(job: RenderJob) -> tuple[str, str]:
     """The job's vspipe and ffmpeg, or a RenderError naming the one that is missing."""
-    vspipe = job.vspipe or find_vspipe()
+    vspipe = job.vspipe or _vspipe_program(find_vspipe())
     ffmpeg = job.ffmpeg or shutil.which("ffmpeg")
     for name, exe in (("vspipe", vspipe), ("ffmpeg", ffmpeg)):
         if not exe:
@@ -422,21 +447,15 @@ def _start(name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
     # A process group of its own: vspipe may be a wrapper that runs the real vspipe as a
     # child (the vapoursynth wheel's is), and killing only the wrapper would leave that
     # child computing, holding the pipes open.
+    # (child_options: it also ends with uav, even a SIGKILLed one.)
     try:
-        return subprocess.Popen(cmd, start_new_session=os.name == "posix", **kwargs)
+        return subprocess.Popen(cmd, **child_options(), **kwargs)
     except OSError as e:
         raise RenderError(f"cannot start {name} ({e})", name) from None
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """Kill the process and, on POSIX, everything it started (its process group)."""
-    if os.name != "posix":
-        proc.kill()
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # the whole group has already exited
+    kill_tree(proc)
 
 
 def _wait(proc: subprocess.Popen, deadline: Optional[float], check_limits: Callable[[], None]) -> int:

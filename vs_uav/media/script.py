@@ -15,6 +15,7 @@ Imports no torch; VapourSynth only to probe a source (:mod:`vs_uav.media.probe`)
 
 from __future__ import annotations
 
+import ast
 import logging
 import textwrap
 from dataclasses import replace
@@ -23,10 +24,12 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from vs_uav.media.encoder import EncoderSettings
 from vs_uav.media.output import OutputSpec, absolute
-from vs_uav.media.probe import BWDIF, MediaInfo, convert, excerpt, full_chroma_filter, interlaced_message
+from vs_uav.media.probe import (BWDIF, MediaInfo, convert, excerpt, full_chroma_filter, interlaced_message,
+                                truncation_note)
 from vs_uav.media.probe import probe as probe_media
 from vs_uav.media.sequence import find_sequence, is_pattern, reading_lines
 from vs_uav.settings import SETTINGS, UpscaleSettings
+from vs_uav.untrusted import comment, escaped
 
 if TYPE_CHECKING:
     pass
@@ -44,12 +47,20 @@ core = vs.core
 
 
 def _comment(text: str, indent: str) -> list[str]:
-    return [f"{indent}# {line}" for line in textwrap.wrap(text, 88 - len(indent), break_on_hyphens=False)]
+    """``text`` as comment lines wrapped at 88 columns; what is not printable in it escaped."""
+    return [indent + comment(line) for line in textwrap.wrap(escaped(text), 88 - len(indent), break_on_hyphens=False)]
 
 
-def _commented(text: str) -> str:
-    # A path may hold a newline: every line stays a comment, never becomes code.
-    return "\n".join("# " + line for line in text.split("\n"))
+def check_script(text: str) -> str:
+    """``text`` when it is a script this module writes: only printable characters and ``\\n``
+    (whatever came from outside is in a comment escaped by :func:`vs_uav.untrusted.comment`, or
+    in a ``repr()`` literal, which escapes the same characters), and valid Python. Anything
+    else is a defect of the writer: ValueError before the script reaches a file."""
+    bad = next((ch for ch in text if ch != "\n" and not ch.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"make_script: the script would hold {bad!r} outside a string literal; not written")
+    ast.parse(text)
+    return text
 
 
 def _reading_lines(source: Optional[Path], prepare: Sequence[str]) -> list[str]:
@@ -67,7 +78,7 @@ def _reading_lines(source: Optional[Path], prepare: Sequence[str]) -> list[str]:
 def reading_script(source: Optional[Path], prepare: Sequence[str] = ()) -> str:
     """The part of :func:`make_script`'s script that makes the clip the filter is given
     (:func:`vs_uav.media.probe` evaluates it)."""
-    return "\n".join(["import vapoursynth as vs\n\ncore = vs.core\n", *_reading_lines(source, prepare)])
+    return check_script("\n".join(["import vapoursynth as vs\n\ncore = vs.core\n", *_reading_lines(source, prepare)]))
 
 
 def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace: bool = True,
@@ -88,10 +99,10 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     """
     if source is None and not prepare:
         raise ValueError("make_script: no source; give a source file or prepare lines that make clip")
-    # The command stays on one line so that it can be copied as it is.
-    head = "".join(_commented(t) + "\n" for t in title)
+    # One comment line each: a title, and the command (so that it can be copied as it is).
+    head = "".join(comment(t) + "\n" for t in title)
     lines = [_HEADER.format(title=head,
-                            command=_commented(command or "vspipe -c y4m script.vpy - | ffmpeg -i - out.mkv"))]
+                            command=comment(command or "vspipe -c y4m script.vpy - | ffmpeg -i - out.mkv"))]
     if not namespace:
         lines.append("import vs_uav\n")
     lines.extend(_reading_lines(source, prepare))
@@ -117,7 +128,7 @@ def make_script(source: Optional[Path], settings: UpscaleSettings, *, namespace:
     if spec is not None:
         lines.extend(_encoding_lines(spec))
     lines.append("clip.set_output()\n")
-    return "\n".join(lines)
+    return check_script("\n".join(lines))
 
 
 def _upscale_lines(call: str, settings: UpscaleSettings) -> list[str]:
@@ -143,6 +154,8 @@ def prepare_source(source: Path, prepare: Sequence[str], folder: Path, deinterla
     media = probe_media(source, reading_script(source, prepare))
     if is_pattern(source):
         media = replace(media, first_number=find_sequence(source).first)
+    elif not prepare and truncation_note(media, source):  # (prepare lines may trim it on purpose)
+        media = replace(media, note="; ".join(n for n in (media.note, truncation_note(media, source)) if n))
     if frame_range is not None:
         if media.interlaced:
             raise ValueError(f"--frames with the interlaced {source}: accepted: a progressive source (deinterlace "
@@ -177,7 +190,7 @@ def _encoding_lines(spec: OutputSpec) -> list[str]:
     src, fmt = spec.media.format, spec.format
     lines = []
     if spec.converts:
-        lines += ["", f"# The encoder's format: {fmt.describe()} ({spec.pix_fmt})."]
+        lines += ["", comment(f"The encoder's format: {fmt.describe()} ({spec.pix_fmt}).")]
         if spec.note:
             lines += _comment(spec.note, "")
         rng = "" if spec.range == (spec.media.range or "tv") else \

@@ -20,7 +20,8 @@ from typing import Optional
 IMAGE_SUFFIXES = (".dpx", ".tif", ".tiff", ".png", ".exr", ".jpg", ".jpeg", ".bmp", ".tga")
 DEFAULT_FPS = Fraction(24)
 
-_PATTERN = re.compile(r"%(0?)(\d*)d")
+_PATTERN = re.compile(r"%(0?)([0-9]*)d", re.ASCII)
+MAX_DIGITS = 10  # a frame-number field's width: up to 10 digits (what a 32-bit number needs)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,29 @@ def is_pattern(path: os.PathLike | str) -> bool:
     return len(_PATTERN.findall(Path(path).name)) == 1
 
 
+def check_pattern(path: os.PathLike | str, option: str) -> None:
+    """ValueError in one line unless ``path``'s name holds no ``%`` or exactly one frame-number
+    field (``%d``, ``%07d``; width up to :data:`MAX_DIGITS`) and no other ``%``: what libavformat's
+    image2 would read as a pattern (``%s``, ``%n``, ``%-5d``, ``%d%d``) never reaches it."""
+    name = Path(path).name
+    if "%" not in name:
+        return
+    fields = list(_PATTERN.finditer(name))
+    rest = _PATTERN.sub("", name)
+    width = int(fields[0].group(2) or 0) if len(fields) == 1 else 0
+    if len(fields) != 1 or "%" in rest or width > MAX_DIGITS:
+        raise ValueError(f"{option} {path}: the name's pattern {name!r}; accepted: exactly one frame-number field, "
+                         f"%d or %0Nd with N up to {MAX_DIGITS} (e.g. %07d), and no other %")
+
+
+def frame_name_pattern(name: str) -> "re.Pattern[str]":
+    """A regular expression matching the file names a pattern such as ``reel_%07d.dpx`` names."""
+    match = _PATTERN.search(name)
+    assert match is not None, name
+    digits = f"[0-9]{{{int(match.group(2))},}}" if match.group(2) else "[0-9]+"
+    return re.compile(re.escape(name[:match.start()]) + digits + re.escape(name[match.end():]), re.ASCII)
+
+
 def is_sequence(path: os.PathLike | str) -> bool:
     """Whether ``path`` names an image sequence: a pattern, or a folder of numbered images."""
     path = Path(path)
@@ -53,7 +77,7 @@ def _numbered(folder: Path) -> dict[tuple[str, str, int], list[int]]:
     except OSError:
         return {}
     for name in names:
-        match = re.fullmatch(r"(.*?)(\d+)(\.[A-Za-z0-9]+)", name)
+        match = re.fullmatch(r"(.*?)([0-9]+)(\.[A-Za-z0-9]+)", name, re.ASCII)
         if match and match.group(3).lower() in IMAGE_SUFFIXES and not name.startswith("."):
             prefix, digits, suffix = match.groups()
             groups.setdefault((prefix, suffix, len(digits)), []).append(int(digits))
@@ -65,6 +89,7 @@ def find_sequence(path: os.PathLike | str) -> ImageSequence:
     images); ValueError in one line for none, several, or numbers with a gap (the reader would
     stop there)."""
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    check_pattern(path, "input")
     if is_pattern(path):
         match = _PATTERN.search(path.name)
         assert match is not None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_TIMECODE = re.compile(r"^(\d{1,2}):(\d{2}):(\d{2})([:;.,])(\d{1,3})$")
+_TIMECODE = re.compile(r"^([0-9]{1,2}):([0-9]{2}):([0-9]{2})([:;.,])([0-9]{1,3})$", re.ASCII)
+# What a container's timecode tag must be to be carried into an output: HH:MM:SS:FF (or ;FF).
+_TAG = re.compile(r"[0-9]{2}:[0-9]{2}:[0-9]{2}[:;][0-9]{2,3}", re.ASCII)
 
 
 def _nominal(fps: Fraction) -> int:
@@ -55,6 +57,18 @@ def frames_timecode(frames: int, fps: Fraction, drop: bool = False) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}{';' if drop else ':'}{ff:02d}"
 
 
+def valid_tag(timecode: str, fps: Fraction) -> bool:
+    """Whether a container's timecode tag is a timecode at ``fps``: ``HH:MM:SS:FF`` (``;`` drop
+    frame), hours below 24, minutes and seconds below 60, frames below the rate."""
+    if not _TAG.fullmatch(timecode) or not fps or int(timecode[:2]) > 23:
+        return False
+    try:
+        timecode_frames(timecode, fps)
+    except ValueError:
+        return False
+    return True
+
+
 def is_drop_frame(timecode: str) -> bool:
     match = _TIMECODE.match(timecode.strip())
     return bool(match) and match.group(4) in ";,"
@@ -65,4 +79,4 @@ def shift_timecode(timecode: str, frames: int, fps: Fraction) -> str:
     return frames_timecode(timecode_frames(timecode, fps) + frames, fps, is_drop_frame(timecode))
 
 
-__all__ = ["frames_timecode", "is_drop_frame", "shift_timecode", "timecode_frames"]
+__all__ = ["frames_timecode", "is_drop_frame", "shift_timecode", "timecode_frames", "valid_tag"]

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -198,6 +199,10 @@ def max_noise_level(folder: PathLike, default: int = DEFAULT_MAX_NOISE_LEVEL) ->
 REDOWNLOAD = "delete it and run `uav download` again"
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _read_weight_file(path: Path, load: bool, advice: str) -> dict[str, Any]:
     """The one reader of weight files: tensors (``load``) or their shapes, never running pickled
     code. Shapes come from the safetensors header or a memory-mapped zip checkpoint, so no data
@@ -216,8 +221,16 @@ def _read_weight_file(path: Path, load: bool, advice: str) -> dict[str, Any]:
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+            raise WeightsError(f"{path}: truncated or corrupted weight file ({_first_line(e)}); {advice}", path) \
+                from None
+        # torch's message advises weights_only=False, i.e. running the file's code: never here.
+        raise WeightsError(f"{path}: holds pickled Python objects other than tensors (code that would run when "
+                           f"loaded): not loaded; accepted: tensors only (safetensors, or a state dict saved by "
+                           f"torch.save); {advice}", path) from None
     except Exception as e:  # torch and safetensors raise a zoo of types for damaged files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = _first_line(e)
         raise WeightsError(f"{path}: truncated or corrupted weight file ({reason}); {advice}", path) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]

@@ -45,10 +45,11 @@ from vs_uav.app.cluster.options import (
     ray_available,
 )
 from vs_uav.media.probe import count_frames
-from vs_uav.app.cluster.work import WORK_SUFFIX, job_folder, segment_path, work_folder
+from vs_uav.app.cluster.work import WORK_SUFFIX, FolderError, job_folder, open_lock, own_folder, segment_path, work_folder
 from vs_uav.app.cluster.worker import SegmentResult, SegmentTask, SegmentWorker
 
 __all__ = [
+    "FolderError", "open_lock", "own_folder",
     "DEFAULT_SEGMENT_SECONDS", "LOCAL", "MAX_ATTEMPTS", "WORKER_START_S", "WORK_SUFFIX", "ClusterError", "ClusterJob",
     "ClusterOptions", "ClusterProgress", "ClusterResult", "SegmentResult", "SegmentTask", "SegmentWorker",
     "auth_token", "count_frames", "default_address", "driver_settings", "find_cuts", "job_folder", "local_cpus",

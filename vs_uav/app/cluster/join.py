@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+from vs_uav.media.children import child_options
 from vs_uav.app.cluster.job import ClusterJob
 from vs_uav.app.cluster.options import ClusterError
 from vs_uav.media.probe import count_frames
@@ -33,9 +34,10 @@ def join_segments(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fra
     args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True), *inputs, "-map", "0:v:0", *maps,
             "-c:v", "copy"]
     output = Path(job.output)
-    partial = output.with_name(f"{output.stem}.partial{output.suffix}")
+    partial = work / "joined" / output.name  # in the work folder: never a name of the user's
+    partial.parent.mkdir(exist_ok=True)
     run = subprocess.run(ffmpeg_command(ffmpeg, args, partial), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, **child_options())
     try:
         if run.returncode:
             raise ClusterError(f"joining the segments failed (ffmpeg: {last_line(run.stderr) or run.returncode})")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from vs_uav.errors import UavError, one_line
+from vs_uav.untrusted import is_ascii_digits
 
 if TYPE_CHECKING:
     from vs_uav.settings import UpscaleSettings
@@ -50,7 +51,7 @@ class ClusterOptions:
         address = self.address.strip()
         if address != LOCAL:
             host, _, port = address.removeprefix("ray://").rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not is_ascii_digits(port) or not 0 < int(port) < 65536:
                 raise ValueError(f"--cluster {self.address!r}: accepted: 'local', HOST:PORT (a Ray cluster's "
                                  "address, e.g. 10.0.0.5:6379) or ray://HOST:PORT")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)

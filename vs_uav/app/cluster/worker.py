@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from vs_uav.media.children import child_options
 from vs_uav.app.cluster.options import ClusterError
 from vs_uav.media.probe import count_frames
 from vs_uav.app.cluster.work import segment_path
@@ -155,7 +156,7 @@ class SegmentWorker:
                 raise ClusterError(f"ffmpeg not found on {socket.gethostname()}; install it there")
             with open(log, "wb") as errors:
                 proc = subprocess.Popen(ffmpeg_command(ffmpeg, task.ffmpeg_args, partial), stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=errors)
+                                        stdout=subprocess.DEVNULL, stderr=errors, **child_options())
                 try:
                     def written(done: int, total: int) -> None:
                         self._done = done
