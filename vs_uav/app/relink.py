@@ -42,9 +42,19 @@ if TYPE_CHECKING:
 RELINKED = "{stem}.uav{suffix}"
 
 
-def piece_output(piece: Piece, folder: Path, encoder: "EncoderSettings") -> Path:
-    """Where ``piece`` is rendered: ``FOLDER/<source name>.<first>-<last>.uav<container>``."""
-    return Path(folder) / f"{piece.media.path.stem}.{piece.start}-{piece.end - 1}.uav{encoder.container}"
+def source_names(sources: Sequence[Path]) -> dict[Path, str]:
+    """The name each source's files get in the output folder: its stem, or where two sources
+    share a stem (``a/clip.mp4``, ``b/CLIP.mov``; compared case-blind, as some file systems do)
+    the stem and a short hash of its path, so that no source's pieces overwrite another's."""
+    stems = [Path(s).stem.casefold() for s in sources]
+    return {Path(s): Path(s).stem if stems.count(Path(s).stem.casefold()) == 1 else
+            f"{Path(s).stem}-{hashlib.sha256(str(s).encode()).hexdigest()[:8]}" for s in sources}
+
+
+def piece_output(piece: Piece, folder: Path, encoder: "EncoderSettings", name: str = "") -> Path:
+    """Where ``piece`` is rendered: ``FOLDER/<name>.<first>-<last>.uav<container>``, ``name`` its
+    source's (:func:`source_names`; the source's stem by default)."""
+    return Path(folder) / f"{name or piece.media.path.stem}.{piece.start}-{piece.end - 1}.uav{encoder.container}"
 
 
 def conform_jobs(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", encoder: "EncoderSettings",
@@ -53,8 +63,10 @@ def conform_jobs(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", e
     from vs_uav.app.job import UpscaleJob
 
     captions = _captions_files(plan, folder, settings, encoder)
+    names = source_names(list(dict.fromkeys(p.media.path for p in plan.pieces)))
     return [UpscaleJob.create(p.media.path, settings, replace(encoder, captions=captions.get(p.media.path, "")),
-                              piece_output(p, folder, encoder), frame_range=(p.start, p.end), **options)
+                              piece_output(p, folder, encoder, names[p.media.path]), frame_range=(p.start, p.end),
+                              **options)
             for p in plan.pieces]
 
 
@@ -74,10 +86,8 @@ def _captions_files(plan: ConformPlan, folder: Path, settings: "UpscaleSettings"
         return {sources[0]: encoder.captions} if sources else {}
     if settings.prompt.strip().lower() != AUTO_PROMPT:
         return {}
-    stems = [s.stem for s in sources]
-    return {s: str(folder / (f"{s.stem}.captions.tsv" if stems.count(s.stem) == 1 else
-                             f"{s.stem}-{hashlib.sha256(str(s).encode()).hexdigest()[:6]}.captions.tsv"))
-            for s in sources}
+    names = source_names(sources)
+    return {s: str(folder / f"{names[s]}.captions.tsv") for s in sources}
 
 
 def relink(plan: ConformPlan, outputs: Sequence[Path]) -> Any:
@@ -186,4 +196,4 @@ def run_conform(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", en
     return ConformResult(plan, result, timelines, note)
 
 
-__all__ = ["ConformResult", "conform_jobs", "piece_output", "relink", "run_conform", "write_timelines"]
+__all__ = ["ConformResult", "conform_jobs", "piece_output", "relink", "run_conform", "source_names", "write_timelines"]
