@@ -276,7 +276,7 @@ def test_a_stem_that_climbs_out_of_its_folder_and_names_too_long_are_refused(tmp
 @pytest.mark.parametrize("args, says", [
     (["--frames", "²-³"], "--frames '²-³': accepted: FIRST-LAST"),
     (["--frames", "١-٣"], "--frames '١-٣': accepted: FIRST-LAST"),
-    (["--steps", "٣"], "argument --steps: "),
+    (["--steps", "٣"], "--steps '٣': accepted: an integer"),
     (["--device", "cuda:²"], "device='cuda:²'; accepted:"),
     (["--cluster", "host:²"], "--cluster 'host:²': accepted:"),
     (["--fps", "²"], "argument --fps: invalid float value"),
