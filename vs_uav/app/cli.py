@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from vs_uav.app.job import JobError, JobEvents, JobStopped, UpscaleJob, run_job
-from vs_uav.untrusted import ascii_float, ascii_int, is_ascii_digits
+from vs_uav.untrusted import ascii_float, ascii_int, escaped, is_ascii_digits
 
 
 def int_arg(text: str) -> int:
@@ -193,11 +193,11 @@ class _ProgressBar(JobEvents):
 
     def warning(self, text: str) -> None:
         self.end()
-        sys.stderr.write(f"{self.prog}: warning: {text}\n")
+        sys.stderr.write(escaped(f"{self.prog}: warning: {text}") + "\n")
 
     def note(self, text: str) -> None:
         self.end()
-        sys.stderr.write(f"{self.prog}: {text}\n")
+        sys.stderr.write(escaped(f"{self.prog}: {text}") + "\n")
 
     def captioning(self, done: int, total: int) -> None:
         self.drawn = True
@@ -313,26 +313,27 @@ class _QueueBar(_ProgressBar):
     def checked(self, job: UpscaleJob, index: int, total: int, error: str) -> None:
         if error:
             self.end()
-            sys.stderr.write(f"{self.prog}: [{index}/{total}] {job.source}: {error}; the others are rendered\n")
+            sys.stderr.write(escaped(f"{self.prog}: [{index}/{total}] {job.source}: {error}; the others are "
+                                     "rendered") + "\n")
 
     def skipped(self, job: UpscaleJob) -> None:
         self.end()
-        sys.stderr.write(f"{self.prog}: {job.output} was finished by an earlier run: skipped\n")
+        sys.stderr.write(escaped(f"{self.prog}: {job.output} was finished by an earlier run: skipped") + "\n")
 
     def file(self, job: UpscaleJob, index: int, total: int) -> None:
         from vs_uav.media.render import ProgressClock
 
         self.end()
         self.clock = ProgressClock()
-        sys.stderr.write(f"{self.prog}: [{index}/{total}] {job.source} -> {job.output}\n")
+        sys.stderr.write(escaped(f"{self.prog}: [{index}/{total}] {job.source} -> {job.output}") + "\n")
 
     def failed(self, job: UpscaleJob, error: str) -> None:
         self.end()
-        sys.stderr.write(f"{self.prog}: {job.source} failed: {error}; the queue goes on\n")
+        sys.stderr.write(escaped(f"{self.prog}: {job.source} failed: {error}; the queue goes on") + "\n")
 
     def finished(self, job: UpscaleJob, result) -> None:
         self.end()
-        sys.stderr.write(f"{self.prog}: wrote {result.output} in {result.seconds:.0f} s\n")
+        sys.stderr.write(escaped(f"{self.prog}: wrote {result.output} in {result.seconds:.0f} s") + "\n")
 
 
 def _interruptible(bar: _ProgressBar, run, stopped_line) -> tuple:
@@ -826,7 +827,7 @@ def cmd_conform(args: argparse.Namespace) -> int:
         if not args.plan:  # the render's starts, on each scene's window grid (a little decoding)
             plan = align_plan(plan, preset.encoder.scene_cuts, preset.encoder.scene_threshold)
     except ConformError as e:
-        raise SystemExit("\n".join(f"{prog}: {line}" for line in str(e).splitlines()))
+        raise SystemExit("\n".join(f"{prog}: {line}" for line in str(e).split("\n")))
     for line in describe(plan):
         print(line)
     print(plan.summary())
@@ -912,4 +913,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SystemExit as e:
+        # A refusal is one line, whatever a file name or tag in it holds (a newline, a CR, an escape).
+        if isinstance(e.code, str):
+            raise SystemExit(_one_line_each(e.code)) from None
+        raise
+
+
+def _one_line_each(text: str) -> str:
+    """``text``'s lines (each starting with the program's name) with whatever a name or tag
+    in them holds escaped: a line break inside one stays in its line as ``\\n``."""
+    lines: list[str] = []
+    for piece in text.split("\n"):
+        if lines and not piece.startswith("uav"):
+            lines[-1] += "\\n" + escaped(piece)
+        else:
+            lines.append(escaped(piece))
+    return "\n".join(lines)

@@ -394,7 +394,9 @@ def align_pieces(pieces: Sequence[Piece], scene_cuts: str, threshold: float) -> 
 
 
 def _named(clip: Any) -> str:
-    return getattr(clip.media_reference, "target_url", None) or f"({type(clip.media_reference).__name__})"
+    from vs_uav.untrusted import escaped
+
+    return escaped(getattr(clip.media_reference, "target_url", None) or f"({type(clip.media_reference).__name__})")
 
 
 def describe(plan: ConformPlan) -> list[str]:

@@ -122,9 +122,10 @@ def check_finished(path: Path, option: str) -> None:
     from vs_uav.media.probe import ffprobe_json
     from vs_uav.media.sequence import is_pattern
 
-    if path.parent.name == ".uav-partial" or path.stem.endswith(".partial"):
-        raise QualityError(f"{option} {path}: a partial file (a render writes NAME.partial.EXT and renames it when "
-                           "it is done); accepted: a finished output")
+    inside = [p.name for p in path.parents][:3]
+    if path.stem.endswith(".partial") or any(n.startswith(".uav-partial") or n.endswith(".uav-work") for n in inside):
+        raise QualityError(f"{option} {path}: a partial file (a render writes inside its work folder and renames "
+                           "the output into place when it is done); accepted: a finished output")
     if is_pattern(path):
         return
     if not path.is_file():

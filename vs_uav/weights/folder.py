@@ -199,6 +199,14 @@ def max_noise_level(folder: PathLike, default: int = DEFAULT_MAX_NOISE_LEVEL) ->
 REDOWNLOAD = "delete it and run `uav download` again"
 
 
+def _unpickling_reason(e: Exception) -> str:
+    """The line of torch's weights-only refusal that says what is wrong, without its advice."""
+    text = str(e).split("WeightsUnpickler error:", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(
+        ("Weights only load failed", "Check the documentation", "Please file an issue"))]
+    return lines[0] if lines else "not a weight file"
+
+
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -222,9 +230,9 @@ def _read_weight_file(path: Path, load: bool, advice: str) -> dict[str, Any]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
-            raise WeightsError(f"{path}: truncated or corrupted weight file ({_first_line(e)}); {advice}", path) \
-                from None
+        if "GLOBAL" not in str(e):  # torch's advice (weights_only=False) is never quoted
+            raise WeightsError(f"{path}: truncated or corrupted weight file ({_unpickling_reason(e)}); {advice}",
+                               path) from None
         # torch's message advises weights_only=False, i.e. running the file's code: never here.
         raise WeightsError(f"{path}: holds pickled Python objects other than tensors (code that would run when "
                            f"loaded): not loaded; accepted: tensors only (safetensors, or a state dict saved by "
