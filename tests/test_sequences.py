@@ -55,6 +55,23 @@ def test_a_sequence_is_read_from_its_first_number_at_the_rate_given_and_written_
     assert probe(tiffs.parent / "r1_0086409.tif", "stream=codec_name,width,pix_fmt") == "tiff,128,rgb48le"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("first, fps, codec", [(1, "30", "x265"), (0, "24", "x264"), (1001, "50", "ffv1")])
+def test_a_sequences_rate_is_its_outputs_timing_from_any_first_number(tmp_path, first, fps, codec):
+    """The frames' timestamps (not only the header) are 1/fps apart, whatever the codec."""
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=32x24:rate=25", "-frames:v", "6",
+                    "-start_number", str(first), str(folder / "f_%04d.png")], check=True)
+    out = tmp_path / "out.mkv"
+    run = subprocess.run([UAV, "upscale", str(folder / "f_%04d.png"), "-o", str(out), "--fps", fps, *RENDER,
+                          "--codec", codec], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    times = [float(t) for t in probe(out, "packet=pts_time").split()]
+    steps = [b - a for a, b in zip(sorted(times), sorted(times)[1:])]
+    assert len(times) == 6 and all(abs(s - 1 / int(fps)) <= 0.0011 for s in steps), times  # (Matroska: ms)
+
+
 def test_a_sequence_job_is_named_checked_and_recorded_by_its_files(scan, tmp_path):
     job = UpscaleJob.create(scan, UpscaleSettings(), FFV1, fps=24)
     assert job.source == scan / "reel1_%07d.png" and job.prepare[0].startswith("clip = core.std.AssumeFPS(clip, "

@@ -796,7 +796,13 @@ def _add_conform(add) -> None:
     co.add_argument("--handles", type=int_arg, default=12, help="frames added before and after each used range, "
                     "clamped to the media (default: 12)")
     co.add_argument("--search", action="append", default=[], metavar="DIR", type=Path,
-                    help="look for media not found where the timeline says by file name in DIR (repeatable)")
+                    help="look for media not found where the timeline says in DIR and its subfolders, by file "
+                         "name, clip name and reel, choosing by timecode among files of one name (repeatable)")
+    co.add_argument("--media-map", metavar="CSV", type=Path,
+                    help="a CSV of name,path rows: where the media of a clip name, file name or reel is")
+    co.add_argument("--clamp", action="store_true",
+                    help="render what exists of a clip that needs frames past its media's end (or before its "
+                         "start), with a warning; without it such a clip is refused")
     co.add_argument("--rate", type=float_arg, help="an EDL's frame rate (an EDL does not say it; default: 24)")
     _add_preset_option(co)
     _add_setting_options(co, SETTINGS)
@@ -823,11 +829,14 @@ def cmd_conform(args: argparse.Namespace) -> int:
     options = {} if args.plan else dict(cluster=_cluster_options(args, prog), resume=args.resume,
                                         overwrite=args.overwrite)
     try:
-        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate)
+        plan = plan_conform(Path(args.timeline), args.handles, args.search, rate=args.rate,
+                            media_map=args.media_map, clamp=args.clamp)
         if not args.plan:  # the render's starts, on each scene's window grid (a little decoding)
             plan = align_plan(plan, preset.encoder.scene_cuts, preset.encoder.scene_threshold)
     except ConformError as e:
         raise SystemExit("\n".join(f"{prog}: {line}" for line in str(e).split("\n")))
+    for line in plan.warnings:
+        print(escaped(f"{prog}: warning: {line}"), file=sys.stderr)
     for line in describe(plan):
         print(line)
     print(plan.summary())

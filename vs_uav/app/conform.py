@@ -32,9 +32,10 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from urllib.parse import unquote, urlparse
 
+from vs_uav.app.lookup import Found, MediaIndex, MediaLookupError, find_media, read_media_map
 from vs_uav.errors import UavError
+from vs_uav.untrusted import escaped
 
 DEFAULT_HANDLES = 12
 
@@ -62,6 +63,7 @@ class Use:
     start: int
     end: int
     index: int = -1  # the clip's place among the timeline's video clips (video_clips), -1: none
+    found: str = ""  # how its media was found (vs_uav.app.lookup.find_media), e.g. "reel 'A001'"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class ConformPlan:
     handles: int = DEFAULT_HANDLES
     rate: Optional[float] = None  # an EDL's frame rate, as read (read_timeline)
     aligned: bool = False  # step 5 done: each piece starts on its scene's window grid
+    warnings: list[str] = field(default_factory=list)  # clips clamped to their media (--clamp)
+    left_alone: list[str] = field(default_factory=list)  # what is not rendered and stays as it is
 
     @property
     def used_frames(self) -> int:
@@ -225,29 +229,67 @@ def _readable_suffixes(otio) -> list[str]:
 # -- 2. media ------------------------------------------------------------------------------------------
 
 def video_clips(timeline: Any) -> list[Any]:
-    """Every clip on the timeline's video tracks, in track order."""
+    """Every clip with media on the timeline's video tracks (nested stacks and compound clips
+    walked), in track order; generators (titles, solids, bars) are not media (:func:`left_alone`)."""
     otio = _otio()
-    clips = [c for track in timeline.video_tracks() for c in track.find_clips() if isinstance(c, otio.schema.Clip)]
+    clips = [c for track in timeline.video_tracks() for c in track.find_clips()
+             if isinstance(c, otio.schema.Clip) and not isinstance(c.media_reference, otio.schema.GeneratorReference)]
     if not clips:
-        raise ConformError("the timeline has no video clip; accepted: a timeline with at least one clip on a "
-                           "video track")
+        raise ConformError("the timeline has no video clip; accepted: a timeline with at least one clip of a media "
+                           "file on a video track")
     return clips
 
 
+def left_alone(timeline: Any) -> list[str]:
+    """What the conform does not render and the relinked timeline keeps as it is: generators,
+    gaps, transitions, effects on tracks, markers, audio tracks; one phrase each kind, counted."""
+    otio = _otio()
+    counts: dict[str, int] = {}
+
+    def count(kind: str, n: int = 1) -> None:
+        if n:
+            counts[kind] = counts.get(kind, 0) + n
+
+    for track in timeline.video_tracks():
+        for item in track.find_children():
+            if isinstance(item, otio.schema.Clip) and isinstance(item.media_reference, otio.schema.GeneratorReference):
+                count(f"generator ({item.media_reference.generator_kind or 'title'})")
+            elif isinstance(item, otio.schema.Gap):
+                count("gap")
+            elif isinstance(item, otio.schema.Transition):
+                count("transition (its frames rendered with the clips beside it)")
+            count("marker", len(getattr(item, "markers", [])))
+    count("audio track", len(timeline.audio_tracks()))
+    count("marker", len(timeline.tracks.markers))
+    return [f"{n} {kind}{'s' if n != 1 and not kind.endswith(')') else ''}" for kind, n in counts.items()]
+
+
 def media_path(clip: Any, folder: Path, search: Sequence[Path] = ()) -> Optional[Path]:
-    """The file ``clip``'s media reference names, or None when it is missing."""
-    url = getattr(clip.media_reference, "target_url", None)
-    if not url:
-        return None
-    parsed = urlparse(url)
-    if parsed.scheme == "file":  # file:///abs, file://localhost/abs; file://footage/a.mp4 (relative, as AAF writes)
-        host = "" if parsed.netloc in ("", "localhost") else parsed.netloc
-        given = Path(unquote(host + parsed.path))
-    else:
-        given = Path(url)
-    candidates = [given] if given.is_absolute() else [folder / given]
-    candidates += [Path(s) / given.name for s in search]
-    return next((p.absolute() for p in candidates if p.is_file()), None)
+    """The file ``clip``'s media is (:func:`vs_uav.app.lookup.find_media`), or None."""
+    found = _find(clip, MediaIndex(folder, search), {})
+    return found.path if found is not None else None
+
+
+def _find(clip: Any, index: "MediaIndex", probed: dict[Path, Optional["Media"]]) -> Optional["Found"]:
+    """:func:`vs_uav.app.lookup.find_media` with the timecode test of a candidate (its probe
+    kept in ``probed``); ConformError in one line for candidates that cannot be told apart."""
+    def holds(path: Path) -> Optional[bool]:
+        if path not in probed:
+            try:
+                probed[path] = probe_media(path)
+            except ConformError:
+                probed[path] = None
+        media = probed[path]
+        source = clip.source_range
+        if media is None or source is None or not media.fps:
+            return None
+        first = round(source.start_time.rescaled_to(float(media.fps)).value) - media.start
+        return 0 <= first and first + round(source.duration.rescaled_to(float(media.fps)).value) <= media.frames
+
+    try:
+        return find_media(clip, index, holds)
+    except MediaLookupError as e:
+        raise ConformError(str(e)) from None
 
 
 def probe_media(path: Path) -> Media:
@@ -323,7 +365,8 @@ def merge_uses(media: Media, uses: Sequence[Use], handles: int, merge_gap: Optio
 
 def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Path] = (),
                  merge_gap: Optional[int] = None, rate: Optional[float] = None,
-                 scene_cuts: Optional[str] = None, scene_threshold: float = 0.1) -> ConformPlan:
+                 scene_cuts: Optional[str] = None, scene_threshold: float = 0.1,
+                 media_map: Optional[Path] = None, clamp: bool = False) -> ConformPlan:
     """The steps in the module's docstring; ConformError in one line (one per missing media).
     ``rate``: an EDL's frame rate (:func:`read_timeline`). ``scene_cuts``, ``scene_threshold``:
     the render's (``EncoderSettings``), which step 5 finds the pieces' scenes with; None leaves
@@ -333,18 +376,35 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
     path = Path(path).absolute()
     timeline = read_timeline(path, rate)  # 1.
     clips = video_clips(timeline)
-    found = {id(c): media_path(c, path.parent, search) for c in clips}  # 2.
+    try:
+        index = MediaIndex(path.parent, [Path(s).absolute() for s in search],
+                           read_media_map(media_map) if media_map else {})
+    except MediaLookupError as e:
+        raise ConformError(str(e)) from None
+    probed: dict[Path, Optional[Media]] = {}
+    found = {id(c): _find(c, index, probed) for c in clips}  # 2.
     missing = [c for c in clips if found[id(c)] is None]
     if missing:
-        raise ConformError("\n".join(f"clip {c.name!r}: media {_named(c)} not found (looked beside {path.name} "
-                                     f"and in {', '.join(map(str, search)) or 'no --search folder'})"
-                                     for c in missing))
-    media = {p: probe_media(p) for p in dict.fromkeys(found.values())}
+        raise ConformError("\n".join(f"clip {escaped(str(c.name))!r}: media {_named(c)} not found (looked beside "
+                                     f"{escaped(path.name)} and in "
+                                     f"{', '.join(escaped(str(s)) for s in search) or 'no --search folder'}"
+                                     f"{_names(c)})" for c in missing))
+    paths = list(dict.fromkeys(f.path for f in found.values() if f is not None))
+    media = {p: probed.get(p) or probe_media(p) for p in paths}
     uses: dict[Path, list[Use]] = {p: [] for p in media}
-    for index, clip in enumerate(clips):  # 3.
-        use = clip_use(clip, media[found[id(clip)]])
-        uses[found[id(clip)]].append(Use(use.clip, use.start, use.end, index))
-    plan = ConformPlan(path, handles=handles, rate=rate)
+    outside: list[str] = []
+    for number, clip in enumerate(clips):  # 3.
+        where = found[id(clip)]
+        assert where is not None
+        use = clip_use(clip, media[where.path])
+        if use.start < 0 or use.end > media[where.path].frames:
+            outside.append(_outside(clip, use, media[where.path], clamp))
+            use = replace(use, start=min(max(use.start, 0), media[where.path].frames - 1),
+                          end=max(min(use.end, media[where.path].frames), 1))
+        uses[where.path].append(Use(use.clip, use.start, use.end, number, where.how))
+    if outside and not clamp:
+        raise ConformError("\n".join(outside))
+    plan = ConformPlan(path, handles=handles, rate=rate, warnings=outside, left_alone=left_alone(timeline))
     for p, m in media.items():  # 4.
         plan.pieces += merge_uses(m, uses[p], handles, merge_gap)
     return plan if scene_cuts is None else align_plan(plan, scene_cuts, scene_threshold)  # 5.
@@ -393,6 +453,25 @@ def align_pieces(pieces: Sequence[Piece], scene_cuts: str, threshold: float) -> 
     return aligned
 
 
+def _outside(clip: Any, use: Use, media: Media, clamp: bool) -> str:
+    """The line for a clip that needs frames its media does not hold (before 0 or past its end)."""
+    name = escaped(str(clip.name))
+    said = (f"clip {name!r} needs frames {use.start}-{use.end - 1} of {escaped(media.path.name)}, which holds "
+            f"frames 0-{media.frames - 1}")
+    return f"{said}: rendered clamped to what exists" if clamp else \
+        f"{said}; accepted: a clip within its media, or --clamp to render what exists"
+
+
+def _names(clip: Any) -> str:
+    """For a clip without a path: what it was looked for by (its clip name, reel, comments)."""
+    from vs_uav.app.lookup import clip_names
+
+    if getattr(clip.media_reference, "target_url", None):
+        return ""
+    names = ", ".join(f"{what} {escaped(name)!r}" for name, what in clip_names(clip))
+    return f" for {names}" if names else ""
+
+
 def _named(clip: Any) -> str:
     from vs_uav.untrusted import escaped
 
@@ -403,11 +482,15 @@ def describe(plan: ConformPlan) -> list[str]:
     """One line per piece: the media, its frames, the clips it serves."""
     lines = []
     for piece in plan.pieces:
-        clips = ", ".join(dict.fromkeys(u.clip for u in piece.uses))
-        lines.append(f"{piece.media.path}: frames {piece.start}-{piece.end - 1} ({piece.frames} frames) for {clips}")
+        clips = ", ".join(dict.fromkeys(escaped(u.clip) + (f" (by {u.found})" if u.found and u.found != "path" else "")
+                                        for u in piece.uses))
+        lines.append(f"{escaped(str(piece.media.path))}: frames {piece.start}-{piece.end - 1} ({piece.frames} "
+                     f"frames) for {clips}")
+    if plan.left_alone:
+        lines.append(f"left as they are: {', '.join(plan.left_alone)}")
     return lines
 
 
 __all__ = ["ConformError", "ConformPlan", "DEFAULT_HANDLES", "Media", "Piece", "SCENE_SEARCH_SECONDS", "Use",
-           "align_pieces", "align_plan", "clip_use", "describe",
+           "align_pieces", "align_plan", "clip_use", "describe", "left_alone",
            "media_path", "merge_uses", "plan_conform", "probe_media", "read_timeline", "video_clips"]

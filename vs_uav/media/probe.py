@@ -293,7 +293,9 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
     sar = Fraction(props["_SARNum"], props["_SARDen"]) if props.get("_SARNum", 0) > 0 and \
         props.get("_SARDen", 0) > 0 else None
     fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
-    container = _probe_container(source, start_of)
+    # An image sequence has no timing of its own: the reader's default rate (25) is no timestamp
+    # of it; the script's rate (--fps) is its timing.
+    container = {"field_order": "progressive"} if _is_pattern(source) else _probe_container(source, start_of)
     times, note = _timing(container, clip.num_frames, fps)
     chroma = props.get("_ChromaLocation") if family == "YUV" and (fmt.subsampling_w or fmt.subsampling_h) else None
     transfer = int(props.get("_Transfer", UNSPECIFIED))
@@ -346,6 +348,12 @@ def truncation_note(media: MediaInfo, source: Path) -> str:
         return (f"{source} decodes to {media.frames} frames but its header says {media.declared_frames}: it is "
                 f"probably cut off or damaged; only the {media.frames} readable frames are upscaled")
     return ""
+
+
+def _is_pattern(path: Path) -> bool:
+    from vs_uav.media.sequence import is_pattern
+
+    return is_pattern(path)
 
 
 def _size_of(streams: Sequence[dict]) -> Optional[tuple[int, int]]:

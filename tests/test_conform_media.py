@@ -1,0 +1,176 @@
+"""Conform of the edits editors write: media found by path, clip name, reel, a comment's
+Windows or macOS path, and timecode (as an editing system relinks); generators, gaps and
+nested stacks left as they are; clips past their media's end said in one line.
+
+The edits are written here in each editor's style (Avid, Premiere, Nucoda and Resolve CMX 3600
+lists; an .otio with a title generator, a nested stack and a dissolve) and read by the real
+OpenTimelineIO adapters; the media are real files with start timecodes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import opentimelineio as otio
+import pytest
+
+from vs_uav.app.conform import ConformError, describe, plan_conform
+from vs_uav.app.lookup import file_name
+
+UAV = str(Path(sys.executable).parent / "uav")
+R = 25
+
+
+def media(path: Path, frames: int, timecode: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=32x24:rate={R}",
+                    "-frames:v", str(frames), "-timecode", timecode, "-c:v", "libx264", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """Media as a shoot leaves them: camera clips in day folders (one name twice, on two days),
+    a tape capture named by its reel, a graded shot."""
+    root = tmp_path_factory.mktemp("library")
+    media(root / "media" / "day1" / "A001C003.mov", 50, "01:00:00:00")
+    media(root / "media" / "day2" / "A001C003.mov", 50, "02:00:00:00")
+    media(root / "media" / "tapes" / "TAPE07.mov", 60, "10:00:00:00")
+    media(root / "media" / "grade" / "shot_010.mov", 40, "00:59:59:00")
+    media(root / "media" / "grade" / "interview.mov", 40, "00:00:00:00")
+    (root / "edits").mkdir()
+    return root
+
+
+def edl(root: Path, name: str, body: str) -> Path:
+    path = root / "edits" / name
+    path.write_text("TITLE: CUT\nFCM: NON-DROP FRAME\n\n" + body, encoding="utf-8")
+    return path
+
+
+def plan(root: Path, path: Path, *extra: Path, **options):
+    return plan_conform(path, handles=0, search=[root / "media", *extra], rate=R, **options)
+
+
+def found(p) -> dict[str, tuple[str, str]]:
+    return {u.clip: (str(piece.media.path), u.found) for piece in p.pieces for u in piece.uses}
+
+
+STYLES = {
+    # Avid: the clip name (with the file's extension) and the reel column.
+    "avid.edl": ("001  A001C003 V     C        02:00:00:10 02:00:01:00 00:00:00:00 00:00:00:15\n"
+                 "* FROM CLIP NAME:  A001C003.MOV\n", "day2/A001C003.mov", "and timecode"),
+    # Premiere: AX reels, the clip name with its extension.
+    "premiere.edl": ("001  AX       V     C        00:00:00:05 00:00:01:00 00:00:00:00 00:00:00:20\n"
+                     "* FROM CLIP NAME: interview.mov\n", "grade/interview.mov", "clip name"),
+    # Nucoda: a Windows path in FROM FILE, reduced to its file name.
+    "nucoda.edl": ("001  shot_010 V     C        00:59:59:10 01:00:00:00 00:00:00:00 00:00:00:15\n"
+                   "* FROM FILE: S:\\grade\\shots\\shot_010.mov\n", "grade/shot_010.mov", "file name"),
+    # Resolve: the clip name without extension, a macOS path in a SOURCE FILE comment.
+    "resolve.edl": ("001  TAPE07   V     C        10:00:01:00 10:00:02:00 00:00:00:00 00:00:01:00\n"
+                    "* FROM CLIP NAME: TAPE07\n* SOURCE FILE: /Volumes/RAID/capture/TAPE07.mov\n",
+                    "tapes/TAPE07.mov", "file name"),
+    # A reel and nothing else.
+    "reel-only.edl": ("001  TAPE07   V     C        10:00:00:00 10:00:00:10 00:00:00:00 00:00:00:10\n",
+                      "tapes/TAPE07.mov", "reel"),
+}
+
+
+@pytest.mark.parametrize("name", list(STYLES))
+def test_each_editors_edl_finds_its_media_and_the_plan_says_how(library, name):
+    body, where, how = STYLES[name]
+    p = plan(library, edl(library, name, body))
+    (path, said), = found(p).values()
+    assert path.endswith(where) and how in said, (path, said)
+    lines = describe(p)
+    assert f"(by {said})" in lines[0] or said == "path"
+    assert all(piece.frames > 0 and 0 <= piece.start < piece.end <= piece.media.frames for piece in p.pieces)
+
+
+def test_a_windows_or_unc_path_is_reduced_to_its_file_name():
+    assert file_name("S:\\grade\\shots\\x.exr") == "x.exr"
+    assert file_name("\\\\server\\share\\reel 1\\y.mov") == "y.mov"
+    assert file_name("/Volumes/RAID/z.mov") == "z.mov"
+
+
+def test_one_name_on_two_days_that_timecode_cannot_tell_apart_is_one_line(library):
+    body = ("001  A001C003 V     C        01:00:00:10 01:00:01:00 00:00:00:00 00:00:00:15\n"
+            "* FROM CLIP NAME:  A001C003.MOV\n")
+    p = plan(library, edl(library, "day1.edl", body))  # 01:00:00:10 lies in day 1's range only
+    assert next(iter(found(p).values()))[0].endswith("day1/A001C003.mov")
+    ambiguous = ("001  A001C003 V     C        05:00:00:10 05:00:01:00 00:00:00:00 00:00:00:15\n"
+                 "* FROM CLIP NAME:  A001C003.MOV\n")
+    with pytest.raises(ConformError, match=r"matches several files \(.*day1/A001C003\.mov, .*day2/A001C003\.mov\); "
+                                           r"accepted: one, e\.g\. named in --media-map") as err:
+        plan(library, edl(library, "ambiguous.edl", ambiguous))
+    assert "\n" not in str(err.value)
+
+
+def test_a_media_map_names_what_nothing_else_finds(library, tmp_path):
+    body = "001  REEL99   V     C        10:00:00:00 10:00:00:10 00:00:00:00 00:00:00:10\n"
+    path = edl(library, "mapped.edl", body)
+    with pytest.raises(ConformError, match=r"clip .*: media .* not found \(looked beside .* for .*reel 'REEL99'"):
+        plan(library, path)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text(f"name,path\nREEL99,{library / 'media' / 'tapes' / 'TAPE07.mov'}\n", encoding="utf-8")
+    p = plan(library, path, media_map=mapping)
+    assert next(iter(found(p).values()))[0].endswith("tapes/TAPE07.mov")
+    mapping.write_text("REEL99\n", encoding="utf-8")
+    with pytest.raises(ConformError, match=r"--media-map .*map\.csv line 1: 'REEL99'; accepted: name,path"):
+        plan(library, path, media_map=mapping)
+
+
+def test_a_clip_past_its_medias_end_is_one_line_and_clamp_renders_what_exists(library):
+    body = ("001  interview V     C        00:00:01:00 00:00:03:00 00:00:00:00 00:00:02:00\n"
+            "* FROM CLIP NAME: interview.mov\n")
+    path = edl(library, "long.edl", body)
+    with pytest.raises(ConformError, match=r"^clip 'interview.mov' needs frames 25-74 of interview\.mov, which holds "
+                                           r"frames 0-39; accepted: a clip within its media, or --clamp"):
+        plan(library, path)
+    p = plan(library, path, clamp=True)
+    assert [(x.start, x.end) for x in p.pieces] == [(25, 40)] and "rendered clamped" in p.warnings[0]
+    run = subprocess.run([UAV, "conform", str(path), "--plan", "--rate", str(R), "--handles", "0", "--search",
+                          str(library / "media")], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "--clamp" in run.stderr, run.stderr
+    assert "-" not in run.stdout.split("renders")[-1][:4]  # never a negative count
+
+
+def test_generators_gaps_and_nested_stacks_are_left_as_they_are(library, tmp_path):
+    """An .otio as Premiere's and Hiero's exports read: a title generator, a gap, a nested stack
+    holding a clip, a dissolve, markers, an audio track."""
+    rt = lambda f: otio.opentime.RationalTime(f, R)  # noqa: E731
+    interview = (library / "media" / "grade" / "interview.mov").as_uri()
+
+    def clip(name: str, start: int, length: int) -> otio.schema.Clip:
+        return otio.schema.Clip(name=name, media_reference=otio.schema.ExternalReference(target_url=interview),
+                                source_range=otio.opentime.TimeRange(rt(start), rt(length)))
+
+    title = otio.schema.Clip(name="test_title", media_reference=otio.schema.GeneratorReference(
+        generator_kind="Text"), source_range=otio.opentime.TimeRange(rt(0), rt(25)))
+    nested = otio.schema.Stack(name="compound", children=[otio.schema.Track(children=[clip("inner", 20, 5)])],
+                               source_range=otio.opentime.TimeRange(rt(0), rt(5)))
+    video = otio.schema.Track(kind=otio.schema.TrackKind.Video, children=[
+        title, clip("a", 2, 8), otio.schema.Transition(in_offset=rt(2), out_offset=rt(2)), clip("b", 12, 5),
+        otio.schema.Gap(source_range=otio.opentime.TimeRange(rt(0), rt(10))), nested])
+    video[1].markers.append(otio.schema.Marker(name="note", marked_range=otio.opentime.TimeRange(rt(3), rt(1))))
+    timeline = otio.schema.Timeline(name="cut")
+    timeline.tracks.extend([video, otio.schema.Track(kind=otio.schema.TrackKind.Audio)])
+    path = tmp_path / "cut.otio"
+    otio.adapters.write_to_file(timeline, str(path))
+    p = plan_conform(path, handles=0)
+    assert sorted(u.clip for piece in p.pieces for u in piece.uses) == ["a", "b", "inner"]
+    assert p.left_alone == ["1 generator (Text)", "1 transition (its frames rendered with the clips beside it)",
+                            "1 marker", "1 gap", "1 audio track"] or set(p.left_alone) == {
+        "1 generator (Text)", "1 transition (its frames rendered with the clips beside it)", "1 marker", "1 gap",
+        "1 audio track"}
+    assert describe(p)[-1].startswith("left as they are: ")
+
+    from vs_uav.app.relink import relink
+
+    outputs = [tmp_path / f"piece{i}.mkv" for i in range(len(p.pieces))]
+    after = relink(p, outputs)
+    kept = [c for c in after.find_clips() if isinstance(c.media_reference, otio.schema.GeneratorReference)]
+    assert [(c.name, c.media_reference.generator_kind, c.source_range) for c in kept] == [
+        ("test_title", "Text", title.source_range)]
+    assert len(after.tracks[0]) == len(video) and isinstance(after.tracks[0][4], otio.schema.Gap)
