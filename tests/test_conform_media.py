@@ -174,3 +174,44 @@ def test_generators_gaps_and_nested_stacks_are_left_as_they_are(library, tmp_pat
     assert [(c.name, c.media_reference.generator_kind, c.source_range) for c in kept] == [
         ("test_title", "Text", title.source_range)]
     assert len(after.tracks[0]) == len(video) and isinstance(after.tracks[0][4], otio.schema.Gap)
+
+
+def test_an_edls_rate_is_found_from_its_timecodes_or_its_media_and_a_wrong_rate_is_one_line(library):
+    # Frame 24 in a timecode: not 24 fps; the plan reads it at 25 without --rate.
+    body = ("001  AX       V     C        00:00:00:24 00:00:01:10 00:00:00:00 00:00:00:11\n"
+            "* FROM CLIP NAME: interview.mov\n")
+    path = edl(library, "pal.edl", body)
+    p = plan_conform(path, handles=0, search=[library / "media"])
+    assert p.rate == 25 and [(x.start, x.end) for x in p.pieces] == [(24, 35)]
+    # Frames below 24 only: 24 from the timecodes, but the media's one rate (25) wins.
+    low = edl(library, "low.edl", "001  AX       V     C        00:00:00:10 00:00:00:20 00:00:00:00 00:00:00:10\n"
+                                  "* FROM CLIP NAME: interview.mov\n")
+    assert plan_conform(low, handles=0, search=[library / "media"]).rate == 25
+    with pytest.raises(ConformError, match=r"^--rate 24: the timecodes of pal\.edl count more frames a second .*; "
+                                           r"accepted: the edit's frame rate, e\.g\. --rate 25"):
+        plan_conform(path, handles=0, search=[library / "media"], rate=24)
+
+
+def test_a_drop_frame_list_at_2997(tmp_path):
+    footage = tmp_path / "ntsc.mov"
+    footage.parent.mkdir(exist_ok=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=32x24:rate=30000/1001",
+                    "-frames:v", "200", "-timecode", "00:00:59;00", "-c:v", "libx264", "-preset", "ultrafast",
+                    str(footage)], check=True)
+    path = tmp_path / "ntsc.edl"
+    path.write_text("TITLE: NTSC\nFCM: DROP FRAME\n\n"
+                    "001  AX       V     C        00:01:00;02 00:01:00;12 00:00:00;00 00:00:00;10\n"
+                    "* FROM CLIP NAME: ntsc.mov\n", encoding="utf-8")
+    p = plan_conform(path, handles=0)
+    # 00:00:59;00 to 00:01:00;02 is 30 frames: minute 1 has no ;00 and ;01 (every minute but the tenth).
+    assert abs(p.rate - 30000 / 1001) < 1e-6 and [(x.start, x.end) for x in p.pieces] == [(30, 40)]
+
+
+def test_an_otio_from_a_newer_opentimelineio_is_one_line_naming_the_schema(tmp_path):
+    path = tmp_path / "new.otio"
+    path.write_text('{"OTIO_SCHEMA": "Timeline.1", "name": "x", "tracks": {"OTIO_SCHEMA": "Stack.1", "children": [],'
+                    ' "markers": [{"OTIO_SCHEMA": "Marker.9", "name": "m"}]}}', encoding="utf-8")
+    with pytest.raises(ConformError, match=r"written by a newer OpenTimelineIO \(schema Marker\.9; OpenTimelineIO "
+                                           r"[0-9.]+ reads up to Marker\.2\); accepted: ") as err:
+        plan_conform(path)
+    assert "\n" not in str(err.value)

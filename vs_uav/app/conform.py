@@ -28,6 +28,7 @@ OpenTimelineIO is imported only here and there (``pip install 'vs-uav[conform]'`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -144,18 +145,16 @@ def read_timeline(path: Path, rate: Optional[float] = None) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConformError(f"timeline {path} not found")
-    options = {"rate": rate} if rate and path.suffix.lower() == ".edl" else {}
+    edl = path.suffix.lower() == ".edl"
     _check_depth(path)
+    used = (rate or edl_rate(path)) if edl else None
     try:
-        timeline = otio.adapters.read_from_file(str(path), **options)
+        timeline = otio.adapters.read_from_file(str(path), **({"rate": used} if edl else {}))
     except RecursionError:
         raise ConformError(f"timeline {path}: nested too deeply for its adapter; accepted: an edit of tracks, clips "
                            "and stacks") from None
     except Exception as e:  # noqa: BLE001 - adapters raise their own types: said in one line
-        from vs_uav.errors import one_line
-
-        raise ConformError(f"timeline {path}: OpenTimelineIO cannot read it ({one_line(e)}); accepted: "
-                           f"{', '.join(_readable_suffixes(otio))}") from None
+        raise ConformError(_unreadable(path, e, otio, rate)) from None
     if not isinstance(timeline, otio.schema.Timeline):
         raise ConformError(f"timeline {path} holds a {type(timeline).__name__}, not a timeline")
     return timeline
@@ -216,6 +215,63 @@ def _xml_depth(f: Any, limit: int) -> int:
     except xml.parsers.expat.ExpatError:
         pass  # not well-formed: the adapter says so in its own words
     return deepest[0]
+
+
+# Frame rates an EDL may be at, in the order its timecodes' largest frame number picks them.
+EDL_RATES = (24.0, 25.0, 30.0, 48.0, 50.0, 60.0)
+_TIMECODE = re.compile(r"\b([0-9]{2}):([0-9]{2}):([0-9]{2})([:;])([0-9]{2})\b", re.ASCII)
+
+
+def edl_rate(path: Path) -> float:
+    """The frame rate of a CMX 3600 list, which the file does not say: 29.97 or 59.94 for a
+    drop-frame list (``FCM: DROP FRAME``, ``;`` timecodes), else the smallest usual rate above
+    every frame number its timecodes count (24 when they all fit, the adapter's default)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return EDL_RATES[0]
+    codes = _TIMECODE.findall(text)
+    most = max((int(c[4]) for c in codes), default=0)
+    drop = re.search(r"^FCM:\s*DROP FRAME", text, re.M | re.I) is not None or any(c[3] == ";" for c in codes)
+    if drop:
+        return 30000 / 1001 if most < 30 else 60000 / 1001
+    return next((r for r in EDL_RATES if most < r), EDL_RATES[-1])
+
+
+def _unreadable(path: Path, e: Exception, otio: Any, rate: Optional[float]) -> str:
+    """The one line for a timeline OpenTimelineIO cannot read: a rate that does not fit, a schema
+    newer than this OpenTimelineIO, a suffix no adapter reads, or the adapter's own words."""
+    from vs_uav.errors import one_line
+
+    said = one_line(e)
+    if "Frame rate mismatch" in said:
+        return (f"--rate {rate:g}: the timecodes of {escaped(path.name)} count more frames a second ({said}); "
+                "accepted: the edit's frame rate, e.g. --rate 25, or no --rate (found from the timecodes)")
+    if "unsupported schema version" in said:
+        newer = _newer_schemas(path, otio)
+        if newer:
+            known = otio.core.type_version_map()
+            reads = ", ".join(f"{n.split('.')[0]}.{known.get(n.split('.')[0], 0)}" for n in newer)
+            return (f"timeline {escaped(str(path))}: written by a newer OpenTimelineIO (schema {', '.join(newer)}; "
+                    f"OpenTimelineIO {otio.__version__} reads up to {reads}); accepted: the edit saved for "
+                    f"OpenTimelineIO {otio.__version__} (its schema downgrade on export), or a newer opentimelineio")
+    if path.suffix.lower() not in _readable_suffixes(otio):
+        return (f"timeline {escaped(str(path))}: no OpenTimelineIO adapter reads {escaped(path.suffix) or 'it'}; "
+                f"accepted: {', '.join(_readable_suffixes(otio))}")
+    return (f"timeline {escaped(str(path))}: OpenTimelineIO cannot read it ({escaped(said)}); accepted: a well-formed "
+            f"{escaped(path.suffix)} timeline (its suffix is one OpenTimelineIO reads: "
+            f"{', '.join(_readable_suffixes(otio))})")
+
+
+def _newer_schemas(path: Path, otio: Any) -> list[str]:
+    """The ``Name.N`` schemas of a JSON timeline newer than this OpenTimelineIO reads."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    known = otio.core.type_version_map()
+    found = set(re.findall(r'"OTIO_SCHEMA"\s*:\s*"([A-Za-z_][A-Za-z0-9_]*)\.([0-9]+)"', text))
+    return sorted(f"{name}.{version}" for name, version in found if int(version) > known.get(name, 1 << 30))
 
 
 def _readable_suffixes(otio) -> list[str]:
@@ -374,7 +430,9 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
     if handles < 0:
         raise ConformError(f"--handles {handles}: accepted: an integer >= 0")
     path = Path(path).absolute()
-    timeline = read_timeline(path, rate)  # 1.
+    edl = path.suffix.lower() == ".edl"
+    used = (rate or edl_rate(path)) if edl else rate  # an EDL's rate: given, or found from its timecodes
+    timeline = read_timeline(path, used)  # 1.
     clips = video_clips(timeline)
     try:
         index = MediaIndex(path.parent, [Path(s).absolute() for s in search],
@@ -391,6 +449,11 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
                                      f"{_names(c)})" for c in missing))
     paths = list(dict.fromkeys(f.path for f in found.values() if f is not None))
     media = {p: probed.get(p) or probe_media(p) for p in paths}
+    rates = {float(m.fps) for m in media.values()}
+    if edl and rate is None and len(rates) == 1 and next(iter(rates)) > used + 1e-3:
+        # The media's one rate: the EDL's timecodes count at it (they fitted a lower one by chance).
+        return plan_conform(path, handles, search, merge_gap, next(iter(rates)), scene_cuts, scene_threshold,
+                            media_map, clamp)
     uses: dict[Path, list[Use]] = {p: [] for p in media}
     outside: list[str] = []
     for number, clip in enumerate(clips):  # 3.
@@ -404,7 +467,7 @@ def plan_conform(path: Path, handles: int = DEFAULT_HANDLES, search: Sequence[Pa
         uses[where.path].append(Use(use.clip, use.start, use.end, number, where.how))
     if outside and not clamp:
         raise ConformError("\n".join(outside))
-    plan = ConformPlan(path, handles=handles, rate=rate, warnings=outside, left_alone=left_alone(timeline))
+    plan = ConformPlan(path, handles=handles, rate=used, warnings=outside, left_alone=left_alone(timeline))
     for p, m in media.items():  # 4.
         plan.pieces += merge_uses(m, uses[p], handles, merge_gap)
     return plan if scene_cuts is None else align_plan(plan, scene_cuts, scene_threshold)  # 5.
