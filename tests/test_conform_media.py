@@ -215,3 +215,27 @@ def test_an_otio_from_a_newer_opentimelineio_is_one_line_naming_the_schema(tmp_p
                                            r"[0-9.]+ reads up to Marker\.2\); accepted: ") as err:
         plan_conform(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_relinked_edl_that_loses_a_dissolves_second_source_says_so(library, tmp_path):
+    """Read back, a CMX 3600 list gives a dissolve's incoming clip the outgoing clip's file: the
+    relinked .edl is written with one warning line, and the .otio stays the reference."""
+    from vs_uav.app.relink import relink, write_timelines
+
+    body = ("001  AX       V     C        00:00:00:02 00:00:00:12 00:00:00:00 00:00:00:10\n"
+            "* FROM CLIP NAME: interview.mov\n"
+            "002  AX       V     C        00:00:00:12 00:00:00:12 00:00:00:10 00:00:00:10\n"
+            "002  AX       V     D    005 00:59:59:05 00:59:59:15 00:00:00:10 00:00:00:20\n"
+            "* FROM CLIP NAME: interview.mov\n* TO CLIP NAME: shot_010.mov\n")
+    path = edl(library, "dissolve.edl", body)
+    p = plan(library, path)
+    assert {Path(piece.media.path).name for piece in p.pieces} == {"interview.mov", "shot_010.mov"}
+    outputs = [tmp_path / f"{Path(piece.media.path).stem}.{piece.start}.mkv" for piece in p.pieces]
+    written, note = write_timelines(relink(p, outputs), path, tmp_path, p.rate)
+    assert [w.name for w in written] == ["dissolve.uav.otio", "dissolve.uav.edl"]
+    # The adapter's round trip loses the second source: said in one line, the reference named.
+    assert note.startswith("dissolve.uav.edl: its format loses 1 clip's media on the way back (clip 'shot_010.mov' "
+                           "reads as 'interview.") and note.endswith("dissolve.uav.otio is the reference"), note
+    back = otio.adapters.read_from_file(str(written[0]))
+    names = {Path(c.media_reference.target_url).name for c in back.find_clips()}
+    assert names == {o.name for o in outputs}  # the .otio keeps every clip's own piece

@@ -143,11 +143,12 @@ def test_what_a_codec_cannot_keep_is_said_in_one_line(sources, tmp_path):
         run.stdout
 
 
-def test_uav_script_warns_when_the_source_cannot_be_probed(tmp_path):
-    run = uav("script", "missing.mp4", "--script", "s.vpy", cwd=tmp_path)
-    assert run.stderr == (f"uav script: warning: input {tmp_path / 'missing.mp4'} not found: the command keeps none "
-                          "of its format, colour tags, aspect ratio or timing\n")
-    assert "-colorspace" not in run.stdout and str(tmp_path / "missing.mp4") in run.stdout
+def test_uav_script_refuses_a_source_that_is_not_there(tmp_path):
+    """A script of a missing file would fail in vspipe: refused in one line, nothing written."""
+    run = uav("script", "missing.mp4", "--script", "s.vpy", cwd=tmp_path, check=False)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and not run.stdout
+    assert run.stderr.startswith(f"uav script: input {tmp_path / 'missing.mp4'}") and "accepted:" in run.stderr
+    assert not (tmp_path / "s.vpy").exists()
 
 
 def test_encoders_are_asked_what_they_take(sources):

@@ -104,7 +104,8 @@ def test_a_queue_checks_every_file_first_renders_the_good_ones_and_resumes(tmp_p
     lines = run.stderr.splitlines()
     assert run.returncode == 1, run.stderr[-3000:]
     said = [i for i, line in enumerate(lines) if f"[2/3] {broken}: input {broken}: not a video" in line]
-    first_render = next(i for i, line in enumerate(lines) if re.search(r"\[1/2\] .*a\.mp4 -> ", line))
+    first_render = next(i for i, line in enumerate(lines) if re.search(r"\[1/3\] .*a\.mp4 -> ", line))
+    assert any(re.search(r"\[3/3\] .*c\.mp4 -> ", line) for line in lines)  # numbered as when checked
     assert said and said[0] < first_render, run.stderr  # reported before the first render
     assert lines[-1] == "uav upscale: 3 files: 2 done, 1 failed, 0 skipped (finished before); 14 frames in " \
         f"{lines[-1].split(' in ')[-1]}" and re.search(r"in \d+ s$", lines[-1]), lines[-1]

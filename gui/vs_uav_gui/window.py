@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -919,12 +920,29 @@ class PresetEditor(QMainWindow):
         super().closeEvent(event)
 
 
+def no_display(environ: Optional[dict] = None) -> str:
+    """One line when Qt has no screen to open a window on (a Linux machine without X11 or
+    Wayland and no other Qt platform asked for), else ""."""
+    env = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return ""
+    platform = env.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith(("xcb", "wayland")):
+        return ""  # offscreen, vnc, eglfs, linuxfb ...: Qt needs no display server
+    return ("no display: DISPLAY and WAYLAND_DISPLAY are unset; accepted: a desktop session, `xvfb-run uav-gui` on "
+            "a server, or QT_QPA_PLATFORM=offscreen (no window is shown); rendering needs no display: uav upscale")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="uav-gui", description="vs-uav preset editor")
     parser.add_argument("source", nargs="?", help="source video to open")
     parser.add_argument("--preset", metavar="NAME", help="preset to select")
     args, qt_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    said = no_display()
+    if said and QApplication.instance() is None:  # Qt would abort (exit 134) with a page of its own
+        print(f"uav-gui: {said}", file=sys.stderr)
+        return 2
     app = QApplication.instance() or QApplication(["uav-gui", *qt_args])
     app.setOrganizationName(ORGANISATION)
     app.setApplicationName(APPLICATION)

@@ -426,24 +426,21 @@ def cmd_script(args: argparse.Namespace) -> int:
     if is_sequence(source):
         raise SystemExit(f"uav script: input {source} is an image sequence; accepted: a video file (uav upscale "
                          "reads image sequences, with --fps)")
-    if source.is_dir():
+    if not source.is_file():  # a folder, or nothing there: a script of it would fail in vspipe
         from vs_uav.media.probe import not_a_video
 
-        raise SystemExit(f"uav script: {not_a_video(source)}")
-    if source.is_file():
-        try:
-            media = probe(source, reading_script(source))
-        except ValueError as e:
-            raise SystemExit(f"uav script: {e}")
-        if media.interlaced:
-            raise SystemExit(f"uav script: {interlaced_message(source, media, option=False)}")
-    else:
-        sys.stderr.write(f"uav script: warning: input {source} not found: the command keeps none of its format, "
-                         "colour tags, aspect ratio or timing\n")
+        raise SystemExit(f"uav script: {not_a_video(source)}" + ("" if source.is_dir() else
+                                                                 "; accepted: a video file that exists"))
+    try:
+        media = probe(source, reading_script(source))
+    except ValueError as e:
+        raise SystemExit(f"uav script: {e}")
+    if media.interlaced:
+        raise SystemExit(f"uav script: {interlaced_message(source, media, option=False)}")
     result = plan_preset_render(preset, source, script, output, namespace=not args.import_style, media=media,
                                 probe=False)
     if result.note:
-        sys.stderr.write(f"uav script: warning: {result.note}\n")
+        sys.stderr.write(escaped(f"uav script: warning: {result.note}") + "\n")
     result.write()
     print(result.command)
     return 0

@@ -110,8 +110,9 @@ class ConformPlan:
 
     def summary(self) -> str:
         share = self.rendered_frames / self.source_frames if self.source_frames else 0
+        used = f"{self.used_frames} frame{'s' if self.used_frames != 1 else ''}"
         return (f"{len(self.pieces)} piece{'s' if len(self.pieces) != 1 else ''} from {len(self.media)} source"
-                f"{'s' if len(self.media) != 1 else ''}: the edit uses {self.used_frames} frames, the conform "
+                f"{'s' if len(self.media) != 1 else ''}: the edit uses {used}, the conform "
                 f"renders {self.rendered_frames} with {self.handles}-frame handles, of {self.source_frames} in the "
                 f"sources ({share:.0%})")
 

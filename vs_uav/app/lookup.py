@@ -175,8 +175,8 @@ def find_media(clip: Any, index: MediaIndex, holds: Callable[[Path], Optional[bo
     if url:
         given = Path(reference_path(url))
         if not _WINDOWS.match(str(given)):
-            path = given if given.is_absolute() else index.folder / given
-            if path.is_file():
+            path = Path(os.path.normpath(given if given.is_absolute() else index.folder / given))
+            if path.is_file():  # (normalised: 'edits/../footage/x.mov' is 'footage/x.mov'; links are kept)
                 return Found(path.absolute(), "path")
     for name, what in clip_names(clip):
         candidates = [p for p in dict.fromkeys(index.lookup(name)) if p.is_file()]

@@ -81,7 +81,7 @@ class QueueResult:
     def summary(self) -> str:
         files = f"{self.jobs} file{'s' if self.jobs != 1 else ''}"
         return (f"{files}: {len(self.done)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
-                f"(finished before); {self.frames} frames in {self.seconds:.0f} s")
+                f"(finished before); {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.0f} s")
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -274,9 +274,9 @@ def run_queue(jobs: Sequence[UpscaleJob], events: Optional[QueueEvents] = None,
     if len(todo) > 1 and all(jobs[i].cluster is not None for i in todo):  # 3. one pool for every file
         _render_pooled(jobs, todo, frames, events, stop, result)
         todo = []
-    for index, i in enumerate(todo, 1):  # 3.
+    for i in todo:  # 3. (each file numbered by its place in the queue, as when it was checked)
         job = jobs[i]
-        events.file(job, index, len(todo))
+        events.file(job, i + 1, len(jobs))
         try:
             done = run_job(dataclasses.replace(job, check=False), events, stop)
         except JobError as e:
@@ -294,8 +294,8 @@ def _render_pooled(jobs: Sequence[UpscaleJob], todo: Sequence[int], frames: dict
     then recorded or failed as one rendered alone is."""
     from vs_uav.app.job import run_jobs_on_cluster
 
-    for index, i in enumerate(todo, 1):
-        events.file(jobs[i], index, len(todo))
+    for i in todo:
+        events.file(jobs[i], i + 1, len(jobs))
     outcomes = run_jobs_on_cluster([dataclasses.replace(jobs[i], check=False) for i in todo], events, stop)
     for i, outcome in zip(todo, outcomes):
         if isinstance(outcome, JobError):

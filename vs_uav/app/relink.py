@@ -122,11 +122,12 @@ def relink(plan: ConformPlan, outputs: Sequence[Path]) -> Any:
 _WRITE_OPTIONS = {".aaf": {"use_empty_mob_ids": True}}
 
 
-def write_timelines(timeline: Any, edit: Path, folder: Path) -> tuple[list[Path], str]:
+def write_timelines(timeline: Any, edit: Path, folder: Path, rate: Optional[float] = None) -> tuple[list[Path], str]:
     """``EDIT.uav.otio`` in ``folder`` (ConformError when it cannot be written), and
-    ``EDIT.uav.<ext>`` in the edit's format where its adapter writes one: (the files written,
-    one line on the edit's format when its adapter could not write it, else ""). Each file is
-    written under a temporary name, then renamed."""
+    ``EDIT.uav.<ext>`` in the edit's format where its adapter writes one, read back and compared
+    with the .otio (``rate``: an EDL's): (the files written, one line when the edit's format
+    could not be written or loses something the .otio keeps, else ""). Each file is written
+    under a temporary name, then renamed."""
     edit = Path(edit)
     written = [_write(timeline, Path(folder) / RELINKED.format(stem=edit.stem, suffix=".otio"))]
     if edit.suffix.lower() == ".otio" or not _writable(edit.suffix):
@@ -135,7 +136,39 @@ def write_timelines(timeline: Any, edit: Path, folder: Path) -> tuple[list[Path]
         written.append(_write(timeline, Path(folder) / RELINKED.format(stem=edit.stem, suffix=edit.suffix)))
     except ConformError as e:
         return written, f"{e}; {written[0].name} holds it"
-    return written, ""
+    return written, round_trip_loss(timeline, written[1], rate, written[0].name)
+
+
+def _shown(clip: Any) -> tuple[str, Any]:
+    url = getattr(clip.media_reference, "target_url", "") or ""
+    return Path(url).name, clip.source_range
+
+
+def round_trip_loss(timeline: Any, written: Path, rate: Optional[float], reference: str) -> str:
+    """One line when ``written``, read back, does not show what ``timeline`` shows (each video
+    clip's piece and source range), e.g. a CMX 3600 dissolve's incoming clip, which the list
+    can only give the outgoing clip's file; "" when it does."""
+    from vs_uav.untrusted import escaped
+
+    clips = video_clips(timeline)
+    if rate is None and written.suffix.lower() == ".edl":  # the rate it was written at: its clips'
+        rate = next((c.source_range.start_time.rate for c in clips if c.source_range is not None), None)
+    try:
+        back = video_clips(read_timeline(written, rate))
+    except ConformError as e:
+        return f"{escaped(written.name)} cannot be read back ({e}); {reference} is the reference"
+    if len(back) != len(clips):
+        return (f"{escaped(written.name)} reads back {len(back)} video clips of {len(clips)}: its format loses some; "
+                f"{reference} is the reference")
+    lost = [(c, b) for c, b in zip(clips, back) if _shown(c)[0] != _shown(b)[0]]
+    if not lost:
+        return ""
+    clip, got = lost[0]
+    whose = "1 clip's" if len(lost) == 1 else f"{len(lost)} clips'"
+    return (f"{escaped(written.name)}: its format loses {whose} media on the way back (clip "
+            f"{escaped(str(clip.name))!r} reads as {escaped(_shown(got)[0]) or 'no file'!r}, not "
+            f"{escaped(_shown(clip)[0])!r}; a CMX 3600 list names one file per event, and a dissolve's incoming "
+            f"clip gets the outgoing one's); {reference} is the reference")
 
 
 def _write(timeline: Any, target: Path) -> Path:
@@ -192,7 +225,7 @@ def run_conform(plan: ConformPlan, folder: Path, settings: "UpscaleSettings", en
     result = run_queue(jobs, events, stop)
     if not result.ok:
         return ConformResult(plan, result, [])
-    timelines, note = write_timelines(relink(plan, [j.output for j in jobs]), plan.timeline, folder)
+    timelines, note = write_timelines(relink(plan, [j.output for j in jobs]), plan.timeline, folder, plan.rate)
     return ConformResult(plan, result, timelines, note)
 
 

@@ -100,7 +100,8 @@ class Report:
         from vs_uav.media.quality import figures
 
         m = self.measurements
-        lines = [f"{m.frames} frames, {len(m.starts)} scene(s), flow: {m.flow}, {self.seconds:.1f} s"]
+        lines = [f"{m.frames} frame{'s' if m.frames != 1 else ''}, {len(m.starts)} scene"
+                 f"{'s' if len(m.starts) != 1 else ''}, flow: {m.flow}, {self.seconds:.1f} s"]
         for k, series in enumerate(m.outputs):
             f = figures(m, k)
             ref = f"; reference PSNR {f.psnr_ref:.2f} dB SSIM {f.ssim_ref:.4f}" if not math.isnan(f.psnr_ref) else ""

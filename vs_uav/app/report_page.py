@@ -249,7 +249,7 @@ def page(report: Report) -> str:
              f"{html.escape(job.source.name)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>Quality report: {html.escape(job.source.name)}</h1>",
              "<p class=note>" + "<br>".join(html.escape(x) for x in (
-                 f"source: {job.source} ({m.frames} frames at {float(m.fps):.3f} fps, {len(m.starts)} scene(s))",
+                 f"source: {job.source} ({m.frames} frames at {float(m.fps):.3f} fps, {len(m.starts)} scene{'s' if len(m.starts) != 1 else ''})",
                  *(f"output {k + 1}: {s.name}" for k, s in enumerate(m.outputs)),
                  *([f"reference: {job.reference}"] if ref else []),
                  f"flow: {m.flow}; fidelity: each output frame downscaled to the source's size (bicubic, "
