@@ -292,6 +292,8 @@ def probe(source: Path, reading: str, start_of: Optional[Path] = None) -> MediaI
     rng = props.get("_Range")
     sar = Fraction(props["_SARNum"], props["_SARDen"]) if props.get("_SARNum", 0) > 0 and \
         props.get("_SARDen", 0) > 0 else None
+    if sar is not None and _turned(header):  # BestSource turns the picture upright; its pixels turn with it
+        sar = 1 / sar
     fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
     # An image sequence has no timing of its own: the reader's default rate (25) is no timestamp
     # of it; the script's rate (--fps) is its timing.
@@ -348,6 +350,19 @@ def truncation_note(media: MediaInfo, source: Path) -> str:
         return (f"{source} decodes to {media.frames} frames but its header says {media.declared_frames}: it is "
                 f"probably cut off or damaged; only the {media.frames} readable frames are upscaled")
     return ""
+
+
+def _turned(header: dict) -> bool:
+    """Whether the video's display matrix turns it a quarter (a phone held upright): its
+    rotation side data at +-90 or 270 degrees."""
+    video = next((s for s in header.get("streams", []) if s.get("codec_type") == "video"), {})
+    for data in video.get("side_data_list", []) or []:
+        try:
+            if round(float(data.get("rotation", 0))) % 180 == 90:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
 
 
 def _is_pattern(path: Path) -> bool:
