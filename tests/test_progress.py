@@ -52,6 +52,25 @@ def test_the_eta_is_seconds_per_measured_step_times_the_steps_left():
     assert eta.elapsed == pytest.approx(71)
 
 
+def test_the_eta_never_says_zero_while_frames_are_still_being_written():
+    """The last step done, the last chunk's frames still decoding (a slow source, a long
+    sequence): the ETA goes by the frames written, unknown until two arrive, never 00:00."""
+    clock = Clock()
+    eta = ProgressClock(clock)
+    for step in (1, 2):
+        clock.now += 3
+        eta.on_step(step, 2, 1, 1)
+    eta.frames(0, 100)
+    clock.now += 30
+    assert eta.eta() is None  # the steps' count-down is over, no frame is written yet: unknown, not 00:00
+    eta.frames(10, 100)
+    clock.now += 10
+    eta.frames(20, 100)
+    assert eta.eta() == pytest.approx(80.0)  # 1 s a frame since the first frames, 80 left
+    eta.frames(100, 100)
+    assert eta.eta() == 0.0
+
+
 def test_chunks_read_from_a_cache_cost_nothing_and_cached_renders_fall_back_to_frames():
     clock = Clock()
     resumed = ProgressClock(clock)

@@ -240,7 +240,16 @@ class ProgressClock:
             step, steps, chunk, chunks = self.step
             later = chunks - chunk - len([c for c in self.cached if c > chunk])
             left = (steps - step) + later * self._fewest_steps
-            return max(0.0, rate * left - (self.clock() - self._last_step))
+            eta = rate * left - (self.clock() - self._last_step)
+            if eta > 0 or self.done >= self.total:
+                return max(0.0, eta)
+            # Every step is done but frames are still being decoded and written (a long last
+            # chunk, a slow source): never 00:00 while frames remain; by the frames, or unknown.
+            return self._by_frames()
+        return self._by_frames()
+
+    def _by_frames(self) -> Optional[float]:
+        """Seconds left at the seconds per frame measured since the first frames, or None."""
         if self._first_frames is not None and self.total:
             since, first = self._first_frames
             if self.done > first:
