@@ -372,6 +372,8 @@ def test_a_cluster_render_equals_the_one_machine_render(clip, reference, tmp_pat
     # One progress line: frames, rate, ETA, busy workers, redrawn in place (text mode reads its \r as \n).
     assert re.search(r"^uav upscale: \d+/30 frames, [-\d.]+ fps, ETA [-:\d]+, \d/2 workers busy, \d/4 segments",
                      r.stderr, re.M)
+    last = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if "workers busy" in ln][-1]
+    assert "30/30 frames" in last and "0/2 workers busy, 4/4 segments" in last, last  # the final state
     assert not work_folder(out).exists()  # removed once the output was verified
     deadline = time.monotonic() + 20  # the local Ray instance is stopped at the end
     while _processes_mentioning(ray_env["RAY_TMPDIR"]) and time.monotonic() < deadline:

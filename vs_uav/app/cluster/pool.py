@@ -66,7 +66,9 @@ class SegmentPool:
         self.done = sum(s.frames for s in finished)  # frames in finished segments, resumed ones included
         self.resumed = len(finished)
         self.rendered = 0  # frames rendered by this run
-        self.first: Optional[float] = None
+        # (when, frames) of the first report that saw frames written: the rate is measured from
+        # there, so the workers' model loading (minutes on a GPU) does not make the early ETA hours.
+        self.flowing: Optional[tuple[float, int]] = None
         self.reported = 0.0
         self.said: set[tuple[int, Work]] = set()  # (worker pid, segment) already logged
 
@@ -92,6 +94,7 @@ class SegmentPool:
                 raise ClusterError(one_line(cause if cause is not None else e)) from None
             if time.monotonic() - self.reported >= 1.0:
                 self._report()
+        self._report()  # the last line says every segment done, not what the last report saw
 
     def _render(self, actor, seg: Work):
         """The pool's call: ``seg`` to ``actor``, its object ref."""
@@ -99,7 +102,6 @@ class SegmentPool:
         self.attempts[seg] = self.attempts.get(seg, 0) + 1
         ref = actor.render.remote(self.task(seg))
         self.running[i] = (ref, seg)
-        self.first = self.first or time.monotonic()
         logger.info("cluster: frames %d-%d to worker %d", seg.start, seg.stop - 1, i + 1)
         return ref
 
@@ -186,8 +188,11 @@ class SegmentPool:
                                 seg.stop - 1)
         if self.progress is None:
             return
-        elapsed = now - (self.first or now)
-        fps = (self.rendered + partial) / elapsed if elapsed > 1 and self.rendered + partial else None
+        written = self.rendered + partial
+        if self.flowing is None and written:
+            self.flowing = (now, written)
+        since, at = self.flowing or (now, written)
+        fps = (written - at) / (now - since) if now - since > 1 and written > at else None
         left = self.total - self.done - partial
         done = self.resumed + sum(len(r.rendered) for r in self.results)
         self.progress(ClusterProgress(self.done + partial, self.total, fps, left / fps if fps else None, len(busy),
