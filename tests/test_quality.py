@@ -241,6 +241,32 @@ def test_uav_report_command(clips, capsys):
     assert not out.with_suffix(".csv").exists() and not out.with_suffix(".html").exists()  # -o x.json: only that
 
 
+def test_an_excerpts_render_is_reported_against_those_frames_of_the_source(clips, capsys):
+    """`uav upscale --frames 5-12` renders 8 frames: `uav report --frames 5-12` cuts the source to
+    them (same numbers as the whole clean render's frames 5-12); without it, one line."""
+    from vs_uav.app.cli import main
+
+    folder = clips["folder"]
+    part = write_video(folder / "part.mkv", moving(FRAMES, SCALE)[5:13])
+    out = folder / "part.json"
+    assert main(["report", str(clips["source"]), str(part), "-o", str(out), "--flow", "dis", "--scene-cuts", "none",
+                 "--frames", "5-12"]) == 0
+    said = capsys.readouterr().out
+    assert "8 frames (the source's frames 5-12: numbered from 0 below)" in said
+    data = json.loads(out.read_text())
+    assert data["frames"] == 8 and data["source_first_frame"] == 5
+    whole = folder / "whole.json"  # the same frames, measured in the whole clean render's report
+    assert main(["report", str(clips["source"]), str(clips["clean"]), "-o", str(whole), "--flow", "dis",
+                 "--scene-cuts", "none"]) == 0
+    capsys.readouterr()
+    psnr = json.loads(whole.read_text())["outputs"][0]["frames"]["psnr"][5:13]
+    assert data["outputs"][0]["frames"]["psnr"] == pytest.approx(psnr, rel=1e-6)
+    with pytest.raises(SystemExit, match=r"OUTPUT .*part\.mkv: 8 frames, the source has \d+; accepted: "):
+        main(["report", str(clips["source"]), str(part), "-o", str(out), "--flow", "dis", "--scene-cuts", "none"])
+    with pytest.raises(SystemExit, match=r"--frames 5-99: the source has frames 0-\d+; accepted: FIRST-LAST"):
+        main(["report", str(clips["source"]), str(part), "-o", str(out), "--flow", "dis", "--frames", "5-99"])
+
+
 @pytest.fixture(scope="module")
 def bad(clips):
     folder = clips["folder"]

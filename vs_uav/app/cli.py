@@ -732,6 +732,8 @@ def _add_report(add) -> None:
     rp.add_argument("--scene-cuts", default="auto", help="where scenes start: 'auto' (detected, as the render "
                     "detects them), 'none' or a cut list file; nothing is measured across a cut")
     rp.add_argument("--scene-threshold", type=float_arg, default=0.1, help="the detector's threshold (as uav upscale)")
+    rp.add_argument("--frames", metavar="FIRST-LAST", help="the outputs render the source's frames FIRST to LAST "
+                    "(uav upscale --frames, a conform's piece): the source is cut to them")
     rp.set_defaults(func=cmd_report)
 
 
@@ -743,7 +745,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     prog = "uav report"
     job = ReportJob(absolute(args.source), tuple(absolute(o) for o in args.outputs), absolute(args.report),
                     absolute(args.reference) if args.reference else None, args.flow,
-                    absolute(args.model) if args.model else None, args.scene_cuts, args.scene_threshold)
+                    absolute(args.model) if args.model else None, args.scene_cuts, args.scene_threshold,
+                    _frame_range(args.frames, prog))
     try:
         report, files = run_report(job, lambda done, total: sys.stderr.write(f"\r{prog}: frame {done}/{total}\033[K"))
     except ReportError as e:

@@ -48,6 +48,9 @@ class ReportJob:
     model_dir: Optional[Path] = None  # where RAFT's weights are looked for (default: the model folder)
     scene_cuts: str = "auto"
     scene_threshold: float = 0.1
+    # --frames: the outputs render the source's frames first .. end - 1 (uav upscale --frames);
+    # the report's frame numbers count from ``first``'s, its timecodes are the source's.
+    frame_range: Optional[tuple[int, int]] = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Report:
         return {
             "source": str(self.job.source), "reference": str(self.job.reference) if self.job.reference else None,
             "frames": m.frames, "fps": str(m.fps), "timecode": m.timecode, "scene_starts": m.starts,
+            "source_first_frame": self.job.frame_range[0] if self.job.frame_range else 0,
             "flow": m.flow, "downscale": "bicubic, antialiased (to the source's size)", "notes": list(m.notes),
             "units": UNITS, "seconds": round(self.seconds, 2),
             "bicubic": {"ewarp": _clean(m.bicubic.ewarp)},
@@ -100,7 +104,9 @@ class Report:
         from vs_uav.media.quality import figures
 
         m = self.measurements
-        lines = [f"{m.frames} frame{'s' if m.frames != 1 else ''}, {len(m.starts)} scene"
+        part = f" (the source's frames {self.job.frame_range[0]}-{self.job.frame_range[1] - 1}: numbered from 0 " \
+            "below)" if self.job.frame_range else ""
+        lines = [f"{m.frames} frame{'s' if m.frames != 1 else ''}{part}, {len(m.starts)} scene"
                  f"{'s' if len(m.starts) != 1 else ''}, flow: {m.flow}, {self.seconds:.1f} s"]
         for k, series in enumerate(m.outputs):
             f = figures(m, k)
@@ -156,8 +162,8 @@ def run_report(job: ReportJob, progress: Optional[Callable[[int, int], None]] = 
     started = time.monotonic()
     check_job(job)  # 1.
     try:
-        source, outputs, reference = open_inputs(job.source, job.outputs, job.reference)  # 2.
-        starts = scene_starts(_clip_of(source), job.scene_cuts, job.scene_threshold)  # 3.
+        source, outputs, reference = open_inputs(job.source, job.outputs, job.reference, job.frame_range)  # 2.
+        starts = scene_starts(_clip_of(source, job.frame_range), job.scene_cuts, job.scene_threshold)  # 3.
         flow, flow_name = flow_for(job.flow, job.model_dir)
         lpips, note = lpips_measure() if reference is not None else (None, "")
         m = measure(source, outputs, reference, starts, flow, flow_name, progress, stop, lpips,
@@ -169,13 +175,15 @@ def run_report(job: ReportJob, progress: Optional[Callable[[int, int], None]] = 
     return report, write_report(report, job.path)  # 6.
 
 
-def _clip_of(video) -> Any:
-    """The source as the render's script reads it (its scene detector looks at that clip)."""
+def _clip_of(video, frame_range: Optional[tuple[int, int]] = None) -> Any:
+    """The source as the render's script reads it (its scene detector looks at that clip), cut
+    to ``frame_range`` when the outputs render an excerpt."""
     from vs_uav.media.script import reading_script
 
     namespace: dict = {"__name__": "__vapoursynth__"}
     exec(compile(reading_script(video.path), f"<reading {video.path}>", "exec"), namespace)
-    return namespace["clip"]
+    clip = namespace["clip"]
+    return clip[frame_range[0]:frame_range[1]] if frame_range is not None else clip
 
 
 def worst_crops(m, source, outputs: Sequence, reference) -> list[Crop]:

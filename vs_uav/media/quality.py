@@ -192,12 +192,16 @@ def open_video(path: Path, option: str) -> Video:
     return Video(path, option, rgb, media)
 
 
-def open_inputs(source: Path, outputs: Sequence[Path], reference: Optional[Path] = None
-                ) -> tuple[Video, list[Video], Optional[Video]]:
-    """Step 1: the source, the outputs and the reference, opened and checked against each other."""
+def open_inputs(source: Path, outputs: Sequence[Path], reference: Optional[Path] = None,
+                frame_range: Optional[tuple[int, int]] = None) -> tuple[Video, list[Video], Optional[Video]]:
+    """Step 1: the source, the outputs and the reference, opened and checked against each other.
+    ``frame_range``: (first, end): the outputs are renders of the source's frames first .. end - 1
+    (``uav upscale --frames``, a conform's piece), which the source is cut to."""
     if not outputs:
         raise QualityError("OUTPUT: none given; accepted: one or more renders of SOURCE")
     src = open_video(source, "SOURCE")
+    if frame_range is not None:
+        src = _excerpt(src, *frame_range)
     if min(src.size) < MIN_SIDE:
         raise QualityError(f"SOURCE {src.path}: {src.size[0]}x{src.size[1]}; accepted: at least {MIN_SIDE}x{MIN_SIDE} "
                            "pixels (the flow and SSIM need them)")
@@ -219,6 +223,22 @@ def open_inputs(source: Path, outputs: Sequence[Path], reference: Optional[Path]
             raise QualityError(f"--reference {ref.path}: {ref.media.frames} frames, the source has "
                                f"{src.media.frames}; accepted: the same frames as the source")
     return src, outs, ref
+
+
+def _excerpt(src: Video, first: int, end: int) -> Video:
+    """The source cut to frames first .. end - 1, timed and timecoded as the excerpt's render is."""
+    from dataclasses import replace
+
+    from vs_uav.media.probe import excerpt
+
+    if not 0 <= first < end <= src.media.frames:
+        raise QualityError(f"--frames {first}-{end - 1}: the source has frames 0-{src.media.frames - 1}; accepted: "
+                           "FIRST-LAST within them, as the output was rendered with")
+    try:
+        media = excerpt(src.media, first, end)
+    except ValueError as e:
+        raise QualityError(str(e)) from None
+    return replace(src, rgb=src.rgb[first:end], media=media)
 
 
 def check_flow(flow: str) -> str:
