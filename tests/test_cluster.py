@@ -691,3 +691,26 @@ def test_prompt_auto_on_the_cluster_equals_the_one_machine_render(clip, referenc
     assert read_captions(tmp_path / "cluster.captions.tsv") == read_captions(tmp_path / "one.captions.tsv")
     assert "4 scenes captioned into" in r.stderr and "(4 from the cache)" in r.stderr
     assert framemd5(out) == framemd5(one) != reference
+
+
+@pytest.mark.slow
+def test_the_join_keeps_every_frames_time_as_a_one_machine_render_writes_it(tmp_path, ray_env):
+    """At 24 fps Matroska's millisecond times are rounded: segments timed where they stand in the
+    clip are rounded once, as the one-machine render's frames are, so no later frame moves by
+    1 ms (2.708 s stayed 2.708 s, not 2.709 s)."""
+    src = tmp_path / "film.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=24", "-frames:v", "70",
+                    "-c:v", "ffv1", str(src)], check=True)
+
+    def times(path: Path) -> list[str]:
+        run = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
+                              "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True)
+        return sorted(run.stdout.split(), key=float)
+
+    one, cluster = tmp_path / "one.mkv", tmp_path / "cluster.mkv"
+    assert upscale(src, one, "--scene-cuts", "none").returncode == 0
+    r = upscale(src, cluster, "--scene-cuts", "none", "--cluster", "local", "--workers", "2", "--split-long", "1",
+                env=ray_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "cluster: 70 frames, 0 scene cuts, 2 segments" in r.stderr, r.stderr[-2000:]
+    assert len(times(cluster)) == 70 and times(cluster) == times(one)

@@ -200,8 +200,9 @@ def _render_pool(ray, stack: contextlib.ExitStack, actors: list[Any], planned: S
 def _joined(p: _Planned, options: ClusterOptions, seconds: float) -> ClusterResult | ClusterError:
     """A job whose segments are all there, joined into its output; its work folder removed."""
     try:
+        fps = p.job.spec.media.fps
         join_segments(p.job, [segment_path(p.segments_dir, s, p.suffix) for s in sorted(p.segments)], p.work,
-                      p.delay)
+                      p.delay, [Fraction(s.frames) / fps for s in sorted(p.segments)] if fps else [])
     except ClusterError as e:
         return e
     if not options.keep_work:

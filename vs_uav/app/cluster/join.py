@@ -16,7 +16,8 @@ from vs_uav.media.probe import count_frames
 from vs_uav.errors import last_line
 
 
-def join_segments(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0)) -> None:
+def join_segments(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fraction = Fraction(0),
+                  durations: Sequence[Fraction] = ()) -> None:
     """The segments joined by stream copy into ``job.output``, with what the one-machine pipe
     takes from the source (audio, subtitles, global tags: :func:`source_streams`); the output
     appears only once its frame count is the source's; ``delay``: the source's first frame time."""
@@ -28,7 +29,11 @@ def join_segments(job: ClusterJob, parts: Sequence[Path], work: Path, delay: Fra
         raise ClusterError("ffmpeg not found; install it or run `uav doctor`")
     listing = work / "segments.txt"
     # The concat demuxer's syntax: a quote inside a quoted path is written '\''.
-    listing.write_text("".join("file '" + str(p).replace("'", "'\\''") + "'\n" for p in parts), encoding="utf-8")
+    # Each part's exact duration (the segments are timed where they stand in the clip: worker.timed_args):
+    # the next part starts there, not at the sum of durations rounded to the container's time base.
+    lines = ["file '" + str(p).replace("'", "'\\''") + "'\n" + (f"duration {float(d):.6f}\n" if d else "")
+             for p, d in zip(parts, [*durations, *[Fraction(0)] * (len(parts) - len(durations))])]
+    listing.write_text("".join(lines), encoding="utf-8")
     offset = ["-itsoffset", f"{float(delay):.9f}"] if delay else []  # the source's first frame time
     inputs, maps = source_streams(Path(job.source), job.encoder, job.spec)
     args = [*offset, "-f", "concat", "-safe", "0", "-i", path_arg(listing, True), *inputs, "-map", "0:v:0", *maps,

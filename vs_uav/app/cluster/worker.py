@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -52,6 +53,19 @@ class SegmentResult:
     peak_rss: int  # bytes: the worker process's peak resident memory so far
     threads: int = 0
     job: int = 0  # the task's
+
+
+def timed_args(args: Sequence[str], start: int, fps: Fraction) -> list[str]:
+    """A segment's ffmpeg options with its frames timed where they stand in the whole clip
+    (``-itsoffset`` on the y4m input, the times kept as they come: ``-fps_mode passthrough``).
+    Each frame's time is then rounded once to the container's time base, as a one-machine render
+    rounds it; a segment timed from 0 and offset at the join would round twice (Matroska's
+    1 ms: frame 62 at 24 fps at 2.584 s instead of 2.583 s)."""
+    if not start or not fps:
+        return list(args)
+    i = list(args).index("-i")  # the y4m stream on stdin, input 0
+    timed = [*args[:i], "-itsoffset", f"{float(start / fps):.6f}", *args[i:]]
+    return timed if "-fps_mode:v" in timed else [*timed, "-fps_mode:v", "passthrough"]
 
 
 class SegmentWorker:
@@ -155,7 +169,9 @@ class SegmentWorker:
             if not ffmpeg:
                 raise ClusterError(f"ffmpeg not found on {socket.gethostname()}; install it there")
             with open(log, "wb") as errors:
-                proc = subprocess.Popen(ffmpeg_command(ffmpeg, task.ffmpeg_args, partial), stdin=subprocess.PIPE,
+                fps = Fraction(clip.fps.numerator, clip.fps.denominator) if clip.fps.denominator else Fraction(0)
+                proc = subprocess.Popen(ffmpeg_command(ffmpeg, timed_args(task.ffmpeg_args, seg.start, fps), partial),
+                                        stdin=subprocess.PIPE,
                                         stdout=subprocess.DEVNULL, stderr=errors, **child_options())
                 try:
                     def written(done: int, total: int) -> None:
