@@ -72,3 +72,13 @@ def copy_model(dst: Path) -> Path:
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     return dst
+
+
+def tiny_video(path: Path) -> Path:
+    """A real 3-frame 32x24 video at ``path`` (what `uav script` probes; a missing input is refused)."""
+    import subprocess
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-frames:v", "3",
+                    "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path

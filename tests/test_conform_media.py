@@ -239,3 +239,59 @@ def test_a_relinked_edl_that_loses_a_dissolves_second_source_says_so(library, tm
     back = otio.adapters.read_from_file(str(written[0]))
     names = {Path(c.media_reference.target_url).name for c in back.find_clips()}
     assert names == {o.name for o in outputs}  # the .otio keeps every clip's own piece
+
+
+PREMIERE_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE xmeml>
+<xmeml version="4">
+  <sequence id="sequence-1">
+    <name>cut</name>
+    <duration>60</duration>
+    <rate><timebase>25</timebase><ntsc>FALSE</ntsc></rate>
+    <media>
+      <video>
+        <track>
+          <generatoritem id="title-1">
+            <name>test_title</name>
+            <duration>25</duration>
+            <rate><timebase>25</timebase><ntsc>FALSE</ntsc></rate>
+            <start>0</start><end>25</end><in>0</in><out>25</out>
+            <effect>
+              <name>Text</name><effectid>Text</effectid><effectcategory>Text</effectcategory>
+              <effecttype>generator</effecttype><mediatype>video</mediatype>
+            </effect>
+          </generatoritem>
+          <clipitem id="clipitem-1">
+            <name>interview.mov</name>
+            <duration>40</duration>
+            <rate><timebase>25</timebase><ntsc>FALSE</ntsc></rate>
+            <start>25</start><end>35</end><in>5</in><out>15</out>
+            <file id="file-1">
+              <name>interview.mov</name>
+              <pathurl>file://localhost/D%3a/Projects/Footage/interview.mov</pathurl>
+              <rate><timebase>25</timebase><ntsc>FALSE</ntsc></rate>
+              <duration>40</duration>
+              <timecode><rate><timebase>25</timebase><ntsc>FALSE</ntsc></rate><string>00:00:00:00</string>
+                <frame>0</frame><displayformat>NDF</displayformat></timecode>
+              <media><video><samplecharacteristics><width>32</width><height>24</height></samplecharacteristics>
+              </video></media>
+            </file>
+          </clipitem>
+        </track>
+      </video>
+    </media>
+  </sequence>
+</xmeml>
+"""
+
+
+def test_a_premiere_xml_with_a_title_and_a_windows_path_is_conformed(library, tmp_path):
+    """Premiere's export: media as file://localhost/D%3a/... from the editor's Windows machine,
+    a title as a generator item; the media is found by its file name, the title left alone."""
+    path = library / "edits" / "premiere.xml"
+    path.write_text(PREMIERE_XML, encoding="utf-8")
+    p = plan(library, path)
+    (where, how), = found(p).values()
+    assert where.endswith("grade/interview.mov") and how == "file name 'interview.mov'"
+    assert [(x.start, x.end) for x in p.pieces] == [(5, 15)]
+    assert any(item.startswith("1 generator") for item in p.left_alone), p.left_alone

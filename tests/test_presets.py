@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_video
 from setting_errors import row
 
 from vs_uav.app import cli, presets
@@ -144,7 +145,7 @@ def test_unknown_names_list_the_known_ones():
 
 
 def test_uav_script_with_a_preset_and_overrides(tmp_path, capsys):
-    source = tmp_path / "my clip.mp4"
+    source = tiny_video(tmp_path / "my clip.mp4")
     script = tmp_path / "out.vpy"
     assert cli.main(["script", str(source), "-o", str(tmp_path / "o.mkv"), "--script", str(script),
                      "--preset", "archival-lossless", "--noise-level", "110", "--codec", "prores"]) == 0
@@ -156,7 +157,7 @@ def test_uav_script_with_a_preset_and_overrides(tmp_path, capsys):
 
 
 def test_uav_script_defaults_to_files_next_to_the_source(tmp_path, capsys):
-    source = tmp_path / "clip é.mp4"
+    source = tiny_video(tmp_path / "clip é.mp4")
     assert cli.main(["script", str(source), "--preset", "archival-lossless"]) == 0
     script = tmp_path / "clip é.uav.vpy"
     assert "core.uav.Upscale(" in script.read_text(encoding="utf-8")
@@ -182,8 +183,8 @@ def test_gui_presets_and_scripts_do_not_import_torch():
 
 def test_a_presets_propagation_steps_that_do_not_fit_steps_name_the_preset_and_how_to_clear_them(tmp_path, capsys):
     # old-film propagates at 17,18,19 of 20 steps: --steps 10 over it leaves them out of range.
-    args = ["script", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "o.mkv"), "--script", str(tmp_path / "s.vpy"),
-            "--preset", "old-film", "--steps", "10"]
+    args = ["script", str(tiny_video(tmp_path / "in.mp4")), "-o", str(tmp_path / "o.mkv"), "--script",
+            str(tmp_path / "s.vpy"), "--preset", "old-film", "--steps", "10"]
     with pytest.raises(SystemExit) as err:
         cli.main(args)
     assert str(err.value) == ("uav script: propagation_steps=17,18,19 from preset 'old-film' does not fit --steps 10; "

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import tiny_video
 from setting_errors import BAD_SETTINGS, row_id
 
 from vs_uav.settings import SETTINGS, SETTINGS_BY_NAME, UpscaleSettings, vs_signature
@@ -115,7 +116,7 @@ def test_cli_options_parse_what_they_show(tmp_path):
     from vs_uav.app.cli import main
 
     script = tmp_path / "x.vpy"
-    assert main(["script", str(tmp_path / "in.mp4"), "--script", str(script), "--steps", "20", "--propagation-steps",
+    assert main(["script", str(tiny_video(tmp_path / "in.mp4")), "--script", str(script), "--steps", "20", "--propagation-steps",
                  "17, 18,19", "--seed", str(2**63 - 1), "--guidance-scale", "7.5", "--no-scene-change"]) == 0
     text = script.read_text()
     assert "steps=20," in text and "propagation_steps=[17, 18, 19]," in text and f"seed={2**63 - 1}," in text
