@@ -151,15 +151,15 @@ def read_media_map(path: Path) -> dict[str, Path]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise MediaLookupError(f"--media-map {escaped(str(path))}: cannot be read ({e}); accepted: a UTF-8 CSV of "
-                           "name,path rows") from None
+        raise MediaLookupError(f"--media-map {escaped(str(path))}: cannot be read ({e}); accepted: a UTF-8 CSV "
+                               "of name,path rows") from None
     entries: dict[str, Path] = {}
     for number, row in enumerate(csv.reader(text.split("\n")), 1):
         if not row or not "".join(row).strip() or row[0].strip().startswith("#"):
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise MediaLookupError(f"--media-map {escaped(str(path))} line {number}: {escaped(','.join(row))[:60]!r}; "
-                               "accepted: name,path")
+            raise MediaLookupError(f"--media-map {escaped(str(path))} line {number}: "
+                                   f"{escaped(','.join(row))[:60]!r}; accepted: name,path")
         if number == 1 and [c.strip().lower() for c in row] == ["name", "path"]:
             continue
         target = Path(os.path.expanduser(row[1].strip()))
@@ -187,9 +187,9 @@ def find_media(clip: Any, index: MediaIndex, holds: Callable[[Path], Optional[bo
             if len(fitting) == 1:
                 return Found(fitting[0], f"{what} {escaped(name)!r} and timecode")
             shown = ", ".join(escaped(str(p)) for p in (fitting or candidates)[:6])
-            raise MediaLookupError(f"clip {escaped(str(clip.name))!r}: {what} {escaped(name)!r} matches several files "
-                               f"({shown}){' whose timecode holds it' if fitting else ''}; accepted: one, e.g. named in "
-                               "--media-map")
+            raise MediaLookupError(f"clip {escaped(str(clip.name))!r}: {what} {escaped(name)!r} matches several "
+                                   f"files ({shown}){' whose timecode holds it' if fitting else ''}; accepted: one, "
+                                   "e.g. named in --media-map")
     return None
 
 
