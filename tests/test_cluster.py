@@ -697,9 +697,9 @@ def test_prompt_auto_on_the_cluster_equals_the_one_machine_render(clip, referenc
 def test_the_join_keeps_every_frames_time_as_a_one_machine_render_writes_it(tmp_path, ray_env):
     """At 24 fps Matroska's millisecond times are rounded: segments timed where they stand in the
     clip are rounded once, as the one-machine render's frames are, so no later frame moves by
-    1 ms (2.708 s stayed 2.708 s, not 2.709 s)."""
+    1 ms (frame 34 stays at 1.417 s, not 1.416 s)."""
     src = tmp_path / "film.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=24", "-frames:v", "70",
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=24", "-frames:v", "40",
                     "-c:v", "ffv1", str(src)], check=True)
 
     def times(path: Path) -> list[str]:
@@ -712,5 +712,5 @@ def test_the_join_keeps_every_frames_time_as_a_one_machine_render_writes_it(tmp_
     r = upscale(src, cluster, "--scene-cuts", "none", "--cluster", "local", "--workers", "2", "--split-long", "1",
                 env=ray_env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "cluster: 70 frames, 0 scene cuts, 2 segments" in r.stderr, r.stderr[-2000:]
-    assert len(times(cluster)) == 70 and times(cluster) == times(one)
+    assert "cluster: 40 frames, 0 scene cuts, 2 segments" in r.stderr, r.stderr[-2000:]  # split at frame 32
+    assert len(times(cluster)) == 40 and times(cluster) == times(one)
