@@ -490,6 +490,8 @@ def test_a_killed_driver_resumes_without_rendering_finished_segments_again(clip,
     while time.monotonic() < deadline and any(
             b"SegmentWorker" in _read(f"/proc/{pid}/cmdline") for pid in _processes_mentioning(ray_env["RAY_TMPDIR"])):
         time.sleep(0.2)
+    assert not any(b"SegmentWorker" in _read(f"/proc/{pid}/cmdline")  # none outlives the SIGKILLed driver
+                   for pid in _processes_mentioning(ray_env["RAY_TMPDIR"]))
     work = work_folder(out)
     finished = {p: p.stat().st_mtime_ns for p in work.glob("*/seg*.mkv") if ".partial" not in p.name}
     assert finished and not out.exists()
